@@ -1,0 +1,42 @@
+"""Victim metrics: every one a frozen :class:`Distance` created by name from :data:`METRICS`."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from typing import Any, List, Optional
+
+from lit_attacks.metrics.base import Distance, MetricInputError, check_images, to01
+from lit_attacks.metrics.registry import METRICS
+from lit_attacks.metrics.weights import WeightsNotFoundError
+from lit_attacks.metrics import pixel, structural, lpips, deep  # noqa: F401  (registration)
+
+
+def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str] = None, init_seed: int = 0,
+                  **kwargs: Any) -> Distance:
+    """Build the metric registered as ``name``.
+
+    ``pretrained`` and ``weights_dir`` reach the metrics that have learned weights and are ignored
+    by the others (whose ``pretrained`` is always True). An unknown name raises ``KeyError`` with
+    close matches. Construction runs under a fixed seed (``init_seed``) without touching the global
+    RNG, so a random backbone is the same network in every process and every run.
+    """
+    factory = METRICS.get(name)
+    params = inspect.signature(factory).parameters
+    if "pretrained" in params:
+        kwargs["pretrained"] = pretrained
+    if "weights_dir" in params:
+        kwargs["weights_dir"] = weights_dir
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        metric = factory(**kwargs)
+    metric.name = name
+    return metric
+
+
+def list_metrics(pattern: str = "*") -> List[str]:
+    return METRICS.names(pattern)
+
+
+__all__ = ["Distance", "METRICS", "MetricInputError", "WeightsNotFoundError", "check_images", "create_metric",
+           "list_metrics", "to01"]

@@ -1,0 +1,107 @@
+"""The one interface every victim metric implements: a frozen, differentiable distance."""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+RANGE_TOL = 1e-4
+
+
+class MetricInputError(ValueError):
+    """Inputs of a metric have the wrong shape, range or values."""
+
+
+class Distance(nn.Module):
+    """A perceptual distance ``d(ref, x) -> (B,)``; smaller means more similar.
+
+    Inputs are images in [-1, 1] of shape (B, 3, H, W). Subclasses implement :meth:`_distance`
+    and convert similarities to distances there (never in attack code). After construction all
+    parameters are frozen (``requires_grad=False``) and the module stays in eval mode even when a
+    parent calls ``.train()``, so dropout or batch-norm never changes a score.
+
+    Attributes:
+        name: registry name, set by :func:`lit_attacks.metrics.create_metric`.
+        pretrained: False when the metric runs on a random backbone (tests and timing only).
+    """
+
+    name: str = "distance"
+    pretrained: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def wrapped(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self) is cls:  # only once, after the most derived __init__
+                self.requires_grad_(False)
+                nn.Module.train(self, False)
+
+        cls.__init__ = wrapped
+
+    def train(self, mode: bool = True) -> "Distance":
+        """Metrics never leave eval mode."""
+        return super().train(False)
+
+    @property
+    def label(self) -> str:
+        """Name for tables and logs; random-backbone metrics say so."""
+        return self.name if self.pretrained else f"{self.name} [random backbone]"
+
+    def forward(self, ref: Tensor, x: Tensor, check: bool = True) -> Tensor:
+        """Distance of each ``x`` to its ``ref``.
+
+        Args:
+            ref: (B, 3, H, W) in [-1, 1].
+            x: (B, 3, H, W) in [-1, 1]; gradients flow to it.
+            check: validate inputs and output (leave on at boundaries, off in attack loops that
+                keep images clipped).
+
+        Returns:
+            (B,) distances, smaller = closer.
+        """
+        if check:
+            check_images(ref, x, self.name)
+        d = self._distance(ref, x)
+        if check and d.shape != (x.shape[0],):
+            raise RuntimeError(f"{self.name}: returned shape {tuple(d.shape)}, expected ({x.shape[0]},)")
+        return d
+
+    distance = forward
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def check_images(ref: Tensor, x: Tensor, name: str = "metric", key: Optional[str] = None) -> None:
+    """Raise :class:`MetricInputError` unless ``ref`` and ``x`` are matching (B, 3, H, W) images in [-1, 1]."""
+    where = f"{name}" + (f" (sample {key})" if key else "")
+    for arg, t in (("ref", ref), ("x", x)):
+        if not isinstance(t, Tensor):
+            raise MetricInputError(f"{where}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise MetricInputError(f"{where}: {arg} must have shape (B, 3, H, W), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise MetricInputError(f"{where}: {arg} must be a float tensor in [-1, 1], got {t.dtype}")
+    if ref.shape != x.shape:
+        raise MetricInputError(f"{where}: ref and x shapes differ: {tuple(ref.shape)} vs {tuple(x.shape)}")
+    if ref.device != x.device:
+        raise MetricInputError(f"{where}: ref on {ref.device} but x on {x.device}")
+    for arg, t in (("ref", ref), ("x", x)):
+        if not torch.isfinite(t).all():
+            raise MetricInputError(f"{where}: {arg} contains NaN or Inf")
+        lo, hi = t.min().item(), t.max().item()
+        if lo < -1 - RANGE_TOL or hi > 1 + RANGE_TOL:
+            raise MetricInputError(
+                f"{where}: {arg} must lie in [-1, 1], got [{lo:.4g}, {hi:.4g}] "
+                "(scale uint8 images with x / 127.5 - 1)"
+            )
+
+
+def to01(x: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1], the range piq expects (clamped against float round-off)."""
+    return ((x + 1) / 2).clamp(0, 1)

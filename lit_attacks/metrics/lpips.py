@@ -1,0 +1,88 @@
+"""LPIPS (Zhang et al. 2018) distances from the ``lpips`` package.
+
+The linear heads v0.1 ship inside the ``lpips`` package and are always loaded (``weights_only``).
+The torchvision backbone comes from :mod:`lit_attacks.metrics.weights` (weights folder, hub cache or
+download); ``pretrained=False`` keeps lpips' random backbone (tests and timing only).
+Inputs in [-1, 1], which is what LPIPS expects; no conversion.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import lpips as lpips_pkg
+import torch
+from torch import Tensor
+
+from lit_attacks.metrics.base import Distance
+from lit_attacks.metrics.registry import METRICS
+from lit_attacks.metrics.weights import backbone_features, load_sliced_features
+
+ARCH = {"alex": "alexnet", "squeeze": "squeezenet1_1", "vgg": "vgg16"}
+
+
+def lpips_head_file(net: str, version: str = "0.1") -> Path:
+    return Path(lpips_pkg.__file__).parent / "weights" / f"v{version}" / f"{net}.pth"
+
+
+def build_lpips(net: str, pretrained: bool, weights_dir: Optional[str | os.PathLike], metric: str,
+                heads: bool = True) -> lpips_pkg.LPIPS:
+    """An ``lpips.LPIPS`` with v0.1 heads (when ``heads``) and, when ``pretrained``, the ImageNet backbone."""
+    if net not in ARCH:
+        raise ValueError(f"{metric}: unknown LPIPS net {net!r}; choose from {sorted(ARCH)}")
+    model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    if heads:
+        sd = torch.load(lpips_head_file(net), map_location="cpu", weights_only=True)
+        model.load_state_dict(sd, strict=False)
+        missing = [k for k in model.state_dict() if k.startswith("lin") and not k.startswith("lins.") and k not in sd]
+        if missing:
+            raise RuntimeError(f"{metric}: LPIPS head file {lpips_head_file(net)} lacks {missing}")
+    if pretrained:
+        load_sliced_features(model.net, backbone_features(metric, ARCH[net], weights_dir), metric)
+    return model
+
+
+class LPIPSDistance(Distance):
+    """LPIPS v0.1 with an AlexNet, SqueezeNet or VGG16 backbone.
+
+    Args:
+        net: "alex", "squeeze" or "vgg".
+        pretrained: load the ImageNet backbone; False = random backbone (labelled as such).
+        weights_dir: folder searched first for the backbone (else ``$LIT_ATTACKS_WEIGHTS_DIR``).
+    """
+
+    def __init__(self, net: str = "alex", pretrained: bool = True, weights_dir: Optional[str] = None) -> None:
+        super().__init__()
+        self.net, self.pretrained = net, pretrained
+        self.model = build_lpips(net, pretrained, weights_dir, metric=f"lpips_{net}")
+
+    def features(self, x: Tensor) -> List[Tensor]:
+        """Unit-normalised backbone features of ``x`` (B, 3, H, W) in [-1, 1]; cacheable for a fixed ref."""
+        outs = self.model.net(self.model.scaling_layer(x))
+        return [lpips_pkg.normalize_tensor(o) for o in outs]
+
+    def from_features(self, f_ref: List[Tensor], f_x: List[Tensor]) -> Tensor:
+        """(B,) LPIPS from two feature lists (same arithmetic as ``lpips.LPIPS.forward``)."""
+        d = 0
+        for lin, a, b in zip(self.model.lins, f_ref, f_x):
+            d = d + lin((a - b) ** 2).mean(dim=(2, 3), keepdim=True)
+        return d.flatten()
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return self.model(ref, x).flatten()
+
+
+@METRICS.register("lpips_alex")
+def lpips_alex(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+    return LPIPSDistance("alex", pretrained, weights_dir)
+
+
+@METRICS.register("lpips_squeeze")
+def lpips_squeeze(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+    return LPIPSDistance("squeeze", pretrained, weights_dir)
+
+
+@METRICS.register("lpips_vgg")
+def lpips_vgg(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+    return LPIPSDistance("vgg", pretrained, weights_dir)

@@ -1,0 +1,114 @@
+"""Structural / feature-similarity metrics from piq, as distances.
+
+Input conversion: our images are in [-1, 1]; piq expects [0, 1] with ``data_range=1``, so every
+wrapper feeds ``(x + 1) / 2`` (:func:`~lit_attacks.metrics.base.to01`).
+
+Similarity -> distance: SSIM and MS-SSIM become ``(1 - s) / 2`` as in the paper and official code;
+FSIMc and HaarPSI (similarities in [0, 1]) become ``1 - s``; GMSD is already a deviation (0 for
+identical images) and is used as is. All conversions are monotone, so rankings are unchanged.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import piq
+import torch
+from torch import Tensor
+
+from lit_attacks.metrics.base import Distance, to01
+from lit_attacks.metrics.registry import METRICS
+
+# Wang et al. 2003 scale weights; MS-SSIM at 64x64 uses the first ``scales`` of them, renormalised.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+class SSIMDistance(Distance):
+    """(1 - SSIM) / 2 with piq's SSIM (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03).
+
+    ``downsample=True`` as MATLAB's ``ssim.m``: images are average-pooled by
+    ``max(1, round(min(H, W) / 256))`` first, which is a no-op at 64x64 and halves 512x512 images
+    (that is how piq's MATLAB baseline 0.8202 on goldhill is obtained). Colour images: SSIM per
+    channel, averaged.
+    """
+
+    def __init__(self, kernel_size: int = 11, kernel_sigma: float = 1.5, downsample: bool = True) -> None:
+        super().__init__()
+        self.kernel_size, self.kernel_sigma, self.downsample = kernel_size, kernel_sigma, downsample
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        s = piq.ssim(to01(x), to01(ref), kernel_size=self.kernel_size, kernel_sigma=self.kernel_sigma,
+                     data_range=1.0, reduction="none", downsample=self.downsample)
+        return (1 - s) / 2
+
+
+class MSSSIMDistance(Distance):
+    """(1 - MS-SSIM) / 2 with piq's MS-SSIM, adapted to small images.
+
+    piq's defaults (window 11, 5 scales) need at least 161x161 pixels. At 64x64 we keep the
+    standard window (11, sigma 1.5) and use 3 scales (64, 32, 16 px; needs >= 41 px) with the first
+    three of Wang et al.'s weights renormalised to sum to 1. ``scales`` is configurable.
+    """
+
+    def __init__(self, kernel_size: int = 11, kernel_sigma: float = 1.5, scales: int = 3,
+                 scale_weights: Optional[Sequence[float]] = None) -> None:
+        super().__init__()
+        w = torch.tensor(scale_weights if scale_weights is not None else MS_SSIM_WEIGHTS[:scales])
+        if len(w) != scales:
+            raise ValueError(f"ms_ssim: {scales} scales but {len(w)} scale_weights")
+        self.register_buffer("scale_weights", w / w.sum())
+        self.kernel_size, self.kernel_sigma, self.scales = kernel_size, kernel_sigma, scales
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        need = (self.kernel_size - 1) * 2 ** (self.scales - 1) + 1
+        if min(x.shape[-2:]) < need:
+            raise ValueError(f"ms_ssim: images of {tuple(x.shape[-2:])} are too small for kernel "
+                             f"{self.kernel_size} and {self.scales} scales (need >= {need} px)")
+        s = piq.multi_scale_ssim(to01(x), to01(ref), kernel_size=self.kernel_size, kernel_sigma=self.kernel_sigma,
+                                 data_range=1.0, reduction="none", scale_weights=self.scale_weights)
+        return (1 - s) / 2
+
+
+class FSIMcDistance(Distance):
+    """1 - FSIMc (piq.fsim with ``chromatic=True``); piq's default of no pre-downsampling below 256 px."""
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return 1 - piq.fsim(to01(x), to01(ref), data_range=1.0, reduction="none", chromatic=True)
+
+
+class GMSDDistance(Distance):
+    """GMSD (piq.gmsd), a deviation already: 0 for identical images."""
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return piq.gmsd(to01(x), to01(ref), data_range=1.0, reduction="none")
+
+
+class HaarPSIDistance(Distance):
+    """1 - HaarPSI (piq.haarpsi with its defaults: subsample, 3 scales)."""
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return 1 - piq.haarpsi(to01(x), to01(ref), data_range=1.0, reduction="none")
+
+
+@METRICS.register("ssim")
+def ssim(**kw) -> Distance:
+    return SSIMDistance(**kw)
+
+
+@METRICS.register("ms_ssim")
+def ms_ssim(**kw) -> Distance:
+    return MSSSIMDistance(**kw)
+
+
+@METRICS.register("fsimc")
+def fsimc(**kw) -> Distance:
+    return FSIMcDistance(**kw)
+
+
+@METRICS.register("gmsd")
+def gmsd(**kw) -> Distance:
+    return GMSDDistance(**kw)
+
+
+@METRICS.register("haarpsi")
+def haarpsi(**kw) -> Distance:
+    return HaarPSIDistance(**kw)

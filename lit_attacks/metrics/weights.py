@@ -1,0 +1,125 @@
+"""Finding pretrained weights: a weights folder, the torch hub cache, or a download.
+
+Order of lookup for a torchvision backbone ``arch`` (alexnet, squeezenet1_1, vgg16):
+
+1. ``weights_dir`` (argument, else the ``LIT_ATTACKS_WEIGHTS_DIR`` environment variable):
+   torchvision's full checkpoint under its usual file name (``alexnet-owt-7be5be79.pth``), or a
+   features-only state dict named ``<arch>_features_*.pth`` (keys ``0.weight``, ``0.bias``, ...).
+2. The torch hub cache, ``$TORCH_HOME/hub/checkpoints/<torchvision file name>``.
+3. A download into that cache (what a user with internet gets).
+
+When all three fail, :class:`WeightsNotFoundError` names the metric, the file and where to put it.
+Everything is read with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+ENV_WEIGHTS_DIR = "LIT_ATTACKS_WEIGHTS_DIR"
+ENV_OFFLINE = "LIT_ATTACKS_OFFLINE"
+
+# torchvision's ImageNet checkpoints that LPIPS and DISTS use (file name, URL).
+_TV_ROOT = "https://download.pytorch.org/models/"
+BACKBONES: Dict[str, str] = {
+    "alexnet": "alexnet-owt-7be5be79.pth",
+    "squeezenet1_1": "squeezenet1_1-b8a52dc0.pth",
+    "vgg16": "vgg16-397923af.pth",
+}
+# DISTS alpha/beta as piq publishes them; the DISTS repository's own file is accepted too.
+DISTS_URL = "https://github.com/photosynthesis-team/piq/releases/download/v0.4.1/dists_weights.pt"
+DISTS_FILES = ("dists_weights.pt", "dists_alpha_beta.pt", "weights.pt")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No weights file could be found locally or downloaded."""
+
+
+def resolve_weights_dir(weights_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
+    """The folder to search first: the argument, else ``$LIT_ATTACKS_WEIGHTS_DIR``, else None."""
+    wd = weights_dir if weights_dir is not None else os.environ.get(ENV_WEIGHTS_DIR) or None
+    return Path(wd).expanduser() if wd else None
+
+
+def hub_checkpoints_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _load(path: Path) -> Dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle with code, ...
+        raise RuntimeError(f"could not read weights file {str(path)!r}: {e}") from e
+    if not isinstance(obj, dict):
+        raise RuntimeError(f"weights file {str(path)!r} holds {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _download(url: str, metric: str, fname: str, weights_dir: Optional[Path]) -> Dict[str, torch.Tensor]:
+    where = f"{weights_dir} or {hub_checkpoints_dir()}" if weights_dir else str(hub_checkpoints_dir())
+    msg = (
+        f"{metric}: weights file {fname!r} not found and could not be downloaded from {url}; "
+        f"put it in {where} (or set {ENV_WEIGHTS_DIR}=<folder>), or use pretrained=False for a "
+        f"random backbone (tests and timing only)"
+    )
+    if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
+        raise WeightsNotFoundError(msg + f" [download skipped: {ENV_OFFLINE} is set]")
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
+    except Exception as e:  # URLError, HTTPError, timeouts, partial files
+        raise WeightsNotFoundError(f"{msg} [{type(e).__name__}: {e}]") from e
+
+
+def backbone_features(metric: str, arch: str, weights_dir: Optional[str | os.PathLike] = None) -> Dict[str, torch.Tensor]:
+    """State dict of torchvision ``<arch>().features`` (keys ``0.weight``, ...) for ``metric``."""
+    if arch not in BACKBONES:
+        raise KeyError(f"{metric}: unknown backbone {arch!r}; known: {sorted(BACKBONES)}")
+    fname = BACKBONES[arch]
+    wd = resolve_weights_dir(weights_dir)
+    if wd is not None:
+        if (wd / fname).is_file():
+            return _features_only(_load(wd / fname), wd / fname)
+        feats = sorted(wd.glob(f"{arch}_features_*.pth"))
+        if feats:
+            return _features_only(_load(feats[0]), feats[0])
+    cached = hub_checkpoints_dir() / fname
+    if cached.is_file():
+        return _features_only(_load(cached), cached)
+    return _features_only(_download(_TV_ROOT + fname, metric, fname, wd), Path(fname))
+
+
+def _features_only(sd: Dict[str, torch.Tensor], path: Path) -> Dict[str, torch.Tensor]:
+    """Accept a full torchvision checkpoint (``features.N.*``) or a features-only one (``N.*``)."""
+    if any(k.startswith("features.") for k in sd):
+        return {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+    if all(k.split(".")[0].isdigit() for k in sd):
+        return sd
+    raise RuntimeError(f"weights file {str(path)!r} is neither a torchvision checkpoint nor a features state dict")
+
+
+def dists_alpha_beta(metric: str, weights_dir: Optional[str | os.PathLike] = None) -> Dict[str, torch.Tensor]:
+    """The DISTS ``alpha`` and ``beta`` tensors, each (1, 1475, 1, 1)."""
+    wd = resolve_weights_dir(weights_dir)
+    candidates = [wd / f for f in DISTS_FILES] if wd is not None else []
+    candidates.append(hub_checkpoints_dir() / DISTS_FILES[0])
+    found = next((p for p in candidates if p.is_file()), None)
+    sd = _load(found) if found else _download(DISTS_URL, metric, DISTS_FILES[0], wd)
+    if "alpha" not in sd or "beta" not in sd:
+        raise RuntimeError(f"{metric}: DISTS weights {str(found or DISTS_URL)!r} lack 'alpha'/'beta'")
+    return {"alpha": sd["alpha"], "beta": sd["beta"]}
+
+
+def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor], metric: str) -> None:
+    """Copy a features state dict into LPIPS' sliced backbone (``slice2.3.weight`` is ``3.weight``)."""
+    own = {name.split(".", 1)[1]: p for name, p in net.named_parameters()}
+    missing, extra = sorted(set(own) - set(features)), sorted(set(features) - set(own))
+    if missing or extra:
+        raise RuntimeError(f"{metric}: backbone weights do not match (missing {missing}, unexpected {extra})")
+    with torch.no_grad():
+        for k, p in own.items():
+            if p.shape != features[k].shape:
+                raise RuntimeError(f"{metric}: backbone tensor {k} has shape {tuple(features[k].shape)}, expected {tuple(p.shape)}")
+            p.copy_(features[k])

@@ -1,0 +1,58 @@
+"""A small name -> factory registry with suggestions for unknown names (timm/pyiqa style)."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Any, Callable, Dict, List
+
+
+class Registry:
+    """Maps names to factory callables.
+
+    Args:
+        kind: what is registered ("metric", "attack"), used in error messages.
+
+    Example:
+        >>> METRICS = Registry("metric")
+        >>> @METRICS.register("l2")
+        ... def l2(**kw): ...
+        >>> METRICS.create("l2")
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: Dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering ``fn`` under ``name``; a duplicate name raises."""
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._factories:
+                raise KeyError(f"{self.kind} {name!r} is already registered")
+            self._factories[name] = fn
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The factory for ``name``; an unknown name raises with close matches."""
+        if name not in self._factories:
+            close = difflib.get_close_matches(name, self._factories, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise KeyError(
+                f"unknown {self.kind} {name!r}{hint} Known {self.kind}s: {', '.join(self.names())}"
+            )
+        return self._factories[name]
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)
+
+    def names(self, pattern: str = "*") -> List[str]:
+        """Registered names matching a shell-style ``pattern``, sorted."""
+        return sorted(n for n in self._factories if fnmatch.fnmatchcase(n, pattern))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._factories
+
+    def __len__(self) -> int:
+        return len(self._factories)

@@ -1,0 +1,53 @@
+"""Shared fixtures: seeded batches, random-backbone metrics, paths to ../shared/data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIT_ATTACKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def weights_dir() -> Path:
+    env = os.environ.get("LIT_ATTACKS_WEIGHTS_DIR")
+    return Path(env) if env else SHARED / "weights"
+
+
+def shared_file(rel: str) -> Path:
+    """A file of ../shared/data; skips the test with a reason when it is absent."""
+    p = SHARED / rel
+    if not p.exists():
+        pytest.skip(f"shared data file {p} not available")
+    return p
+
+
+def load_image(path: Path, mode: str = "RGB") -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1] from an image file (grey images repeated to 3 channels)."""
+    arr = np.asarray(Image.open(path).convert(mode), dtype=np.float32)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+@pytest.fixture
+def seeded_batch():
+    """(ref, x): 4 smooth-ish 64x64 images and a perturbed copy, in [-1, 1]."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(4, 3, 16, 16, generator=g)
+    ref = torch.nn.functional.interpolate(base, size=64, mode="bilinear", align_corners=False) * 2 - 1
+    x = (ref + 0.15 * torch.randn(ref.shape, generator=g)).clamp(-1, 1)
+    return ref, x
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

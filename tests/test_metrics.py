@@ -1,0 +1,153 @@
+"""Generic properties of every registered metric (random backbones), plus independent references."""
+import numpy as np
+import piq
+import pytest
+import torch
+
+from lit_attacks.metrics import MetricInputError, create_metric, list_metrics
+
+from conftest import load_image, shared_file
+
+ALL = list_metrics()
+_CACHE = {}
+
+
+def metric(name):
+    if name not in _CACHE:
+        _CACHE[name] = create_metric(name, pretrained=False)
+    return _CACHE[name]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_batch_equals_each_sample_alone(name, seeded_batch):
+    ref, x = seeded_batch
+    m = metric(name)
+    batch = m(ref, x)
+    alone = torch.cat([m(ref[i:i + 1], x[i:i + 1]) for i in range(len(x))])
+    assert batch.shape == (len(x),)
+    torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_identity_is_zero_and_distortion_positive(name, seeded_batch):
+    ref, x = seeded_batch
+    m = metric(name)
+    assert m(ref, ref).abs().max().item() < 1e-5
+    assert (m(ref, x) > 1e-5).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_reach_input_not_parameters(name, seeded_batch):
+    ref, x = seeded_batch
+    m = metric(name)
+    x = x.clone().requires_grad_(True)
+    m(ref, x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for p in m.parameters():
+        assert not p.requires_grad and p.grad is None
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_stays_in_eval_mode(name):
+    m = metric(name)
+    m.train()
+    assert not m.training and not any(mod.training for mod in m.modules())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_inputs_raise_naming_the_metric(name, seeded_batch):
+    ref, x = seeded_batch
+    m = metric(name)
+    with pytest.raises(MetricInputError, match=f"{name}: ref and x shapes differ"):
+        m(ref, x[:, :, :32])
+    with pytest.raises(MetricInputError, match=rf"{name}: x must lie in \[-1, 1\]"):
+        m(ref, x * 255)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(MetricInputError, match=f"{name}: x contains NaN"):
+        m(ref, bad)
+    with pytest.raises(MetricInputError, match=r"shape \(B, 3, H, W\)"):
+        m(ref[:, :1], x[:, :1])
+
+
+def test_l2_equals_plain_formula(seeded_batch):
+    ref, x = seeded_batch
+    r, a = ref.numpy().astype(np.float64), x.numpy().astype(np.float64)
+    expected = np.array([((r[i] - a[i]) ** 2).sum() / r[i].size for i in range(len(r))])
+    np.testing.assert_allclose(metric("l2")(ref, x).numpy(), expected, rtol=1e-5)
+
+
+def test_ssim_equals_piq_with_documented_conversion(seeded_batch):
+    ref, x = seeded_batch
+    s = piq.ssim((x + 1) / 2, (ref + 1) / 2, data_range=1.0, reduction="none", downsample=False)
+    torch.testing.assert_close(metric("ssim")(ref, x), (1 - s) / 2)  # downsampling is a no-op at 64x64
+
+
+def test_ssim_matches_matlab_baseline_on_goldhill():
+    """piq's MATLAB baseline: SSIM(goldhill_jpeg, goldhill) = 0.8202 (grey, ssim.m's automatic 2x downsampling)."""
+    ref = load_image(shared_file("images/piq_assets/goldhill.gif"), mode="L")
+    x = load_image(shared_file("images/piq_assets/goldhill_jpeg.gif"), mode="L")
+    s = 1 - 2 * metric("ssim")(ref, x).item()
+    assert s == pytest.approx(0.8202, abs=5e-4)
+
+
+def test_ms_ssim_rejects_too_small_images():
+    ref = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="ms_ssim: images of .* too small"):
+        metric("ms_ssim")(ref, ref)
+
+
+def test_random_backbone_is_labelled():
+    assert metric("lpips_vgg").label == "lpips_vgg [random backbone]"
+    assert create_metric("l2", pretrained=False).label == "l2"
+
+
+def test_elpips_identity_member_equals_inner_lpips(seeded_batch):
+    ref, x = seeded_batch
+    m = create_metric("elpips_alex", pretrained=False, n_transforms=1)
+    m.offset_max = 0
+    m.fixed = {"offset": torch.zeros(1, 2, dtype=torch.long), "flip": torch.tensor([3]),
+               "perm": torch.tensor([[0, 1, 2]]), "color": torch.ones(1, 3), "scale_u": torch.zeros(1),
+               "scale_offset": torch.zeros(1, 2)}
+    torch.testing.assert_close(m(ref, x), m.model(ref, x).flatten())
+
+
+def test_elpips_member_applies_flip_permutation_and_colour(seeded_batch):
+    ref, x = seeded_batch
+    m = create_metric("elpips_alex", pretrained=False, n_transforms=1)
+    m.offset_max = 0
+    colour = torch.tensor([0.5, 0.9, 0.3])
+    m.fixed = {"offset": torch.zeros(1, 2, dtype=torch.long), "flip": torch.tensor([2]),
+               "perm": torch.tensor([[2, 0, 1]]), "color": colour[None], "scale_u": torch.zeros(1),
+               "scale_offset": torch.zeros(1, 2)}
+
+    def by_hand(img):  # flip both axes, channels (2, 0, 1), scale colours, back to [-1, 1]
+        img01 = (img + 1) / 2
+        return img01.flip(2).flip(3)[:, [2, 0, 1]] * colour.view(1, 3, 1, 1) * 2 - 1
+
+    torch.testing.assert_close(m(ref, x), m.model(by_hand(ref), by_hand(x)).flatten())
+
+
+def test_elpips_seeded_and_deterministic_modes(seeded_batch):
+    ref, x = seeded_batch
+    a = create_metric("elpips_alex", pretrained=False, seed=3)
+    b = create_metric("elpips_alex", pretrained=False, seed=3)
+    torch.testing.assert_close(a(ref, x), a(ref, x))
+    torch.testing.assert_close(a(ref, x), b(ref, x))
+    r1 = create_metric("elpips_alex", pretrained=False, seed=3, deterministic=False)
+    r2 = create_metric("elpips_alex", pretrained=False, seed=3, deterministic=False)
+    first, second = r1(ref, x), r1(ref, x)
+    assert not torch.allclose(first, second)  # a fresh ensemble each call
+    torch.testing.assert_close(first, r2(ref, x))  # same seed, same sequence
+
+
+def test_random_backbone_is_reproducible(seeded_batch):
+    """Two processes (or runs) building the same random-backbone metric get the same network."""
+    ref, x = seeded_batch
+    torch.manual_seed(123)
+    a = create_metric("lpips_alex", pretrained=False)
+    torch.manual_seed(456)
+    b = create_metric("lpips_alex", pretrained=False)
+    torch.testing.assert_close(a(ref, x), b(ref, x))
+    c = create_metric("lpips_alex", pretrained=False, init_seed=1)
+    assert not torch.allclose(a(ref, x), c(ref, x))

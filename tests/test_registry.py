@@ -1,0 +1,34 @@
+import pytest
+
+from lit_attacks.metrics import METRICS, create_metric, list_metrics
+from lit_attacks.registry import Registry
+
+REQUIRED = ["l2", "ssim", "ms_ssim", "fsimc", "gmsd", "haarpsi", "lpips_alex", "lpips_vgg", "lpips_squeeze",
+            "dists", "elpips"]
+
+
+def test_required_metrics_registered():
+    assert set(REQUIRED) <= set(list_metrics())
+
+
+def test_names_filter_by_pattern():
+    assert list_metrics("lpips_*") == ["lpips_alex", "lpips_squeeze", "lpips_vgg"]
+    assert list_metrics("nothing*") == []
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(KeyError, match=r"unknown metric 'lpips_alx'.*did you mean 'lpips_alex'"):
+        create_metric("lpips_alx")
+
+
+def test_unknown_name_without_close_match_lists_known():
+    with pytest.raises(KeyError, match=r"Known metrics: .*ssim"):
+        METRICS.get("zzzzzz")
+
+
+def test_duplicate_registration_raises():
+    reg = Registry("thing")
+    reg.register("a")(lambda: 1)
+    with pytest.raises(KeyError, match="already registered"):
+        reg.register("a")(lambda: 2)
+    assert reg.create("a") == 1 and "a" in reg and len(reg) == 1
