@@ -1,0 +1,228 @@
+"""BAPPS 2AFC as webdataset shards: data resolution, the streaming dataset and ``BappsDataModule``.
+
+Command line::
+
+    python -m datamodules.bapps shards --root ROOT --out DIR --split val [--shard-size 1000]
+    python -m datamodules.bapps download --out ROOT [--split val train]
+    python -m datamodules.bapps builtin --out DIR [--n-per-category 40]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from datamodules.cache import cache_root
+from datamodules.shards import INDEX, SkipLog, read_index, stream, write_shards
+from datamodules.synthetic import builtin_shards
+from datamodules.tree import BappsDataError, scan_tree
+
+
+def is_unanimous(judge: float) -> bool:
+    """Humans agreed: every rater preferred the same image (judge exactly 0 or 1)."""
+    return judge == 0.0 or judge == 1.0
+
+
+def key_from_judge_path(path: str) -> str:
+    """``val/cnn/judge/000123.npy`` (official subset list) -> ``val/cnn/000123``."""
+    parts = Path(path).parts
+    if len(parts) < 4 or parts[-2] != "judge":
+        raise BappsDataError(f"not a BAPPS judge path: {path!r}")
+    return f"{parts[-4]}/{parts[-3]}/{Path(parts[-1]).stem}"
+
+
+def _tree_fingerprint(root: Path, split: str) -> str:
+    h = hashlib.sha1(str(root.resolve()).encode())
+    for p in sorted((root / "2afc" / split).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Optional[str | Path] = None,
+                   builtin_n: int = 40, seed: int = 0, progress: bool = False) -> Path:
+    """The shard folder for ``split`` of ``data``.
+
+    ``data`` is None (built-in synthetic set), a folder of shards (``index.json`` and/or ``*.tar``,
+    directly or in ``<data>/<split>/``), or a BAPPS tree root holding ``2afc/`` (converted once to
+    shards in the cache, refreshed when the tree changes).
+    """
+    if data is None:
+        return builtin_shards(cache_dir, n_per_category=builtin_n, seed=seed, split=split, progress=progress)
+    data = Path(data)
+    if not data.is_dir():
+        raise BappsDataError(f"data path {data} does not exist or is not a folder")
+    if (data / "2afc").is_dir():
+        fp = _tree_fingerprint(data, split)
+        out = (Path(cache_dir) if cache_dir else cache_root()) / "trees" / fp / split
+        if not (out / INDEX).is_file():
+            write_shards(scan_tree(data, split), out, progress=progress)
+        return out
+    for cand in (data / split, data):
+        if (cand / INDEX).is_file() or any(cand.glob("*.tar")):
+            return cand
+    raise BappsDataError(f"data path {data} holds no shards (*.tar / {INDEX}) and no BAPPS tree (2afc/)")
+
+
+def shard_urls(folder: Path) -> List[str]:
+    index = read_index(folder)
+    urls = [str(folder / s["name"]) for s in index["shards"]]
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise BappsDataError(f"{folder}/{INDEX} lists shards that are missing: {missing}")
+    return urls
+
+
+class ShardStream(IterableDataset):
+    """Validated triplets from shards, for one process of a DDP world (and its loader workers).
+
+    Args:
+        urls: shard paths.
+        keep: predicate on a validated sample (key, category, judge) deciding whether it is yielded.
+        size: side of the square output images.
+        rank, world_size: this process's place in the DDP world.
+        split_by: "shard" deals shards to (rank, worker) slots; "sample" deals kept samples; "auto"
+            uses shards when there are at least as many shards as slots.
+        skip_bad: skip (and log) bad samples/shards instead of raising.
+    """
+
+    def __init__(self, urls: Sequence[str], keep: Callable[[dict], bool], size: int = 64, rank: int = 0,
+                 world_size: int = 1, split_by: str = "auto", skip_bad: bool = False) -> None:
+        if split_by not in ("auto", "shard", "sample"):
+            raise ValueError(f"split_by must be 'auto', 'shard' or 'sample', got {split_by!r}")
+        self.urls, self.keep, self.size = list(urls), keep, size
+        self.rank, self.world_size, self.split_by = rank, world_size, split_by
+        self.skip = SkipLog() if skip_bad else None
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, wid = (info.num_workers, info.id) if info else (1, 0)
+        slots, slot = self.world_size * workers, self.rank * workers + wid
+        by_shard = self.split_by == "shard" or (self.split_by == "auto" and len(self.urls) >= slots)
+        return iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip))
+
+
+class BappsDataModule(pl.LightningDataModule):
+    """BAPPS 2AFC triplets streamed from webdataset shards, as batches of dicts.
+
+    Batches: ``key`` and ``category`` (lists of str), ``ref``, ``p0``, ``p1`` (B, 3, S, S) in [-1, 1],
+    ``judge`` (B,) = fraction of people who preferred p1.
+
+    Args:
+        data: None for the built-in synthetic set, a shard folder, or a BAPPS tree root (holds ``2afc/``).
+        split: split used for validation, test and predict ("val").
+        train_split: split used for training ("train").
+        categories: keep only these categories (None: all).
+        unanimous_only: keep only samples with judge exactly 0 or 1 (the attack setting).
+        load_size: images are resized to load_size x load_size (bilinear, as the official code).
+        batch_size: samples per batch.
+        num_workers: DataLoader workers per process.
+        split_by: how samples are dealt to processes and workers ("auto", "shard", "sample").
+        skip_bad: skip and report bad samples instead of raising.
+        builtin_n: samples per category of the built-in set.
+        seed: seed of the built-in set.
+        cache_dir: where built-in and converted shards go (default ``$LIT_ATTACKS_CACHE`` or ~/.cache/lit_attacks).
+    """
+
+    def __init__(self, data: Optional[str] = None, split: str = "val", train_split: str = "train",
+                 categories: Optional[List[str]] = None, unanimous_only: bool = True, load_size: int = 64,
+                 batch_size: int = 32, num_workers: int = 0, split_by: str = "auto", skip_bad: bool = False,
+                 builtin_n: int = 40, seed: int = 0, cache_dir: Optional[str] = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.folders: dict = {}
+
+    def shard_folder(self, split: str) -> Path:
+        if split not in self.folders:
+            h = self.hparams
+            self.folders[split] = resolve_shards(h.data, split, h.cache_dir, h.builtin_n, h.seed)
+        return self.folders[split]
+
+    def prepare_data(self) -> None:
+        self.shard_folder(self.hparams.split)
+
+    def keep(self, s: dict) -> bool:
+        cats = self.hparams.categories
+        return (not cats or s["category"] in cats) and (not self.hparams.unanimous_only or is_unanimous(s["judge"]))
+
+    def dataset(self, split: Optional[str] = None) -> ShardStream:
+        split = split or self.hparams.split
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return ShardStream(shard_urls(self.shard_folder(split)), self.keep, self.hparams.load_size, rank, world,
+                           self.hparams.split_by, self.hparams.skip_bad)
+
+    def _loader(self, split: Optional[str] = None) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.train_split)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def describe(self, split: Optional[str] = None) -> dict:
+        """Where the data comes from, with a fingerprint of the shard index (for run READMEs)."""
+        folder = self.shard_folder(split or self.hparams.split)
+        index = folder / INDEX
+        fp = hashlib.sha256(index.read_bytes()).hexdigest()[:16] if index.is_file() else None
+        return {"data": self.hparams.data or "built-in synthetic set", "shards": str(folder), "index_sha256": fp}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m datamodules.bapps", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("shards", help="convert a BAPPS tree to webdataset shards")
+    s.add_argument("--root", required=True, help="folder holding 2afc/")
+    s.add_argument("--out", required=True)
+    s.add_argument("--split", default="val")
+    s.add_argument("--categories", default=None, help="comma-separated (default: all present)")
+    s.add_argument("--shard-size", type=int, default=1000)
+    d = sub.add_parser("download", help="download the official 2AFC archives into ROOT/2afc")
+    d.add_argument("--out", required=True)
+    d.add_argument("--split", nargs="+", default=["val"])
+    d.add_argument("--no-verify", action="store_true")
+    b = sub.add_parser("builtin", help="write the built-in synthetic set as a tree and shards")
+    b.add_argument("--out", required=True)
+    b.add_argument("--n-per-category", type=int, default=40)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--size", type=int, default=64)
+    b.add_argument("--split", nargs="+", default=["val"])
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "shards":
+            cats = a.categories.split(",") if a.categories else None
+            index = write_shards(scan_tree(a.root, a.split, cats), a.out, a.shard_size, progress=True)
+            print(f"wrote {index['count']} samples in {len(index['shards'])} shards to {a.out}")
+        elif a.cmd == "download":
+            from datamodules.download import download
+            download(a.out, a.split, verify=not a.no_verify)
+            print(f"BAPPS 2AFC {a.split} in {Path(a.out) / '2afc'}")
+        else:
+            from datamodules.synthetic import write_tree
+            write_tree(Path(a.out) / "tree", a.n_per_category, a.seed, a.size, splits=a.split)
+            for split in a.split:
+                idx = write_shards(scan_tree(Path(a.out) / "tree", split), Path(a.out) / "shards" / split, progress=True)
+                print(f"{split}: {idx['count']} samples -> {Path(a.out) / 'shards' / split}")
+    except (BappsDataError, OSError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The built-in 2AFC set: deterministic, procedural, in the BAPPS layout and shard format.
+
+Each reference is a natural-looking image: 1/f^a coloured noise (the power spectrum of natural
+images) under a random colour mixing, plus sharp-edged shapes (rectangles, ellipses, stripes).
+p0 and p1 are the reference under one BAPPS-style traditional distortion family (the category:
+blur, noise, jpeg, color, contrast) at clearly different strengths; the judge says which is milder
+(1.0 when p1 is milder, 0.0 when p0 is). About 1 sample in 10 gets two similar strengths and a
+split judge (0.4 or 0.6) like a non-unanimous BAPPS sample.
+
+Every sample is generated from its own seed (``seed``, split, category, index), so a sample does
+not depend on how many others are made.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+CATEGORIES = ("blur", "noise", "jpeg", "color", "contrast")
+VERSION = 1
+# (mild range, strong range) of each family's strength parameter
+STRENGTH = {
+    "blur": ((0.4, 0.9), (1.6, 3.0)),        # Gaussian sigma in pixels (at 64 px)
+    "noise": ((0.015, 0.035), (0.09, 0.16)),  # Gaussian noise std on [0, 1]
+    "jpeg": ((70.0, 92.0), (4.0, 12.0)),      # JPEG quality (higher is milder)
+    "color": ((0.02, 0.05), (0.14, 0.25)),    # per-channel gain/offset shift
+    "contrast": ((0.05, 0.12), (0.35, 0.55)),  # contrast reduction and brightness shift
+}
+
+
+def _rng(seed: int, *parts) -> np.random.Generator:
+    h = hashlib.sha256(repr((seed,) + parts).encode()).digest()
+    return np.random.default_rng(int.from_bytes(h[:8], "little"))
+
+
+def reference_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float in [0, 1]: 1/f noise texture with sharp shapes."""
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    f = np.sqrt(fx ** 2 + fy ** 2)
+    f[0, 0] = 1.0
+    alpha = rng.uniform(1.6, 2.6)
+    chans = []
+    for _ in range(3):
+        spec = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f ** (alpha / 2)  # power ~ 1/f^alpha
+        spec[0, 0] = 0
+        c = np.fft.irfft2(spec, s=(size, size))
+        chans.append((c - c.mean()) / (c.std() + 1e-8))
+    mix = rng.normal(size=(3, 3)) * 0.5 + np.eye(3) * rng.uniform(0.2, 0.8)
+    img = np.tensordot(np.stack(chans, -1), mix, axes=([2], [1])) * 0.12 + rng.uniform(0.25, 0.75, size=3)
+    pil = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    for _ in range(rng.integers(2, 6)):
+        x0, y0 = rng.integers(0, size, 2)
+        w, h = rng.integers(size // 8, size // 2, 2)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            draw.rectangle([x0, y0, x0 + w, y0 + h], fill=colour)
+        elif kind == 1:
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
+        else:
+            for k in range(0, w, 4):
+                draw.line([x0 + k, y0, x0 + k + h // 3, y0 + h], fill=colour, width=2)
+    return np.asarray(pil, dtype=np.float32) / 255.0
+
+
+def distort(img: np.ndarray, family: str, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Apply one traditional distortion family at ``strength`` to (H, W, 3) in [0, 1]."""
+    size = img.shape[0]
+    pil = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
+    if family == "blur":
+        out = np.asarray(pil.filter(ImageFilter.GaussianBlur(strength * size / 64)), np.float32) / 255
+    elif family == "noise":
+        out = img + rng.normal(scale=strength, size=img.shape)
+    elif family == "jpeg":
+        buf = io.BytesIO()
+        pil.save(buf, format="JPEG", quality=int(round(strength)))
+        out = np.asarray(Image.open(buf).convert("RGB"), np.float32) / 255
+    elif family == "color":
+        gain = 1 + rng.choice([-1, 1], size=3) * strength * rng.uniform(0.7, 1.3, size=3)
+        out = img * gain + rng.choice([-1, 1], size=3) * strength * 0.5
+    elif family == "contrast":
+        out = (img - img.mean()) * (1 - strength) + img.mean() + rng.choice([-1, 1]) * strength * 0.3
+    else:
+        raise ValueError(f"unknown distortion family {family!r}; known: {CATEGORIES}")
+    return np.clip(out, 0, 1)
+
+
+def make_sample(seed: int, split: str, category: str, idx: int, size: int) -> Dict[str, object]:
+    """ref, p0, p1 as uint8 arrays and the judge for one synthetic triplet."""
+    rng = _rng(seed, split, category, idx)
+    ref = reference_image(rng, size)
+    (m_lo, m_hi), (s_lo, s_hi) = STRENGTH[category]
+    split_judge = rng.random() < 0.1
+    mild = rng.uniform(m_lo, m_hi)
+    strong = rng.uniform(m_lo, m_hi) if split_judge else rng.uniform(s_lo, s_hi)
+    p1_milder = bool(rng.random() < 0.5)
+    a, b = (strong, mild) if p1_milder else (mild, strong)
+    p0, p1 = distort(ref, category, a, rng), distort(ref, category, b, rng)
+    judge = (0.6 if p1_milder else 0.4) if split_judge else (1.0 if p1_milder else 0.0)
+    to8 = lambda x: (np.clip(x, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
+    return {"ref": to8(ref), "p0": to8(p0), "p1": to8(p1), "judge": judge}
+
+
+def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: int = 64,
+               splits: Sequence[str] = ("val",), categories: Sequence[str] = CATEGORIES) -> Path:
+    """Write the synthetic set as a BAPPS tree under ``root/2afc/<split>/<category>/``."""
+    root = Path(root)
+    for split in splits:
+        for cat in categories:
+            d = root / "2afc" / split / cat
+            for sub in ("ref", "p0", "p1", "judge"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_category):
+                s = make_sample(seed, split, cat, i, size)
+                stem = f"{i:06d}"
+                for m in ("ref", "p0", "p1"):
+                    Image.fromarray(s[m]).save(d / m / f"{stem}.png", compress_level=6)
+                np.save(d / "judge" / f"{stem}.npy", np.array([s["judge"]], dtype=np.float32))
+    return root
+
+
+def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int = 40, seed: int = 0, size: int = 64,
+                   split: str = "val", progress: bool = False) -> Path:
+    """Shards of the built-in set for ``split``, generated once into the cache and reused."""
+    from datamodules.shards import INDEX, write_shards
+    from datamodules.tree import scan_tree
+    from datamodules.cache import cache_root
+
+    name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}"
+    base = (Path(cache_dir) if cache_dir else cache_root()) / name
+    out = base / "shards" / split
+    if (out / INDEX).is_file():
+        return out
+    write_tree(base / "tree", n_per_category, seed, size, splits=(split,))
+    write_shards(scan_tree(base / "tree", split), out, shard_size=max(1, n_per_category * len(CATEGORIES) // 4),
+                 prefix=f"synthetic-{split}", progress=progress)
+    (base / "README.json").write_text(json.dumps({"what": "lit_attacks built-in synthetic 2AFC set", "version": VERSION,
+                                                  "n_per_category": n_per_category, "seed": seed, "size": size}))
+    return out

@@ -1,0 +1,64 @@
+"""Writing result tables: CSV, Markdown and JSON, atomically."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def csv_text(rows: Sequence[Dict[str, Any]], columns: Optional[List[str]] = None) -> str:
+    columns = columns or (list(rows[0]) if rows else [])
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt_csv(r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def _fmt_csv(v: Any) -> Any:
+    if isinstance(v, float):
+        return repr(v)
+    return v
+
+
+def write_csv(path: str | Path, rows: Sequence[Dict[str, Any]], columns: Optional[List[str]] = None) -> None:
+    atomic_write(path, csv_text(rows, columns))
+
+
+def read_csv(path: str | Path) -> List[Dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cell(v: Any, digits: int) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Dict[str, Any]], columns: List[str], digits: int = 4,
+                   headers: Optional[Dict[str, str]] = None) -> str:
+    headers = headers or {}
+    head = [headers.get(c, c) for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(c, ""), digits) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")

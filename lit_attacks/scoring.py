@@ -1,0 +1,37 @@
+"""Scoring a dataset with a metric as a Lightning predict step (the Table 1 cell)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from lit_attacks.metrics import create_metric
+
+
+class ScoreModule(pl.LightningModule):
+    """Scores each triplet: ``s0 = d(ref, p0)``, ``s1 = d(ref, p1)``.
+
+    Args:
+        metric: registry name of the metric.
+        pretrained: real weights (False: random backbone, labelled in outputs).
+        weights_dir: folder searched first for weights.
+    """
+
+    def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
+
+    @torch.no_grad()
+    def predict_step(self, batch: Dict, batch_idx: int) -> List[Dict]:
+        ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]  # (B, 3, H, W) in [-1, 1]
+        s0 = self.metric(ref, p0).float().cpu()  # (B,), smaller = closer
+        s1 = self.metric(ref, p1).float().cpu()
+        for name, s in (("s0", s0), ("s1", s1)):
+            bad = ~torch.isfinite(s)
+            if bad.any():
+                key = batch["key"][int(bad.nonzero()[0])]
+                raise FloatingPointError(f"{self.hparams.metric}: non-finite {name} for sample {key}")
+        return [{"key": k, "category": c, "judge": float(j), "s0": float(a), "s1": float(b)}
+                for k, c, j, a, b in zip(batch["key"], batch["category"], batch["judge"], s0, s1)]
