@@ -1,10 +1,13 @@
-"""Benchmark perceptual metrics on BAPPS-style 2AFC data: Table 1 (2AFC score and accuracy).
+"""Benchmark perceptual metrics on BAPPS-style 2AFC data and attack them.
 
-    python bench.py                                   # built-in synthetic set, default metrics
-    python bench.py --data DIR --metrics l2,ssim,lpips_alex --out OUT
+    python bench.py                                   # built-in synthetic set, default metrics and attacks
+    python bench.py --data DIR --metrics l2,ssim,lpips_alex --attacks fgsm,pgd,onepixel --out OUT
+    python bench.py --attacks pgd --param pgd.steps=40 --param onepixel.population=100
 
-DIR is a BAPPS tree root (holding 2afc/) or a folder of shards. Outputs in OUT: table1.csv,
-table1.md, summary.json and scores/<metric>.csv (one row per sample).
+DIR is a BAPPS tree root (holding 2afc/) or a folder of shards. Outputs in OUT: table1.csv/.md
+(2AFC score and accuracy), table2.csv/.md (attack flip rates), summary.json, scores/<metric>.csv and
+samples/<attack>-<metric>.csv (one row per sample), and with --save-adv the adversarial images as
+shards in adv/<attack>-<metric>/.
 """
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 DEFAULT_METRICS = "l2,ssim,lpips_alex"
+DEFAULT_ATTACKS = "fgsm,pgd"
 TABLE1_COLUMNS = ["metric", "category", "samples", "unanimous", "two_afc", "accuracy"]
 
 
@@ -26,6 +30,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--split", default="val")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated metric names (default {DEFAULT_METRICS})")
+    p.add_argument("--attacks", default=DEFAULT_ATTACKS,
+                   help=f"comma-separated attacks (fgsm, pgd, onepixel; default {DEFAULT_ATTACKS}; '' for Table 1 only)")
+    p.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="attack parameter, e.g. pgd.steps=40 (repeatable)")
+    p.add_argument("--save-adv", action="store_true", help="also write adversarial images as shards in OUT/adv/")
     p.add_argument("--out", default="results/default", help="results folder (default results/default)")
     p.add_argument("--pretrained", default="true", choices=["true", "false"],
                    help="false: random backbones (tests and timing only; labelled in every output)")
@@ -45,9 +54,47 @@ def fail(msg: str) -> None:
     sys.exit(2)
 
 
+def parse_params(items: Sequence[str], attacks: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """``["pgd.steps=40"]`` -> ``{"pgd": {"steps": 40}}``, each value parsed as YAML, each key checked."""
+    import inspect
+
+    import yaml
+
+    from lit_attacks.attacks import ATTACKS
+
+    params: Dict[str, Dict[str, Any]] = {a: {} for a in attacks}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            fail(f"--param {item!r}: expected ATTACK.KEY=VALUE, e.g. pgd.steps=40")
+        lhs, value = item.split("=", 1)
+        attack, key = lhs.split(".", 1)
+        if attack not in attacks:
+            fail(f"--param {item!r}: attack {attack!r} is not among --attacks ({','.join(attacks) or 'none'})")
+        allowed = set(inspect.signature(ATTACKS.get(attack)).parameters) - {"metric", "pretrained", "weights_dir",
+                                                                            "keep_images"}
+        if key not in allowed:
+            fail(f"--param {item!r}: {attack} has no parameter {key!r}; known: {', '.join(sorted(allowed))}")
+        params[attack][key] = yaml.safe_load(value)
+    for attack, kw in params.items():  # bad values (eps <= 0, steps < 1, ...) fail now, not after hours
+        try:
+            ATTACKS.get(attack)(metric="l2", **kw)
+        except (ValueError, TypeError) as e:
+            fail(f"--param for {attack}: {e}")
+    return params
+
+
 def check_args(args: argparse.Namespace) -> List[str]:
     """Validate names and paths before any work; returns the metric list."""
+    from lit_attacks.attacks import ATTACKS
     from lit_attacks.metrics import METRICS
+
+    args.attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    for a in args.attack_list:
+        try:
+            ATTACKS.get(a)
+        except KeyError as e:
+            fail(str(e.args[0]))
+    args.params = parse_params(args.param, args.attack_list)
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
@@ -70,6 +117,28 @@ def check_args(args: argparse.Namespace) -> List[str]:
     except OSError as e:
         fail(f"--out {out} is not writable: {e}")
     return metrics
+
+
+def sample_columns(records: Sequence[Dict[str, Any]]) -> List[str]:
+    from lit_attacks.attacks import RECORD_COLUMNS
+
+    extra = [k for k in (records[0] if records else {}) if k not in RECORD_COLUMNS]
+    return RECORD_COLUMNS + extra
+
+
+def table2_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    from lit_attacks.report import markdown_table
+
+    view = []
+    for r in rows:
+        v = dict(r)
+        v["flipped"] = f"{r['flipped']} ({100 * r['flip_rate']:.1f}%)" if r["total"] else "0"
+        v["rmse"] = f"{r['rmse_mean']:.3f} +- {r['rmse_std']:.3f}" if r["flipped"] else "-"
+        view.append(v)
+    cols = ["metric", "attack", "group", "total", "flipped", "eps_mean", "rmse", "psnr_mean", "frac>0.001",
+            "frac>0.01", "frac>0.03", "frac>0.1", "flipped_uint8", "samples_per_s"]
+    heads = {"eps_mean": "eps", "psnr_mean": "PSNR", "flipped_uint8": "flipped (8-bit)", "samples_per_s": "samples/s"}
+    return markdown_table(view, cols, digits=3, headers=heads)
 
 
 def make_trainer(args: argparse.Namespace, callbacks: list):
@@ -96,6 +165,24 @@ def score_metric(args: argparse.Namespace, metric: str, dm) -> tuple:
     return collector.records, module.metric.label, trainer.is_global_zero
 
 
+def run_attack(args: argparse.Namespace, attack: str, metric: str, dm) -> tuple:
+    """One (attack, metric) cell: (records, AttackMetrics results, is_global_zero)."""
+    from callbacks.adv_shards import AdvShardWriter
+    from callbacks.attack_metrics import AttackMetrics
+    from callbacks.records import RecordCollector
+    from lit_attacks.attacks import create_attack
+
+    module = create_attack(attack, metric, pretrained=args.pretrained == "true", weights_dir=args.weights_dir,
+                           keep_images=args.save_adv, **args.params[attack])
+    collector, stats = RecordCollector(), AttackMetrics(attack, metric)
+    callbacks = [collector, stats]
+    if args.save_adv:
+        callbacks.append(AdvShardWriter(str(Path(args.out) / "adv" / f"{attack}-{metric}"), prefix=f"{attack}-{metric}"))
+    trainer = make_trainer(args, callbacks)
+    trainer.predict(module, datamodule=dm, return_predictions=False)
+    return collector.records, stats.results, trainer.is_global_zero
+
+
 def quiet_lightning() -> None:
     import logging
 
@@ -112,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from datamodules.bapps import BappsDataModule
     from datamodules.tree import BappsDataError
-    from lit_attacks.evaluation import table1_rows
+    from lit_attacks.evaluation import TABLE2_COLUMNS, table1_rows, table2_rows
     from lit_attacks.report import markdown_table, write_csv, write_json
 
     out = Path(args.out)
@@ -126,10 +213,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.data is None:
         print(f"Using the built-in synthetic 2AFC set ({source['shards']}); pass --data for BAPPS.")
     t0 = time.time()
-    rows, labels, is_zero = [], {}, True
-    for i, metric in enumerate(metrics):
+    rows, rows2, labels, is_zero = [], [], {}, True
+    dm_attack = BappsDataModule(data=args.data, split=args.split, categories=cats, unanimous_only=True,
+                                batch_size=args.batch_size, num_workers=args.num_workers, builtin_n=args.builtin_n)
+    n_cells, cell = len(metrics) * (1 + len(args.attack_list)), 0
+    for metric in metrics:
+        cell += 1
         if not args.quiet:
-            print(f"[{i + 1}/{len(metrics)}] scoring {metric} ({time.time() - t0:.0f}s elapsed)")
+            print(f"[cell {cell}/{n_cells}] table1 {metric} ({time.time() - t0:.0f}s elapsed)")
         records, label, is_zero = score_metric(args, metric, dm)
         if not records:
             fail(f"no samples found in {source['shards']}" + (f" for categories {cats}" if cats else ""))
@@ -139,16 +230,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for r in table1_rows(metric, records):
             r["metric"] = label
             rows.append(r)
+        for attack in args.attack_list:
+            cell += 1
+            if not args.quiet:
+                print(f"[cell {cell}/{n_cells}] {attack} on {metric} ({time.time() - t0:.0f}s elapsed)")
+            t_cell = time.time()
+            arecs, results, is_zero = run_attack(args, attack, metric, dm_attack)
+            if is_zero:
+                write_csv(out / "samples" / f"{attack}-{metric}.csv", arecs, sample_columns(arecs))
+                r2 = table2_rows(label, attack, results)
+                for r in r2:
+                    r["samples_per_s"] = len(arecs) / max(time.time() - t_cell, 1e-9)
+                rows2 += r2
     if not is_zero:
         return 0
     write_csv(out / "table1.csv", rows, TABLE1_COLUMNS)
     md = markdown_table(rows, TABLE1_COLUMNS)
     from lit_attacks.report import atomic_write
     atomic_write(out / "table1.md", "# Table 1: 2AFC score and accuracy on unanimous samples\n\n" + md)
-    write_json(out / "summary.json", {"data": source, "metrics": labels, "table1": rows,
+    if rows2:
+        write_csv(out / "table2.csv", rows2, TABLE2_COLUMNS + ["samples_per_s"])
+        md2 = table2_markdown(rows2)
+        atomic_write(out / "table2.md", "# Table 2: rank flips on samples where humans were unanimous\n\n" + md2)
+    write_json(out / "summary.json", {"data": source, "metrics": labels, "attacks": args.attack_list,
+                                      "params": args.params, "table1": rows, "table2": rows2,
                                       "pretrained": args.pretrained == "true", "seconds": time.time() - t0})
     print("\nTable 1 (2AFC over all samples; accuracy over unanimous samples)\n")
     print(md)
+    if rows2:
+        print("Table 2 (rank flips; agreed = the metric ranked like the humans; RMSE/PSNR over flipped samples)\n")
+        print(md2)
     if args.pretrained != "true":
         print("WARNING: random backbones (--pretrained false): numbers are for testing and timing only.")
     print(f"results in {out}/")

@@ -22,7 +22,7 @@ class RecordCollector(pl.Callback):
         self._local, self.records = [], []
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._local.extend(outputs)
+        self._local.extend({k: v for k, v in r.items() if not k.startswith("_")} for r in outputs)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

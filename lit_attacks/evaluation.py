@@ -37,3 +37,13 @@ def table1_rows(metric: str, records: Sequence[Dict], categories_order: Iterable
                      "two_afc": float(score.mean()) if len(rs) else float("nan"),
                      "accuracy": float(score[unan].mean()) if unan.any() else float("nan")})
     return rows
+
+
+TABLE2_COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flipped_uint8", "eps_mean",
+                  "rmse_mean", "rmse_std", "psnr_mean", "queries_mean", "iterations_mean",
+                  "frac>0.001", "frac>0.005", "frac>0.01", "frac>0.02", "frac>0.03", "frac>0.05", "frac>0.1"]
+
+
+def table2_rows(metric: str, attack: str, results: Dict[str, Dict[str, float]]) -> List[Dict]:
+    """Table 2 rows (agreed, disagreed, all) from :class:`callbacks.attack_metrics.AttackMetrics` results."""
+    return [{"metric": metric, "attack": attack, "group": g, **results[g]} for g in ("agreed", "disagreed", "all")]

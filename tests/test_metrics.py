@@ -151,3 +151,16 @@ def test_random_backbone_is_reproducible(seeded_batch):
     torch.testing.assert_close(a(ref, x), b(ref, x))
     c = create_metric("lpips_alex", pretrained=False, init_seed=1)
     assert not torch.allclose(a(ref, x), c(ref, x))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bound_distance_equals_plain_call_and_selects(name, seeded_batch):
+    """``bind`` (which caches reference features for LPIPS) gives the same distances, also on a subset."""
+    ref, x = seeded_batch
+    m = metric(name)
+    bound = m.bind(ref)
+    torch.testing.assert_close(bound(x), m(ref, x), rtol=1e-4, atol=1e-6)
+    idx = torch.tensor([2, 0])
+    torch.testing.assert_close(bound.select(idx)(x[idx]), m(ref[idx], x[idx]), rtol=1e-4, atol=1e-6)
+    rep = bound.repeat_interleave(2)
+    torch.testing.assert_close(rep(x.repeat_interleave(2, 0)), m(ref, x).repeat_interleave(2), rtol=1e-4, atol=1e-6)

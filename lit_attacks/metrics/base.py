@@ -76,6 +76,48 @@ class Distance(nn.Module):
     def _distance(self, ref: Tensor, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def bind(self, ref: Tensor) -> "BoundDistance":
+        """``x -> d(ref, x)`` for a fixed ``ref``, with whatever depends on ``ref`` alone computed once.
+
+        Attack loops call the bound distance many times with the same references; LPIPS-like metrics
+        override :meth:`_prepare` / :meth:`_distance_prepared` to cache the reference features.
+        Inputs are not validated (validate once with :func:`check_images` first).
+        """
+        with torch.no_grad():
+            ctx = self._prepare(ref)
+        return BoundDistance(self, ref, ctx)
+
+    def _prepare(self, ref: Tensor):
+        return ref
+
+    def _select(self, ctx, idx: Tensor):
+        return ctx[idx]
+
+    def _distance_prepared(self, ctx, x: Tensor) -> Tensor:
+        return self._distance(ctx, x)
+
+
+class BoundDistance:
+    """A metric bound to a batch of references; :meth:`select` keeps a subset (for compaction)."""
+
+    def __init__(self, metric: Distance, ref: Tensor, ctx) -> None:
+        self.metric, self.ref, self.ctx = metric, ref, ctx
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(B,) distances of ``x`` (B, 3, H, W) to the bound references."""
+        return self.metric._distance_prepared(self.ctx, x)
+
+    def select(self, idx: Tensor) -> "BoundDistance":
+        return BoundDistance(self.metric, self.ref[idx], self.metric._select(self.ctx, idx))
+
+    def repeat_interleave(self, k: int) -> "BoundDistance":
+        """Each reference repeated ``k`` times in a row (to score k candidates per sample at once)."""
+        idx = torch.arange(self.ref.shape[0], device=self.ref.device).repeat_interleave(k)
+        return self.select(idx)
+
+    def __len__(self) -> int:
+        return self.ref.shape[0]
+
 
 def check_images(ref: Tensor, x: Tensor, name: str = "metric", key: Optional[str] = None) -> None:
     """Raise :class:`MetricInputError` unless ``ref`` and ``x`` are matching (B, 3, H, W) images in [-1, 1]."""

@@ -72,6 +72,15 @@ class LPIPSDistance(Distance):
     def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
         return self.model(ref, x).flatten()
 
+    def _prepare(self, ref: Tensor) -> List[Tensor]:
+        return self.features(ref)
+
+    def _select(self, ctx: List[Tensor], idx: Tensor) -> List[Tensor]:
+        return [f[idx] for f in ctx]
+
+    def _distance_prepared(self, ctx: List[Tensor], x: Tensor) -> Tensor:
+        return self.from_features(ctx, self.features(x))
+
 
 @METRICS.register("lpips_alex")
 def lpips_alex(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:

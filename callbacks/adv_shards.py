@@ -1,0 +1,77 @@
+"""Writing adversarial examples as webdataset shards (for transfer runs), one shard per rank."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pytorch_lightning as pl
+import torch.distributed as dist
+from PIL import Image
+
+from datamodules.shards import INDEX, sha256
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+class AdvShardWriter(pl.Callback):
+    """Saves ref, other, prey, adv (8-bit PNG) and the record (JSON) of every sample.
+
+    Needs records carrying ``_images`` (``AttackModule(keep_images=True)``). Each rank writes
+    ``<prefix>-rank<r>.tar`` (via a temporary name); after all ranks finish, rank 0 writes
+    ``index.json`` with the keys and sha256 of each shard. Keys are the BAPPS keys.
+    """
+
+    def __init__(self, out_dir: str, prefix: str = "adv") -> None:
+        self.out_dir, self.prefix = Path(out_dir), prefix
+        self._tar = None
+        self._keys: List[str] = []
+
+    def _name(self, rank: int) -> str:
+        return f"{self.prefix}-rank{rank:03d}.tar"
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.out_dir / (self._name(trainer.global_rank) + ".tmp")
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._keys = []
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        for r in outputs:
+            images = r.get("_images")
+            if images is None:
+                raise RuntimeError("AdvShardWriter needs records with images: build the attack with keep_images=True")
+            for n in ("ref", "other", "prey", "adv"):
+                self._add(f"{r['key']}.{n}.png", _png(images[n]))
+            record = {k: v for k, v in r.items() if not k.startswith("_")}
+            self._add(f"{r['key']}.record.json", json.dumps(record).encode())
+            self._keys.append(r["key"])
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._tar.close()
+        final = self.out_dir / self._name(trainer.global_rank)
+        os.replace(self._tmp, final)
+        entry = {"name": final.name, "count": len(self._keys), "keys": self._keys}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: List[Dict[str, Any]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+            dist.all_gather_object(parts, entry)
+        else:
+            parts = [entry]
+        if trainer.is_global_zero:
+            for p in parts:
+                p["sha256"] = sha256(self.out_dir / p["name"])
+            index = {"format": 1, "kind": "adversarial", "count": sum(p["count"] for p in parts), "shards": parts}
+            (self.out_dir / INDEX).write_text(json.dumps(index, indent=1))

@@ -1,0 +1,85 @@
+"""FGSM with the smallest flipping epsilon on a grid (paper Algorithm 3), scanned vectorised."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.objectives import rank_loss
+from lit_attacks.metrics import BoundDistance
+
+
+def eps_grid(step: float = 1e-4, max_eps: float = 0.05) -> Tensor:
+    """float64 grid ``step, 2 step, ..., max_eps`` computed as ``k * step`` (no accumulated round-off)."""
+    n = int(round(max_eps / step))
+    return torch.arange(1, n + 1, dtype=torch.float64) * step
+
+
+def fgsm_direction(bound: BoundDistance, prey: Tensor, s_other: Tensor) -> Tensor:
+    """(B, 3, H, W) sign of the rank-loss gradient at ``prey``."""
+    x = prey.detach().clone().requires_grad_(True)
+    grad, = torch.autograd.grad(rank_loss(s_other, bound(x)).sum(), x)
+    return grad.sign()
+
+
+def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Tensor, grid: Tensor,
+              max_candidates: int = 2048) -> Tuple[Tensor, Tensor]:
+    """Index of the first grid epsilon whose ``clamp(prey + eps * direction)`` flips, or -1; and queries.
+
+    Candidates of several epsilons and samples go through the metric together, up to
+    ``max_candidates`` images per forward pass; a sample leaves once its first flip is found. The
+    answer is the same as the sequential scan's.
+    """
+    B, n = prey.shape[0], grid.numel()
+    first = torch.full((B,), -1, dtype=torch.long, device=prey.device)
+    queries = torch.zeros(B, dtype=torch.long, device=prey.device)
+    active, start = torch.arange(B, device=prey.device), 0
+    grid = grid.to(prey.device, prey.dtype)
+    while active.numel() and start < n:
+        k = min(n - start, max(1, max_candidates // active.numel()))
+        eps = grid[start:start + k].view(1, k, 1, 1, 1)
+        cand = (prey[active, None] + eps * direction[active, None]).clamp(-1, 1)  # (A, k, 3, H, W)
+        with torch.no_grad():
+            s = bound.select(active).repeat_interleave(k)(cand.flatten(0, 1)).view(-1, k)
+        hit = s > s_other[active, None]
+        found = hit.any(1)
+        queries[active] += k
+        first[active[found]] = start + hit.float().argmax(1)[found]
+        active, start = active[~found], start + k
+    return first, queries
+
+
+class FGSM(AttackModule):
+    """One signed gradient at the prey; the smallest epsilon on ``step, 2 step, ..., max_eps`` that flips.
+
+    Args:
+        metric: victim metric name.
+        step: grid step (1e-4) and first epsilon.
+        max_eps: last epsilon tried (0.05).
+        max_candidates: images per metric forward pass in the vectorised scan (memory bound).
+    """
+
+    name = "fgsm"
+
+    def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
+                 max_candidates: int = 2048, pretrained: bool = True, weights_dir: Optional[str] = None,
+                 keep_images: bool = False) -> None:
+        if step <= 0 or max_eps <= 0:
+            raise ValueError(f"fgsm: step and max_eps must be > 0, got step={step}, max_eps={max_eps}")
+        if max_eps < step:
+            raise ValueError(f"fgsm: max_eps ({max_eps}) is below the first epsilon ({step})")
+        super().__init__(metric, pretrained, weights_dir, keep_images)
+        self.save_hyperparameters()
+        self.grid, self.max_candidates = eps_grid(step, max_eps), max_candidates
+
+    def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
+        direction = fgsm_direction(bound, prey, s_other)
+        first, queries = fgsm_scan(bound, prey, s_other, direction, self.grid, self.max_candidates)
+        grid = self.grid.to(prey.device)
+        eps = torch.where(first >= 0, grid[first.clamp(min=0)], torch.full_like(grid[:1], math.nan).expand_as(first))
+        use = torch.where(first >= 0, grid[first.clamp(min=0)], grid[-1]).to(prey.dtype)  # unflipped: max_eps image
+        adv = (prey + use.view(-1, 1, 1, 1) * direction).clamp(-1, 1)
+        return AttackResult(adv, torch.full_like(first, -1), queries + 1, eps.to(prey.dtype))

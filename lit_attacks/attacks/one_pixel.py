@@ -1,0 +1,120 @@
+"""One-pixel attack (Su et al. 2019; paper appendix A.3): black-box differential evolution on one pixel."""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import differential_evolution
+from torch import Tensor
+
+from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.objectives import one_pixel_fitness
+from lit_attacks.metrics import BoundDistance
+
+
+class _Found(Exception):
+    def __init__(self, candidate: np.ndarray) -> None:
+        self.candidate = candidate
+
+
+def apply_pixel(prey: Tensor, cand: Tensor) -> Tensor:
+    """(P, 3, H, W) copies of ``prey`` (1, 3, H, W) with pixel (x, y) set to (r, g, b) per candidate row (P, 5).
+
+    x, y are continuous in [0, W) / [0, H) and floored; r, g, b are in [-1, 1].
+    """
+    P, (_, _, H, W) = cand.shape[0], prey.shape
+    out = prey.expand(P, -1, -1, -1).clone()
+    xs = cand[:, 0].floor().long().clamp(0, W - 1)
+    ys = cand[:, 1].floor().long().clamp(0, H - 1)
+    out[torch.arange(P), :, ys, xs] = cand[:, 2:5].to(out.dtype)
+    return out
+
+
+def sample_seed(seed: int, key: str) -> int:
+    """A per-sample seed: the same sample gets the same search whatever its batch."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
+
+
+def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, population: int = 400,
+                     generations: int = 100, mutation: float = 0.5, recombination: float = 1.0, seed: int = 0):
+    """Differential evolution over (x, y, r, g, b) for one sample; stops at the first flipping candidate.
+
+    Each generation's population is scored in one batched metric call (scipy ``vectorized=True``).
+    Returns (candidate (5,) or None if no flip, queries, generations run).
+    """
+    H, W = prey.shape[-2:]
+    rep = bound.repeat_interleave(1)
+    state = {"queries": 0, "calls": 0}
+
+    def fitness(X: np.ndarray) -> np.ndarray:  # X: (5, P)
+        cand = torch.as_tensor(X.T, dtype=torch.float64, device=prey.device)
+        imgs = apply_pixel(prey, cand)
+        with torch.no_grad():
+            s = rep.repeat_interleave(imgs.shape[0])(imgs)
+        state["queries"] += imgs.shape[0]
+        state["calls"] += 1
+        hit = (s > s_other).nonzero()
+        if hit.numel():
+            raise _Found(X[:, int(hit[0])])
+        return one_pixel_fitness(s, torch.full_like(s, s_other)).double().cpu().numpy()
+
+    bounds = [(0, W - 1e-6), (0, H - 1e-6), (-1, 1), (-1, 1), (-1, 1)]
+    try:
+        differential_evolution(fitness, bounds, popsize=max(1, population // 5), maxiter=generations,
+                               mutation=mutation, recombination=recombination, seed=seed, polish=False,
+                               init="random", tol=0, atol=0, vectorized=True, updating="deferred")
+    except _Found as f:
+        return f.candidate, state["queries"], state["calls"] - 1
+    return None, state["queries"], state["calls"] - 1
+
+
+class OnePixel(AttackModule):
+    """Black-box one-pixel attack: only metric outputs are used.
+
+    Defaults follow Su et al. (2019): population 400, up to 100 generations, F = 0.5, no crossover
+    (recombination 1.0: the mutant is taken whole). Fitness (minimised): 1 - s_adv / (s_adv + s_other).
+
+    Args:
+        metric: victim metric name.
+        population: candidates per generation (scipy's popsize multiplier is ``population // 5``).
+        generations: maximum DE generations after the initial population.
+        mutation, recombination: DE parameters.
+        seed: combined with each sample's key into a per-sample seed.
+    """
+
+    name = "onepixel"
+
+    def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
+                 mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, pretrained: bool = True,
+                 weights_dir: Optional[str] = None, keep_images: bool = False) -> None:
+        if population < 5:
+            raise ValueError(f"onepixel: population must be >= 5, got {population}")
+        if generations < 1:
+            raise ValueError(f"onepixel: generations must be >= 1, got {generations}")
+        super().__init__(metric, pretrained, weights_dir, keep_images)
+        self.save_hyperparameters()
+        self.population, self.generations, self.seed = population, generations, seed
+        self.mutation, self.recombination = mutation, recombination
+
+    def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
+        B = prey.shape[0]
+        adv = prey.detach().clone()
+        queries = torch.zeros(B, dtype=torch.long)
+        gens = torch.zeros(B, dtype=torch.long)
+        extra = {k: [None] * B for k in ("pixel_x", "pixel_y", "pixel_r", "pixel_g", "pixel_b")}
+        for i in range(B):
+            cand, q, g = one_pixel_search(bound.select(torch.tensor([i])), prey[i:i + 1], float(s_other[i]),
+                                          self.population, self.generations, self.mutation, self.recombination,
+                                          sample_seed(self.seed, keys[i]))
+            queries[i], gens[i] = q, g
+            if cand is not None:
+                c = torch.as_tensor(cand[None], dtype=torch.float64)
+                adv[i] = apply_pixel(prey[i:i + 1], c)[0]
+                x, y = int(np.floor(cand[0])), int(np.floor(cand[1]))
+                rgb = np.round((np.asarray(cand[2:5]) + 1) * 127.5).astype(int).tolist()
+                extra["pixel_x"][i], extra["pixel_y"][i] = x, y
+                extra["pixel_r"][i], extra["pixel_g"][i], extra["pixel_b"][i] = rgb
+        nan = torch.full((B,), float("nan"))
+        return AttackResult(adv, gens, queries, nan, extra)
