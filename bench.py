@@ -34,6 +34,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f"comma-separated attacks (fgsm, pgd, onepixel; default {DEFAULT_ATTACKS}; '' for Table 1 only)")
     p.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="attack parameter, e.g. pgd.steps=40 (repeatable)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="bit-exact per-sample results independent of batch composition (oneDNN/cuDNN off, slower)")
     p.add_argument("--save-adv", action="store_true", help="also write adversarial images as shards in OUT/adv/")
     p.add_argument("--out", default="results/default", help="results folder (default results/default)")
     p.add_argument("--pretrained", default="true", choices=["true", "false"],
@@ -71,7 +73,7 @@ def parse_params(items: Sequence[str], attacks: Sequence[str]) -> Dict[str, Dict
         if attack not in attacks:
             fail(f"--param {item!r}: attack {attack!r} is not among --attacks ({','.join(attacks) or 'none'})")
         allowed = set(inspect.signature(ATTACKS.get(attack)).parameters) - {"metric", "pretrained", "weights_dir",
-                                                                            "keep_images"}
+                                                                            "keep_images", "batch_invariant"}
         if key not in allowed:
             fail(f"--param {item!r}: {attack} has no parameter {key!r}; known: {', '.join(sorted(allowed))}")
         params[attack][key] = yaml.safe_load(value)
@@ -173,7 +175,7 @@ def run_attack(args: argparse.Namespace, attack: str, metric: str, dm) -> tuple:
     from lit_attacks.attacks import create_attack
 
     module = create_attack(attack, metric, pretrained=args.pretrained == "true", weights_dir=args.weights_dir,
-                           keep_images=args.save_adv, **args.params[attack])
+                           keep_images=args.save_adv, batch_invariant=args.batch_invariant, **args.params[attack])
     collector, stats = RecordCollector(), AttackMetrics(attack, metric)
     callbacks = [collector, stats]
     if args.save_adv:

@@ -66,12 +66,12 @@ class FGSM(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
                  max_candidates: int = 2048, pretrained: bool = True, weights_dir: Optional[str] = None,
-                 keep_images: bool = False) -> None:
+                 keep_images: bool = False, batch_invariant: bool = False) -> None:
         if step <= 0 or max_eps <= 0:
             raise ValueError(f"fgsm: step and max_eps must be > 0, got step={step}, max_eps={max_eps}")
         if max_eps < step:
             raise ValueError(f"fgsm: max_eps ({max_eps}) is below the first epsilon ({step})")
-        super().__init__(metric, pretrained, weights_dir, keep_images)
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
         self.save_hyperparameters()
         self.grid, self.max_candidates = eps_grid(step, max_eps), max_candidates
 
@@ -82,4 +82,4 @@ class FGSM(AttackModule):
         eps = torch.where(first >= 0, grid[first.clamp(min=0)], torch.full_like(grid[:1], math.nan).expand_as(first))
         use = torch.where(first >= 0, grid[first.clamp(min=0)], grid[-1]).to(prey.dtype)  # unflipped: max_eps image
         adv = (prey + use.view(-1, 1, 1, 1) * direction).clamp(-1, 1)
-        return AttackResult(adv, torch.full_like(first, -1), queries + 1, eps.to(prey.dtype))
+        return AttackResult(adv, torch.full_like(first, -1), queries + 1, eps)  # eps: float64 grid values

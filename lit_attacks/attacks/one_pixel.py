@@ -88,12 +88,12 @@ class OnePixel(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
                  mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False) -> None:
+                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False) -> None:
         if population < 5:
             raise ValueError(f"onepixel: population must be >= 5, got {population}")
         if generations < 1:
             raise ValueError(f"onepixel: generations must be >= 1, got {generations}")
-        super().__init__(metric, pretrained, weights_dir, keep_images)
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
         self.save_hyperparameters()
         self.population, self.generations, self.seed = population, generations, seed
         self.mutation, self.recombination = mutation, recombination

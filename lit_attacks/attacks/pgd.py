@@ -71,17 +71,17 @@ class PGD(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 0.03, alpha: float = 0.001, steps: int = 30,
                  fixed_steps: bool = False, pretrained: bool = True, weights_dir: Optional[str] = None,
-                 keep_images: bool = False) -> None:
+                 keep_images: bool = False, batch_invariant: bool = False) -> None:
         if eps <= 0:
             raise ValueError(f"pgd: eps must be > 0, got {eps}")
         if alpha <= 0:
             raise ValueError(f"pgd: alpha must be > 0, got {alpha}")
         if steps < 1:
             raise ValueError(f"pgd: steps must be >= 1, got {steps}")
-        super().__init__(metric, pretrained, weights_dir, keep_images)
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
         self.save_hyperparameters()
         self.eps, self.alpha, self.steps, self.fixed_steps = eps, alpha, steps, fixed_steps
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         adv, iters, queries = pgd(bound, prey, s_other, self.eps, self.alpha, self.steps, not self.fixed_steps)
-        return AttackResult(adv, iters, queries, torch.full_like(s_other, self.eps))
+        return AttackResult(adv, iters, queries, torch.full_like(s_other, self.eps, dtype=torch.float64))
