@@ -131,7 +131,7 @@ def reference_fgsm(m, ref, p0, p1, step=1e-4, max_eps=0.05):
 @pytest.mark.parametrize("name", list(METRICS))
 def test_fgsm_vectorised_scan_equals_sequential(batch, name):
     m = metric(name)
-    a = FGSM(name, pretrained=False, max_eps=0.05, max_candidates=300, batch_invariant=True)
+    a = FGSM(name, pretrained=False, max_eps=0.05, eps_chunk=25, batch_invariant=True)
     a.metric = m
     records = a.predict_step(batch)
     found = 0
@@ -155,7 +155,7 @@ def test_fgsm_epsilon_is_the_first_grid_value_that_flips(batch):
     bound = m.bind(ref)
     d = fgsm_direction(bound, prey, s_other)
     grid = eps_grid(1e-4, 0.05)
-    first, _ = fgsm_scan(bound, prey, s_other, d, grid, max_candidates=97)
+    first, _ = fgsm_scan(bound, prey, s_other, d, grid, eps_chunk=7)
     for i in range(len(ref)):
         k = int(first[i])
         if k < 0:

@@ -26,12 +26,13 @@ def fgsm_direction(bound: BoundDistance, prey: Tensor, s_other: Tensor) -> Tenso
 
 
 def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Tensor, grid: Tensor,
-              max_candidates: int = 2048) -> Tuple[Tensor, Tensor]:
+              eps_chunk: int = 32) -> Tuple[Tensor, Tensor]:
     """Index of the first grid epsilon whose ``clamp(prey + eps * direction)`` flips, or -1; and queries.
 
-    Candidates of several epsilons and samples go through the metric together, up to
-    ``max_candidates`` images per forward pass; a sample leaves once its first flip is found. The
-    answer is the same as the sequential scan's.
+    The grid is scanned in chunks of ``eps_chunk`` epsilons; the chunk's candidates of all active
+    samples go through the metric in one forward pass (``active * eps_chunk`` images), and a sample
+    leaves once its first flip is found. The answer is the sequential scan's; ``queries`` (candidates
+    evaluated) depends only on the sample and ``eps_chunk``, never on its batch.
     """
     B, n = prey.shape[0], grid.numel()
     first = torch.full((B,), -1, dtype=torch.long, device=prey.device)
@@ -39,7 +40,7 @@ def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Te
     active, start = torch.arange(B, device=prey.device), 0
     grid = grid.to(prey.device, prey.dtype)
     while active.numel() and start < n:
-        k = min(n - start, max(1, max_candidates // active.numel()))
+        k = min(n - start, eps_chunk)
         eps = grid[start:start + k].view(1, k, 1, 1, 1)
         cand = (prey[active, None] + eps * direction[active, None]).clamp(-1, 1)  # (A, k, 3, H, W)
         with torch.no_grad():
@@ -59,25 +60,27 @@ class FGSM(AttackModule):
         metric: victim metric name.
         step: grid step (1e-4) and first epsilon.
         max_eps: last epsilon tried (0.05).
-        max_candidates: images per metric forward pass in the vectorised scan (memory bound).
+        eps_chunk: epsilons per sample evaluated in one forward pass (memory: batch * eps_chunk images).
     """
 
     name = "fgsm"
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
-                 max_candidates: int = 2048, pretrained: bool = True, weights_dir: Optional[str] = None,
+                 eps_chunk: int = 32, pretrained: bool = True, weights_dir: Optional[str] = None,
                  keep_images: bool = False, batch_invariant: bool = False) -> None:
         if step <= 0 or max_eps <= 0:
             raise ValueError(f"fgsm: step and max_eps must be > 0, got step={step}, max_eps={max_eps}")
+        if eps_chunk < 1:
+            raise ValueError(f"fgsm: eps_chunk must be >= 1, got {eps_chunk}")
         if max_eps < step:
             raise ValueError(f"fgsm: max_eps ({max_eps}) is below the first epsilon ({step})")
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
         self.save_hyperparameters()
-        self.grid, self.max_candidates = eps_grid(step, max_eps), max_candidates
+        self.grid, self.eps_chunk = eps_grid(step, max_eps), eps_chunk
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         direction = fgsm_direction(bound, prey, s_other)
-        first, queries = fgsm_scan(bound, prey, s_other, direction, self.grid, self.max_candidates)
+        first, queries = fgsm_scan(bound, prey, s_other, direction, self.grid, self.eps_chunk)
         grid = self.grid.to(prey.device)
         eps = torch.where(first >= 0, grid[first.clamp(min=0)], torch.full_like(grid[:1], math.nan).expand_as(first))
         use = torch.where(first >= 0, grid[first.clamp(min=0)], grid[-1]).to(prey.dtype)  # unflipped: max_eps image

@@ -1,0 +1,131 @@
+"""Aggregates from the torchmetrics callback vs numpy on the per-sample CSV; adversarial shards; DDP == 1 process."""
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bench
+from lit_attacks.metrics import METRICS, Distance, create_metric
+from lit_attacks.report import read_csv
+
+from conftest import ROOT
+
+FRACS = ["frac>0.001", "frac>0.005", "frac>0.01", "frac>0.02", "frac>0.03", "frac>0.05", "frac>0.1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    os.environ.setdefault("LIT_ATTACKS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    assert bench.main(["--metrics", "lpips_alex", "--attacks", "fgsm,pgd", "--pretrained", "false", "--builtin-n", "6",
+                       "--out", str(out), "--quiet", "--save-adv", "--batch-size", "16"]) == 0
+    return out
+
+
+def _numpy_table(rows, group):
+    sel = [r for r in rows if group == "all" or (r["agreed"] == "True") == (group == "agreed")]
+    flipped = [r for r in sel if r["flipped"] == "True"]
+    rmse = np.array([float(r["rmse"]) for r in flipped])
+    eps = np.array([float(r["eps"]) for r in flipped])
+    out = {"total": len(sel), "flipped": len(flipped),
+           "flipped_uint8": sum(r["flipped_uint8"] == "True" for r in sel)}
+    if flipped:
+        out.update(rmse_mean=rmse.mean(), rmse_std=rmse.std(), eps_mean=np.nanmean(eps),
+                   psnr_mean=np.mean([float(r["psnr"]) for r in flipped]),
+                   **{f: np.mean([float(r[f]) for r in flipped]) for f in FRACS})
+    return out
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_table2_equals_numpy_on_the_per_sample_csv(run_dir, attack):
+    rows = read_csv(run_dir / "samples" / f"{attack}-lpips_alex.csv")
+    assert len(rows) == len({r["key"] for r in rows}) > 0
+    table = [r for r in read_csv(run_dir / "table2.csv") if r["attack"] == attack]
+    assert [r["group"] for r in table] == ["agreed", "disagreed", "all"]
+    for r in table:
+        ref = _numpy_table(rows, r["group"])
+        for k, v in ref.items():
+            assert float(r[k]) == pytest.approx(v, rel=1e-6, abs=1e-9), (r["group"], k)
+    assert any(r["flipped"] == "True" for r in rows)
+    assert table[0]["metric"] == "lpips_alex [random backbone]"
+
+
+def test_every_reported_flip_rescored_from_the_saved_shard(run_dir):
+    """The adversarial PNGs written for transfer re-score to the recorded 8-bit score and flip flag."""
+    m = create_metric("lpips_alex", pretrained=False)
+    shard_dir = run_dir / "adv" / "pgd-lpips_alex"
+    index = json.loads((shard_dir / "index.json").read_text())
+    rows = {r["key"]: r for r in read_csv(run_dir / "samples" / "pgd-lpips_alex.csv")}
+    assert index["count"] == len(rows)
+    to_t = lambda b: torch.from_numpy(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), np.float32)).permute(2, 0, 1)[None] / 127.5 - 1  # noqa: E731
+    checked = 0
+    with tarfile.open(shard_dir / index["shards"][0]["name"]) as t:
+        members = {m_.name: t.extractfile(m_).read() for m_ in t.getmembers()}
+    for key, r in rows.items():
+        ref, adv, prey = (to_t(members[f"{key}.{n}.png"]) for n in ("ref", "adv", "prey"))
+        s = m(ref, adv).item()
+        assert s == pytest.approx(float(r["s_adv_uint8"]), rel=1e-4)
+        assert (s > float(r["s_other"])) == (r["flipped_uint8"] == "True")
+        assert (adv - prey).abs().max() <= 0.03 + 1 / 127.5  # eps ball, up to 8-bit rounding
+        checked += 1
+    assert checked == len(rows)
+
+
+def test_nan_metric_leaves_no_complete_looking_csv(tmp_path, monkeypatch, capsys):
+    class HalfNaN(Distance):  # finite on 8-bit images (the data), NaN once an attack moves off the grid
+        def _distance(self, ref, x):
+            d = (ref - x).pow(2).mean((1, 2, 3))
+            with torch.no_grad():
+                off_grid = ((x + 1) * 127.5 - ((x + 1) * 127.5).round()).abs().flatten(1).amax(1) > 1e-3
+            return d + torch.where(off_grid, float("nan"), 0.0)
+
+    monkeypatch.setitem(METRICS._factories, "halfnan", lambda: HalfNaN())
+    with pytest.raises(FloatingPointError, match=r"on halfnan: metric returned non-finite s_adv for sample"):
+        bench.main(["--metrics", "halfnan", "--attacks", "pgd", "--builtin-n", "2", "--out", str(tmp_path), "--quiet",
+                    "--param", "pgd.eps=0.001", "--param", "pgd.alpha=0.001", "--param", "pgd.steps=1"])
+    assert not (tmp_path / "samples" / "pgd-halfnan.csv").exists() and not (tmp_path / "table2.csv").exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--attacks", "pgdd"], "did you mean 'pgd'"),
+    (["--attacks", "pgd", "--param", "pgd.eps=0"], "pgd: eps must be > 0"),
+    (["--attacks", "pgd", "--param", "pgd.stepz=3"], "pgd has no parameter 'stepz'"),
+    (["--attacks", "pgd", "--param", "fgsm.max_eps=0.1"], "attack 'fgsm' is not among --attacks"),
+])
+def test_bad_attack_arguments_fail_before_work(tmp_path, capsys, argv, msg):
+    with pytest.raises(SystemExit):
+        bench.main(argv + ["--out", str(tmp_path)])
+    assert msg in capsys.readouterr().err
+
+
+@pytest.mark.ddp
+def test_two_process_attack_run_equals_one_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LIT_ATTACKS_CACHE=str(tmp_path / "cache"))
+    common = [sys.executable, str(ROOT / "bench.py"), "--metrics", "l2,lpips_alex", "--attacks", "pgd,fgsm",
+              "--pretrained", "false", "--builtin-n", "5", "--quiet", "--batch-size", "8", "--batch-invariant"]
+    for name, extra in (("one", []), ("two", ["--devices", "2", "--strategy", "ddp"])):
+        r = subprocess.run(common + ["--out", str(tmp_path / name)] + extra, env=env, capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+    for cell in ("pgd-l2", "fgsm-l2", "pgd-lpips_alex", "fgsm-lpips_alex"):
+        one, two = (read_csv(tmp_path / n / "samples" / f"{cell}.csv") for n in ("one", "two"))
+        assert len(one) >= 20 and [r["key"] for r in one] == [r["key"] for r in two]  # the unanimous of 25
+        for a, b in zip(one, two):
+            for k in a:
+                if k in ("s_adv", "s_adv_uint8", "s0", "s1", "s_other"):
+                    assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6), (cell, k)
+                else:
+                    assert a[k] == b[k], (cell, a["key"], k)
+    t1, t2 = read_csv(tmp_path / "one/table2.csv"), read_csv(tmp_path / "two/table2.csv")
+    for a, b in zip(t1, t2):
+        for k in a:
+            if k != "samples_per_s":
+                assert a[k] == b[k] or float(a[k]) == pytest.approx(float(b[k]), rel=1e-6, nan_ok=True), k
