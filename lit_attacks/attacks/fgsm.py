@@ -26,7 +26,7 @@ def fgsm_direction(bound: BoundDistance, prey: Tensor, s_other: Tensor) -> Tenso
 
 
 def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Tensor, grid: Tensor,
-              eps_chunk: int = 32) -> Tuple[Tensor, Tensor]:
+              eps_chunk: int = 8) -> Tuple[Tensor, Tensor]:
     """Index of the first grid epsilon whose ``clamp(prey + eps * direction)`` flips, or -1; and queries.
 
     The grid is scanned in chunks of ``eps_chunk`` epsilons; the chunk's candidates of all active
@@ -66,7 +66,7 @@ class FGSM(AttackModule):
     name = "fgsm"
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
-                 eps_chunk: int = 32, pretrained: bool = True, weights_dir: Optional[str] = None,
+                 eps_chunk: int = 8, pretrained: bool = True, weights_dir: Optional[str] = None,
                  keep_images: bool = False, batch_invariant: bool = False) -> None:
         if step <= 0 or max_eps <= 0:
             raise ValueError(f"fgsm: step and max_eps must be > 0, got step={step}, max_eps={max_eps}")
