@@ -202,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from datamodules.bapps import BappsDataModule
     from datamodules.tree import BappsDataError
     from lit_attacks.evaluation import TABLE2_COLUMNS, table1_rows, table2_rows
-    from lit_attacks.report import markdown_table, write_csv, write_json
+    from lit_attacks.report import atomic_write, markdown_table, write_csv, write_json
 
     out = Path(args.out)
     cats = args.categories.split(",") if args.categories else None
@@ -248,8 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     write_csv(out / "table1.csv", rows, TABLE1_COLUMNS)
     md = markdown_table(rows, TABLE1_COLUMNS)
-    from lit_attacks.report import atomic_write
-    atomic_write(out / "table1.md", "# Table 1: 2AFC score and accuracy on unanimous samples\n\n" + md)
+    atomic_write(out / "table1.md", "# Table 1: 2AFC score (all samples) and accuracy (unanimous samples)\n\n" + md)
     if rows2:
         write_csv(out / "table2.csv", rows2, TABLE2_COLUMNS + ["samples_per_s"])
         md2 = table2_markdown(rows2)

@@ -1,7 +1,6 @@
 """Download the official BAPPS 2AFC archives (resumable, sha256-verified) and unpack them."""
 from __future__ import annotations
 
-import hashlib
 import tarfile
 import urllib.error
 import urllib.request
@@ -9,6 +8,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tqdm import tqdm
+
+from datamodules.shards import sha256
 
 # The LPIPS authors' download script (richzhang/PerceptualSimilarity scripts/download_dataset.sh)
 # now points at this bucket; the original Berkeley host is tried second.
@@ -42,14 +43,6 @@ def _fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
     part.rename(dest)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(out: str | Path, splits: Sequence[str] = ("val",), verify: bool = True, keep_archive: bool = False,
              mirrors: Optional[Sequence[str]] = None) -> Path:
     """Fetch and unpack the 2AFC ``splits`` so that ``out/2afc/<split>/...`` exists. Returns ``out``."""
@@ -74,7 +67,7 @@ def download(out: str | Path, splits: Sequence[str] = ("val",), verify: bool = T
         if not archive.exists():
             raise DownloadError(f"could not download {fname} (no network?): " + "; ".join(errors) +
                                 f". Download it by hand into {out} and rerun; a partial {fname}.part resumes.")
-        if verify and _sha256(archive) != digest:
+        if verify and sha256(archive) != digest:
             bad = archive.with_name(fname + ".corrupt")
             archive.rename(bad)
             raise DownloadError(f"{fname}: sha256 mismatch (expected {digest}); moved to {bad}, rerun to download again")
