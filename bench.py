@@ -37,6 +37,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-invariant", action="store_true",
                    help="bit-exact per-sample results independent of batch composition (oneDNN/cuDNN off, slower)")
     p.add_argument("--save-adv", action="store_true", help="also write adversarial images as shards in OUT/adv/")
+    p.add_argument("--transfer", action="store_true",
+                   help="transfer benchmark (Table 3): adversarial shards on --source, scored by every --metrics entry")
+    p.add_argument("--source", default="lpips_alex", help="comma-separated source metrics for --transfer "
+                   "(default lpips_alex); several give a source x target matrix")
+    p.add_argument("--rmse-max", type=float, default=8.0, help="imperceptibility bound (RMSE, 0-255) for --transfer")
+    p.add_argument("--flowadv-width", type=int, default=None,
+                   help="FlowAdv CNN width for --transfer (paper 256; default 256 on GPU, 32 on CPU)")
     p.add_argument("--out", default="results/default", help="results folder (default results/default)")
     p.add_argument("--pretrained", default="true", choices=["true", "false"],
                    help="false: random backbones (tests and timing only; labelled in every output)")
@@ -97,6 +104,14 @@ def check_args(args: argparse.Namespace) -> List[str]:
         except KeyError as e:
             fail(str(e.args[0]))
     args.params = parse_params(args.param, args.attack_list)
+    args.sources = [m.strip() for m in args.source.split(",") if m.strip()]
+    for m in args.sources:
+        try:
+            METRICS.get(m)
+        except KeyError as e:
+            fail(f"--source: {e.args[0]}")
+    if args.rmse_max <= 0:
+        fail(f"--rmse-max must be > 0, got {args.rmse_max}")
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
@@ -185,6 +200,45 @@ def run_attack(args: argparse.Namespace, attack: str, metric: str, dm) -> tuple:
     return collector.records, stats.results, trainer.is_global_zero
 
 
+def run_transfer(args: argparse.Namespace, targets: List[str], dm_attack, out: Path) -> List[Dict[str, Any]]:
+    """Table 3: adversarial shards per source metric, then every target metric scores them."""
+    import torch
+
+    from callbacks.adv_shards import AdvShardWriter
+    from callbacks.records import RecordCollector
+    from datamodules.adversarial import AdvShardDataModule
+    from lit_attacks.report import write_csv
+    from lit_attacks.transfer import TransferGenerator, TransferScorer, table3_rows
+
+    width = args.flowadv_width or (256 if torch.cuda.is_available() and args.accelerator != "cpu" else 32)
+    if width != 256 and not args.quiet:
+        print(f"FlowAdv CNN width {width} (the paper uses 256; --flowadv-width 256 for the full model)")
+    rows = []
+    for source in args.sources:
+        gen = TransferGenerator(source, rmse_max=args.rmse_max, flowadv_params={"width": width},
+                                pretrained=args.pretrained == "true", weights_dir=args.weights_dir,
+                                batch_invariant=args.batch_invariant)
+        shard_dir = out / "transfer" / f"adv-{source}"
+        collector = RecordCollector()
+        trainer = make_trainer(args, [collector, AdvShardWriter(str(shard_dir), prefix=f"adv-{source}")])
+        if not args.quiet:
+            print(f"[transfer] generating {len(gen.variants)} adversarial variants per sample on {source}")
+        trainer.predict(gen, datamodule=dm_attack, return_predictions=False)
+        if trainer.is_global_zero:
+            write_csv(out / "transfer" / f"source-{source}.csv", collector.records)
+        for target in targets:
+            if not args.quiet:
+                print(f"[transfer] scoring {source} examples with {target}")
+            scorer = TransferScorer(target, pretrained=args.pretrained == "true", weights_dir=args.weights_dir)
+            coll = RecordCollector()
+            make_trainer(args, [coll]).predict(scorer, datamodule=AdvShardDataModule(str(shard_dir), args.batch_size),
+                                               return_predictions=False)
+            if trainer.is_global_zero:
+                write_csv(out / "transfer" / f"{source}-to-{target}.csv", coll.records)
+            rows += table3_rows(source, scorer.metric.label, coll.records, gen.variants)
+    return rows
+
+
 def quiet_lightning() -> None:
     import logging
 
@@ -244,6 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for r in r2:
                     r["samples_per_s"] = len(arecs) / max(time.time() - t_cell, 1e-9)
                 rows2 += r2
+    rows3 = run_transfer(args, metrics, dm_attack, out) if args.transfer else []
     if not is_zero:
         return 0
     write_csv(out / "table1.csv", rows, TABLE1_COLUMNS)
@@ -253,14 +308,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_csv(out / "table2.csv", rows2, TABLE2_COLUMNS + ["samples_per_s"])
         md2 = table2_markdown(rows2)
         atomic_write(out / "table2.md", "# Table 2: rank flips on samples where humans were unanimous\n\n" + md2)
+    if rows3:
+        from lit_attacks.transfer import table3_markdown, variant_names
+
+        write_csv(out / "table3.csv", rows3, ["source", "target", "attack", "eligible", "flipped", "flip_rate"])
+        md3 = table3_markdown(rows3, variant_names())
+        atomic_write(out / "table3.md", "# Table 3: transfer of adversarial examples (flipped / eligible)\n\n" + md3)
     write_json(out / "summary.json", {"data": source, "metrics": labels, "attacks": args.attack_list,
-                                      "params": args.params, "table1": rows, "table2": rows2,
+                                      "params": args.params, "table1": rows, "table2": rows2, "table3": rows3,
                                       "pretrained": args.pretrained == "true", "seconds": time.time() - t0})
     print("\nTable 1 (2AFC over all samples; accuracy over unanimous samples)\n")
     print(md)
     if rows2:
         print("Table 2 (rank flips; agreed = the metric ranked like the humans; RMSE/PSNR over flipped samples)\n")
         print(md2)
+    if rows3:
+        print(f"Table 3 (transfer; eligible = passed the source flip and RMSE <= {args.rmse_max}, and both the source "
+              "and the target ranked like the humans)\n")
+        print(md3)
     if args.pretrained != "true":
         print("WARNING: random backbones (--pretrained false): numbers are for testing and timing only.")
     print(f"results in {out}/")

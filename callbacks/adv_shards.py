@@ -23,7 +23,8 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 class AdvShardWriter(pl.Callback):
-    """Saves ref, other, prey, adv (8-bit PNG) and the record (JSON) of every sample.
+    """Saves every image of a record's ``_images`` (8-bit PNG; ref, other, prey, adv or the transfer
+    variants) and the record itself (JSON) of every sample.
 
     Needs records carrying ``_images`` (``AttackModule(keep_images=True)``). Each rank writes
     ``<prefix>-rank<r>.tar`` (via a temporary name); after all ranks finish, rank 0 writes
@@ -54,8 +55,8 @@ class AdvShardWriter(pl.Callback):
             images = r.get("_images")
             if images is None:
                 raise RuntimeError("AdvShardWriter needs records with images: build the attack with keep_images=True")
-            for n in ("ref", "other", "prey", "adv"):
-                self._add(f"{r['key']}.{n}.png", _png(images[n]))
+            for n, arr in images.items():
+                self._add(f"{r['key']}.{n}.png", _png(arr))
             record = {k: v for k, v in r.items() if not k.startswith("_")}
             self._add(f"{r['key']}.record.json", json.dumps(record).encode())
             self._keys.append(r["key"])

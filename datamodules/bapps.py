@@ -95,19 +95,21 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, urls: Sequence[str], keep: Callable[[dict], bool], size: int = 64, rank: int = 0,
-                 world_size: int = 1, split_by: str = "auto", skip_bad: bool = False) -> None:
+                 world_size: int = 1, split_by: str = "auto", skip_bad: bool = False, validate: Callable = None,
+                 decode: Callable = None) -> None:
         if split_by not in ("auto", "shard", "sample"):
             raise ValueError(f"split_by must be 'auto', 'shard' or 'sample', got {split_by!r}")
         self.urls, self.keep, self.size = list(urls), keep, size
         self.rank, self.world_size, self.split_by = rank, world_size, split_by
         self.skip = SkipLog() if skip_bad else None
+        self.validate, self.decode = validate, decode
 
     def __iter__(self):
         info = get_worker_info()
         workers, wid = (info.num_workers, info.id) if info else (1, 0)
         slots, slot = self.world_size * workers, self.rank * workers + wid
         by_shard = self.split_by == "shard" or (self.split_by == "auto" and len(self.urls) >= slots)
-        return iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip))
+        return iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip, self.validate, self.decode))
 
 
 class BappsDataModule(pl.LightningDataModule):

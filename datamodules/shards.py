@@ -212,7 +212,7 @@ def decode_samples(src: Iterable[dict], size: int, skip: Optional[SkipLog]) -> I
 
 
 def stream(urls: Sequence[str], keep: Callable[[dict], bool], size: int, slot: int, slots: int, by_shard: bool,
-           skip: Optional[SkipLog]) -> wds.DataPipeline:
+           skip: Optional[SkipLog], validate: Callable = None, decode: Callable = None) -> wds.DataPipeline:
     """The webdataset pipeline for one (rank, worker) slot of ``slots``.
 
     ``by_shard``: shards are dealt round-robin to slots. Otherwise every slot reads every shard and
@@ -228,10 +228,11 @@ def stream(urls: Sequence[str], keep: Callable[[dict], bool], size: int, slot: i
     if by_shard:
         stages.append(deal)
     stages.append(lambda src: check_shards(src, skip))
+    validate, decode = validate or validate_samples, decode or decode_samples
     stages += [wds.tarfile_to_samples(handler=tar_error_handler(skip)),
-               lambda src: validate_samples(src, skip),
+               lambda src: validate(src, skip),
                lambda src: (s for s in src if keep(s))]
     if not by_shard:
         stages.append(deal)
-    stages.append(lambda src: decode_samples(src, size, skip))
+    stages.append(lambda src: decode(src, size, skip))
     return wds.DataPipeline(*stages)

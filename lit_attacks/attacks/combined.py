@@ -1,0 +1,71 @@
+"""Spatial attack then PGD(k) (official ``create_transferable_stAdvPGD_samples.py``), and PGD trajectories."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.flowadv import flowadv
+from lit_attacks.attacks.pgd import pgd
+from lit_attacks.attacks.stadv import stadv
+from lit_attacks.metrics import BoundDistance
+
+
+def pgd_snapshots(bound: BoundDistance, prey: Tensor, s_other: Tensor, ks: Sequence[int], start: Optional[Tensor] = None,
+                  eps: float = 0.03, alpha: float = 0.001) -> Dict[int, Tensor]:
+    """Images after exactly k fixed PGD steps for each k in ``ks``, from ``start`` (default prey), projected
+    around ``prey``. One trajectory: PGD(20) passes through PGD(5), PGD(10) and PGD(15)."""
+    out, x, done = {}, prey if start is None else start, 0
+    for k in sorted(set(ks)):
+        if k > done:
+            x, _, _ = pgd(bound, prey, s_other, eps, alpha, k - done, early_stop=False, start=x)
+            done = k
+        out[k] = x
+    return out
+
+
+def run_spatial(kind: str, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str],
+                params: Dict[str, Any]):
+    """(adv, iterations, queries, status) of the spatial attack ``kind`` ("stadv" or "flowadv")."""
+    if kind == "stadv":
+        adv, flow, iters, queries = stadv(bound, prey, s_other, **params)
+        status = ["ok" if torch.isfinite(flow[i]).all() else "non-finite flow" for i in range(len(keys))]
+        return torch.where(torch.isfinite(adv), adv, prey), iters, queries, status
+    if kind == "flowadv":
+        return flowadv(bound, prey, s_other, keys, **params)
+    raise ValueError(f"unknown spatial attack {kind!r}; choose 'stadv' or 'flowadv'")
+
+
+class SpatialPGD(AttackModule):
+    """A spatial attack, then exactly ``k`` PGD steps from its output, projected around the original prey.
+
+    Args:
+        metric: victim metric name.
+        spatial: "stadv" or "flowadv".
+        k: PGD steps (5, 10, 15, 20 in the paper).
+        eps, alpha: PGD budget and step (0.03, 0.001).
+        spatial_params: keyword arguments of the spatial attack (e.g. ``{"width": 16}`` for FlowAdv).
+    """
+
+    name = "spatial_pgd"
+
+    def __init__(self, metric: str = "lpips_alex", spatial: str = "stadv", k: int = 20, eps: float = 0.03,
+                 alpha: float = 0.001, spatial_params: Optional[Dict[str, Any]] = None, pretrained: bool = True,
+                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False) -> None:
+        if spatial not in ("stadv", "flowadv"):
+            raise ValueError(f"spatial_pgd: spatial must be 'stadv' or 'flowadv', got {spatial!r}")
+        if k < 1 or eps <= 0 or alpha <= 0:
+            raise ValueError(f"spatial_pgd: need k >= 1, eps > 0, alpha > 0; got k={k}, eps={eps}, alpha={alpha}")
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
+        self.save_hyperparameters()
+        self.name = f"{spatial}_pgd{k}"
+        self.spatial_kind, self.k, self.eps, self.alpha = spatial, k, eps, alpha
+        self.spatial_params = dict(spatial_params or {})
+
+    def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
+        adv0, iters, queries, status = run_spatial(self.spatial_kind, bound, prey, s_other, keys, self.spatial_params)
+        adv = pgd_snapshots(bound, prey, s_other, [self.k], adv0, self.eps, self.alpha)[self.k]
+        return AttackResult(adv, iters + self.k, queries + self.k, torch.full_like(s_other, self.eps, dtype=torch.float64),
+                            status=status)

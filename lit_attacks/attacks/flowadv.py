@@ -1,0 +1,185 @@
+"""FlowAdv (ICLR text, section 3.1, Algorithm 2): a per-sample CNN predicts the flow that warps the prey.
+
+All per-sample CNNs of a batch are one module: parameters stacked along a leading sample dimension
+and run as grouped convolutions (groups = active samples). Gradients come from
+``torch.autograd.grad`` of the sum of per-sample losses, so each sample's parameters get only their
+own gradient; :class:`BatchAdam` is Adam with per-sample state and step counts, batch-local (no DDP
+gradient averaging is involved). Finished samples leave the active set (compaction).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.flow import backward_warp, flow_charbonnier
+from lit_attacks.metrics import BoundDistance
+
+
+def layer_shapes(width: int = 256, depth: int = 5, head: int = 64) -> List[Tuple[int, int, int]]:
+    """(in, out, kernel) per layer: ``depth`` 3x3 convs of ``width`` (ReLU), then 1x1 ``width->head->2``."""
+    if depth < 1 or width < 1 or head < 1:
+        raise ValueError(f"flowadv: the flow CNN needs depth >= 1, width >= 1, head >= 1; got depth={depth}, "
+                         f"width={width}, head={head}")
+    convs = [(3 if i == 0 else width, width, 3) for i in range(depth)]
+    return convs + [(width, head, 1), (head, 2, 1)]
+
+
+def flops_per_sample(h: int, w: int, width: int = 256, depth: int = 5, head: int = 64, iterations: int = 1) -> float:
+    """Multiply-adds x 2 of one forward pass of the flow CNN, times 3 for forward + backward, per iteration."""
+    macs = sum(cin * cout * k * k * h * w for cin, cout, k in layer_shapes(width, depth, head))
+    return 2 * macs * 3 * iterations
+
+
+def sample_generator(seed: int, key: str, restart: int) -> torch.Generator:
+    h = hashlib.sha256(f"{seed}:{key}:{restart}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little"))
+
+
+def init_params(shapes, keys: Sequence[str], seed: int, restart: int, device, dtype, out_scale: float) -> List[Tensor]:
+    """Stacked (B, ...) weights and biases; each sample's from its own generator (Kaiming-uniform like nn.Conv2d)."""
+    params: List[List[Tensor]] = [[] for _ in range(2 * len(shapes))]
+    for key in keys:
+        g = sample_generator(seed, key, restart)
+        for li, (cin, cout, k) in enumerate(shapes):
+            bound = 1 / math.sqrt(cin * k * k)
+            scale = out_scale if li == len(shapes) - 1 else 1.0
+            params[2 * li].append((torch.rand(cout, cin, k, k, generator=g) * 2 - 1) * bound * scale)
+            params[2 * li + 1].append((torch.rand(cout, generator=g) * 2 - 1) * bound * scale)
+    return [torch.stack(p).to(device=device, dtype=dtype) for p in params]
+
+
+def flow_cnn(params: Sequence[Tensor], x: Tensor) -> Tensor:
+    """Per-sample CNNs on ``x`` (A, 3, H, W) with stacked params (A, ...): grouped convolutions. -> (A, 2, H, W)."""
+    A, _, H, W = x.shape
+    h = x.reshape(1, -1, H, W)
+    n = len(params) // 2
+    for li in range(n):
+        w, b = params[2 * li], params[2 * li + 1]
+        k = w.shape[-1]
+        h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), padding=k // 2, groups=A)
+        if li < n - 1:
+            h = F.relu(h)
+    return h.view(A, 2, H, W)
+
+
+class BatchAdam:
+    """Adam over stacked per-sample parameters; state and step count per sample, updates on a row subset."""
+
+    def __init__(self, params: Sequence[Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = torch.zeros(self.params[0].shape[0], device=self.params[0].device)
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[Tensor], idx: Tensor) -> None:
+        b1, b2 = self.betas
+        self.t[idx] += 1
+        t = self.t[idx]
+        for p, m, v, g in zip(self.params, self.m, self.v, grads):
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            m[idx] = b1 * m[idx] + (1 - b1) * g
+            v[idx] = b2 * v[idx] + (1 - b2) * g * g
+            mhat = m[idx] / (1 - b1 ** t).view(shape)
+            vhat = v[idx] / (1 - b2 ** t).view(shape)
+            p[idx] -= self.lr * mhat / (vhat.sqrt() + self.eps)
+
+
+def flowadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], width: int = 256, depth: int = 5,
+            head: int = 64, iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,
+            smooth_weight: float = 0.5, pert_bound: float = 0.05, out_scale: float = 0.01, seed: int = 0):
+    """Algorithm 2, batched. Returns (adv, iterations, queries, status) per sample.
+
+    Per sample and restart: a fresh CNN (seeded by ``seed``, the sample key and the restart), up to
+    ``iterations`` Adam steps on ``L_rank + l1_weight * L1 + smooth_weight * Charbonnier`` with
+    ``L_rank = (s_other / (s_other + s_adv))^2``, ``L1 = mean |prey - adv|`` and the Charbonnier
+    penalty of the flow's finite differences. Success: the rank flips and the perturbation loss
+    ``l1_weight * L1 + smooth_weight * Charbonnier < pert_bound``; the successful adv is kept and the
+    sample stops. A sample with a non-finite flow or loss is marked failed and stops.
+    """
+    shapes = layer_shapes(width, depth, head)
+    B = prey.shape[0]
+    dev, dt = prey.device, prey.dtype
+    adv_out = prey.detach().clone()
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    queries = torch.zeros(B, dtype=torch.long, device=dev)
+    success = torch.zeros(B, dtype=torch.bool, device=dev)
+    status = ["ok"] * B
+    failed = torch.zeros(B, dtype=torch.bool, device=dev)
+    for restart in range(restarts):
+        todo = (~success & ~failed).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        params = init_params(shapes, [keys[int(i)] for i in todo], seed, restart, dev, dt, out_scale)
+        opt = BatchAdam(params, lr)
+        local = torch.arange(todo.numel(), device=dev)  # rows of params still optimised
+        for it in range(iterations):
+            if local.numel() == 0:
+                break
+            gidx = todo[local]
+            ps = [p[local].detach().requires_grad_(True) for p in params]
+            flow = flow_cnn(ps, prey[gidx])
+            adv = backward_warp(prey[gidx], flow)
+            s = bound.select(gidx)(adv)
+            so = s_other[gidx]
+            l_rank = (so / (so + s)) ** 2
+            pert = l1_weight * (prey[gidx] - adv).abs().flatten(1).mean(1) + smooth_weight * flow_charbonnier(flow)
+            loss = l_rank + pert
+            queries[gidx] += 1
+            iters[gidx] += 1
+            finite = torch.isfinite(loss) & torch.isfinite(flow).flatten(1).all(1)
+            ok = (s.detach() > so) & (pert.detach() < pert_bound) & finite
+            adv_out[gidx] = torch.where(finite.view(-1, 1, 1, 1), adv.detach(), adv_out[gidx])
+            success[gidx[ok]] = True
+            for i in gidx[~finite].tolist():
+                failed[i] = True
+                status[i] = f"non-finite flow or loss at restart {restart}, iteration {it}"
+                adv_out[i] = prey[i]
+            grads = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(), ps)
+            keep = ~ok & finite
+            opt.step([g[keep] for g in grads], local[keep])
+            local = local[keep]
+    return adv_out, iters, queries, status
+
+
+class FlowAdv(AttackModule):
+    """FlowAdv: a freshly initialised flow CNN per sample, optimised with Adam (ICLR text, Algorithm 2).
+
+    Args:
+        metric: victim metric name.
+        width, depth: the 3x3 conv layers (256 channels x 5 in the paper; tests use narrow CNNs).
+        head: channels of the 1x1 layer before the 2-channel flow output.
+        iterations, restarts: Adam steps per restart (50) and restarts (2).
+        lr: Adam learning rate.
+        l1_weight, smooth_weight: alpha (1e-4) and beta (0.5) of the paper's loss.
+        pert_bound: success needs the perturbation loss below this (0.05).
+        out_scale: initial scale of the output layer (a small initial flow).
+        seed: combined with each sample's key into per-sample initialisations.
+    """
+
+    name = "flowadv"
+
+    def __init__(self, metric: str = "lpips_alex", width: int = 256, depth: int = 5, head: int = 64,
+                 iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,
+                 smooth_weight: float = 0.5, pert_bound: float = 0.05, out_scale: float = 0.01, seed: int = 0,
+                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = False,
+                 batch_invariant: bool = False) -> None:
+        layer_shapes(width, depth, head)  # validates
+        if iterations < 1 or restarts < 1:
+            raise ValueError(f"flowadv: iterations and restarts must be >= 1, got {iterations}, {restarts}")
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
+        self.save_hyperparameters()
+        self.kw = dict(width=width, depth=depth, head=head, iterations=iterations, restarts=restarts, lr=lr,
+                       l1_weight=l1_weight, smooth_weight=smooth_weight, pert_bound=pert_bound, out_scale=out_scale,
+                       seed=seed)
+
+    def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
+        adv, iters, queries, status = flowadv(bound, prey, s_other, keys, **self.kw)
+        return AttackResult(adv, iters, queries, torch.full((len(keys),), float("nan"), dtype=torch.float64),
+                            status=status)
