@@ -29,6 +29,9 @@ def backward_warp(img: Tensor, flow: Tensor) -> Tensor:
     fx = flow[:, 0].to(dt) + xs
     fy = flow[:, 1].to(dt) + ys
     grid = torch.stack([2 * fx / max(W - 1, 1) - 1, 2 * fy / max(H - 1, 1) - 1], dim=-1)  # (B, H, W, 2)
+    # Beyond +-1 border padding returns the edge pixel anyway; clamping keeps NaN/huge flows (a diverged
+    # optimisation, reported as failed by the caller) from reaching grid_sample, which can crash on them.
+    grid = torch.nan_to_num(grid, nan=2.0).clamp(-2.0, 2.0)
     out = F.grid_sample(img.to(dt), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out.to(img.dtype)
 

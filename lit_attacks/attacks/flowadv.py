@@ -91,6 +91,18 @@ class BatchAdam:
             p[idx] -= self.lr * mhat / (vhat.sqrt() + self.eps)
 
 
+def _step_forward(params, local, gidx, prey, bound, s_other, l1_weight, smooth_weight):
+    """One forward pass of the active samples' CNNs: (param slices, loss, s_adv, perturbation loss, adv, flow)."""
+    ps = [p[local].detach().requires_grad_(True) for p in params]
+    flow = flow_cnn(ps, prey[gidx])
+    adv = backward_warp(prey[gidx], flow)
+    s = bound.select(gidx)(adv)
+    so = s_other[gidx]
+    pert = l1_weight * (prey[gidx] - adv).abs().flatten(1).mean(1) + smooth_weight * flow_charbonnier(flow)
+    loss = (so / (so + s)) ** 2 + pert  # L_rank + alpha L1 + beta Charbonnier, per sample
+    return ps, loss, s.detach(), pert.detach(), adv, flow
+
+
 def flowadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], width: int = 256, depth: int = 5,
             head: int = 64, iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,
             smooth_weight: float = 0.5, pert_bound: float = 0.05, out_scale: float = 0.01, seed: int = 0):
@@ -123,26 +135,29 @@ def flowadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[
             if local.numel() == 0:
                 break
             gidx = todo[local]
-            ps = [p[local].detach().requires_grad_(True) for p in params]
-            flow = flow_cnn(ps, prey[gidx])
-            adv = backward_warp(prey[gidx], flow)
-            s = bound.select(gidx)(adv)
+            ps, loss, s, pert, adv, flow = _step_forward(params, local, gidx, prey, bound, s_other, l1_weight,
+                                                         smooth_weight)
             so = s_other[gidx]
-            l_rank = (so / (so + s)) ** 2
-            pert = l1_weight * (prey[gidx] - adv).abs().flatten(1).mean(1) + smooth_weight * flow_charbonnier(flow)
-            loss = l_rank + pert
             queries[gidx] += 1
             iters[gidx] += 1
             finite = torch.isfinite(loss) & torch.isfinite(flow).flatten(1).all(1)
-            ok = (s.detach() > so) & (pert.detach() < pert_bound) & finite
+            ok = (s > so) & (pert < pert_bound) & finite
             adv_out[gidx] = torch.where(finite.view(-1, 1, 1, 1), adv.detach(), adv_out[gidx])
             success[gidx[ok]] = True
             for i in gidx[~finite].tolist():
                 failed[i] = True
                 status[i] = f"non-finite flow or loss at restart {restart}, iteration {it}"
                 adv_out[i] = prey[i]
-            grads = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(), ps)
             keep = ~ok & finite
+            if not keep.any():
+                local = local[keep]
+                continue
+            if not finite.all():  # NaN in the graph poisons every gradient (0 * NaN): redo without those samples
+                ps, loss, *_ = _step_forward(params, local[finite], gidx[finite], prey, bound, s_other, l1_weight,
+                                             smooth_weight)
+                keep = keep[finite]
+                local = local[finite]
+            grads = torch.autograd.grad(loss.sum(), ps)
             opt.step([g[keep] for g in grads], local[keep])
             local = local[keep]
     return adv_out, iters, queries, status
