@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule
 from lit_attacks.attacks.combined import pgd_snapshots, run_spatial
-from lit_attacks.attacks.objectives import perturbation_stats, quantize, split_prey, to_uint8
+from lit_attacks.attacks.objectives import agrees_with_humans, perturbation_stats, quantize, to_uint8
 from lit_attacks.metrics import check_images, create_metric
 
 
@@ -64,15 +64,7 @@ class TransferGenerator(AttackModule):
         self.variants = variant_names(self.spatial, self.ks, self.pgd_steps)
 
     def _predict(self, batch: Dict[str, Any]) -> List[Dict[str, Any]]:
-        keys = list(batch["key"])
-        ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]
-        check_images(ref, p0, f"transfer on {self.metric_name}", keys[0])
-        check_images(ref, p1, f"transfer on {self.metric_name}", keys[0])
-        with torch.no_grad():
-            s0, s1 = self.metric(ref, p0, check=False), self.metric(ref, p1, check=False)
-            self._finite("s0", s0, keys), self._finite("s1", s1, keys)
-            prey, other, _, s_other = split_prey(p0, p1, s0, s1)
-            bound = self.metric.bind(ref)
+        keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
         advs: Dict[str, Tensor] = {}
         status: Dict[str, List[str]] = {}
         with torch.enable_grad():
@@ -86,16 +78,17 @@ class TransferGenerator(AttackModule):
         prey_idx = (s0 > s1).long()
         records = [{"key": k, "category": batch["category"][i], "judge": float(batch["judge"][i]),
                     "s0": float(s0[i]), "s1": float(s1[i]), "prey": int(prey_idx[i]), "s_other": float(s_other[i]),
-                    "agreed": bool((float(batch["judge"][i]) > 0.5) == bool(prey_idx[i]))}
+                    "agreed": agrees_with_humans(float(batch["judge"][i]), int(prey_idx[i]))}
                    for i, k in enumerate(keys)]
         images = {"ref": to_uint8(ref.cpu()).numpy(), "other": to_uint8(other.cpu()).numpy(),
                   "prey": to_uint8(prey.cpu()).numpy()}
         for v in self.variants:
             adv = advs[v].detach().clamp(-1, 1)
+            adv8 = quantize(adv)  # the saved 8-bit image
             with torch.no_grad():
-                s8 = self.metric(ref, quantize(adv), check=False)  # the saved 8-bit image, re-scored
+                s8 = self.metric(ref, adv8, check=False)
             self._finite(f"s_adv of {v}", s8, keys)
-            rmse = perturbation_stats(prey, quantize(adv))["rmse"]
+            rmse = perturbation_stats(prey, adv8)["rmse"]
             images[v] = to_uint8(adv.cpu()).numpy()
             for i, r in enumerate(records):
                 flipped = bool(s8[i] > s_other[i]) and status[v][i] == "ok"

@@ -1,7 +1,6 @@
 """AttackModule: the shared predict step of every attack (prey choice, attack, fresh re-scoring, records)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -9,7 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lit_attacks.attacks.objectives import PIXEL_THRESHOLDS, perturbation_stats, quantize, split_prey, to_uint8
+from lit_attacks.attacks.objectives import (PIXEL_THRESHOLDS, agrees_with_humans, perturbation_stats, quantize,
+                                            split_prey, to_uint8)
 from lit_attacks.metrics import BoundDistance, check_images, create_metric
 
 RECORD_COLUMNS = ["key", "category", "judge", "s0", "s1", "prey", "agreed", "s_other", "s_adv", "flipped",
@@ -85,7 +85,8 @@ class AttackModule(pl.LightningModule):
             batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
         return self._predict(batch)
 
-    def _predict(self, batch: Dict[str, Any]) -> List[Dict[str, Any]]:
+    def _score_batch(self, batch: Dict[str, Any]):
+        """Validate the triplets, score s0, s1 and split prey/other: (keys, ref, prey, other, s0, s1, s_other, bound)."""
         keys = list(batch["key"])
         ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]  # (B, 3, H, W) in [-1, 1]
         check_images(ref, p0, f"{self.name} on {self.metric_name}", keys[0])
@@ -95,6 +96,10 @@ class AttackModule(pl.LightningModule):
             self._finite("s0", s0, keys), self._finite("s1", s1, keys)
             prey, other, _, s_other = split_prey(p0, p1, s0, s1)
             bound = self.metric.bind(ref)
+        return keys, ref, prey, other, s0, s1, s_other, bound
+
+    def _predict(self, batch: Dict[str, Any]) -> List[Dict[str, Any]]:
+        keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
         with torch.enable_grad():
             res = self.attack(bound, prey, s_other, keys)
         adv = res.adv.detach().clamp(-1, 1)
@@ -119,7 +124,7 @@ class AttackModule(pl.LightningModule):
         for i, key in enumerate(keys):
             judge = float(batch["judge"][i])
             r = {"key": key, "category": batch["category"][i], "judge": judge, "prey": int(prey_idx[i]),
-                 "agreed": bool((judge > 0.5) == bool(prey_idx[i])), "status": status[i]}
+                 "agreed": agrees_with_humans(judge, int(prey_idx[i])), "status": status[i]}
             r.update({k: v[i] for k, v in cols.items()})
             ok = status[i] == "ok"
             r["flipped"] = bool(ok and r["s_adv"] > r["s_other"])
@@ -129,7 +134,3 @@ class AttackModule(pl.LightningModule):
                 r["_images"] = {n: a[i] for n, a in images.items()}
             records.append(r)
         return records
-
-
-def nan_tensor(n: int, device=None) -> Tensor:
-    return torch.full((n,), math.nan, device=device)

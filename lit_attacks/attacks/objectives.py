@@ -22,6 +22,11 @@ def split_prey(p0: Tensor, p1: Tensor, s0: Tensor, s1: Tensor) -> Tuple[Tensor, 
     return torch.where(m, p1, p0), torch.where(m, p0, p1), torch.where(idx, s1, s0), torch.where(idx, s0, s1)
 
 
+def agrees_with_humans(judge: float, prey_idx: int) -> bool:
+    """The metric ranked like the humans: the prey (its closer image) is the one people preferred (judge > 0.5: p1)."""
+    return (judge > 0.5) == bool(prey_idx)
+
+
 def rank_loss(s_other: Tensor, s_adv: Tensor) -> Tensor:
     """(B,) the official loss the white-box attacks ascend: MSE(s_other / (s_other + s_adv), 1) per sample."""
     return (s_other / (s_other + s_adv) - 1) ** 2
