@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.bapps import ShardStream, shard_urls
 from datamodules.shards import SkipLog, to_tensor
-from datamodules.tree import KEY_RE, BappsDataError, decode_png
+from datamodules.tree import BappsDataError, check_key, decode_png
 
 REQUIRED = ("ref.png", "other.png", "prey.png", "record.json")
 
@@ -21,8 +21,7 @@ def validate_adv(src: Iterable[dict], skip: Optional[SkipLog]) -> Iterator[dict]
         shard, key = s.get("__url__", "?"), s.get("__key__", "?")
         where = f"shard {shard}, key {key}"
         try:
-            if not KEY_RE.match(key) or ".." in key.split("/"):
-                raise BappsDataError(f"{where}: member path outside a sample")
+            check_key(key, where)
             fields = {k for k in s if not k.startswith("__")}
             missing = [m for m in REQUIRED if m not in fields]
             if missing:

@@ -22,7 +22,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from datamodules.tree import KEY_RE, BappsDataError, TreeSample, check_judge, check_triplet_sizes, decode_png, read_judge
+from datamodules.tree import BappsDataError, TreeSample, check_judge, check_key, check_triplet_sizes, decode_png, read_judge
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -166,8 +166,7 @@ def validate_samples(src: Iterable[dict], skip: Optional[SkipLog]) -> Iterator[d
 
 def _validate(s: dict, shard: str, key: str) -> dict:
     where = f"shard {shard}, key {key}"
-    if not KEY_RE.match(key) or ".." in key.split("/"):
-        raise BappsDataError(f"{where}: member path outside a sample (expected <split>/<category>/<id>)")
+    check_key(key, where)
     fields = {k for k in s if not k.startswith("__")}
     extra = sorted(fields - set(MEMBERS))
     if extra:

@@ -34,6 +34,12 @@ class TreeSample:
     judge: Path
 
 
+def check_key(key: str, where: str) -> None:
+    """A shard sample key must be ``<split>/<category>/<id>``: no absolute path, no ``..``."""
+    if not KEY_RE.match(key) or ".." in key.split("/"):
+        raise BappsDataError(f"{where}: member path outside a sample (expected <split>/<category>/<id>)")
+
+
 def scan_tree(root: str | Path, split: str = "val", categories: Optional[Sequence[str]] = None) -> List[TreeSample]:
     """All triplets of ``root/2afc/<split>``, sorted by key.
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.flowadv import flowadv
 from lit_attacks.attacks.pgd import pgd
-from lit_attacks.attacks.stadv import stadv
+from lit_attacks.attacks.stadv import stadv_attack
 from lit_attacks.metrics import BoundDistance
 
 
@@ -30,9 +30,7 @@ def run_spatial(kind: str, bound: BoundDistance, prey: Tensor, s_other: Tensor, 
                 params: Dict[str, Any]):
     """(adv, iterations, queries, status) of the spatial attack ``kind`` ("stadv" or "flowadv")."""
     if kind == "stadv":
-        adv, flow, iters, queries = stadv(bound, prey, s_other, **params)
-        status = ["ok" if torch.isfinite(flow[i]).all() else "non-finite flow" for i in range(len(keys))]
-        return torch.where(torch.isfinite(adv), adv, prey), iters, queries, status
+        return stadv_attack(bound, prey, s_other, **params)
     if kind == "flowadv":
         return flowadv(bound, prey, s_other, keys, **params)
     raise ValueError(f"unknown spatial attack {kind!r}; choose 'stadv' or 'flowadv'")

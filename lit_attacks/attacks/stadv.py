@@ -107,6 +107,14 @@ def stadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, iterations: int =
     return adv, flow, iters, queries
 
 
+def stadv_attack(bound: BoundDistance, prey: Tensor, s_other: Tensor, **kw):
+    """:func:`stadv` as the spatial attacks report it: (adv, iterations, queries, per-sample status);
+    a sample whose flow went non-finite keeps its prey and is marked failed."""
+    adv, flow, iters, queries = stadv(bound, prey, s_other, **kw)
+    status = ["ok" if torch.isfinite(f).all() else "non-finite flow" for f in flow]
+    return torch.where(torch.isfinite(adv), adv, prey), iters, queries, status
+
+
 class StAdv(AttackModule):
     """Spatially transformed adversarial examples: the flow itself is optimised (batched per-sample L-BFGS).
 
@@ -134,8 +142,6 @@ class StAdv(AttackModule):
                        history=history)
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
-        from lit_attacks.attacks.combined import run_spatial
-
-        adv, iters, queries, status = run_spatial("stadv", bound, prey, s_other, keys, self.kw)
+        adv, iters, queries, status = stadv_attack(bound, prey, s_other, **self.kw)
         return AttackResult(adv, iters, queries, torch.full((len(keys),), float("nan"), dtype=torch.float64),
                             status=status)
