@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     os.environ.setdefault("LIT_ATTACKS_CACHE", str(tmp_path_factory.mktemp("cache")))
     assert bench.main(["--metrics", "lpips_alex", "--attacks", "fgsm,pgd", "--pretrained", "false", "--builtin-n", "6",
-                       "--out", str(out), "--quiet", "--save-adv", "--batch-size", "16"]) == 0
+                       "--out", str(out), "--quiet", "--save-adv", "--batch-size", "16", "--sweep-eps", ""]) == 0
     return out
 
 
@@ -110,7 +110,8 @@ def test_bad_attack_arguments_fail_before_work(tmp_path, capsys, argv, msg):
 def test_two_process_attack_run_equals_one_process(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), LIT_ATTACKS_CACHE=str(tmp_path / "cache"))
     common = [sys.executable, str(ROOT / "bench.py"), "--metrics", "l2,lpips_alex", "--attacks", "pgd,fgsm",
-              "--pretrained", "false", "--builtin-n", "5", "--quiet", "--batch-size", "8", "--batch-invariant"]
+              "--pretrained", "false", "--builtin-n", "5", "--quiet", "--batch-size", "8", "--batch-invariant",
+              "--sweep-eps", ""]
     for name, extra in (("one", []), ("two", ["--devices", "2", "--strategy", "ddp"])):
         r = subprocess.run(common + ["--out", str(tmp_path / name)] + extra, env=env, capture_output=True, text=True,
                            timeout=900)

@@ -178,7 +178,7 @@ def transfer_run(tmp_path_factory):
     os.environ.setdefault("LIT_ATTACKS_CACHE", str(tmp_path_factory.mktemp("cache")))
     assert bench.main(["--transfer", "--attacks", "", "--metrics", "l2,lpips_alex", "--pretrained", "false",
                        "--builtin-n", "3", "--flowadv-width", "8", "--rmse-max", "40", "--out", str(out),
-                       "--quiet"]) == 0
+                       "--quiet", "--sweep-eps", ""]) == 0
     return out
 
 
@@ -220,7 +220,7 @@ def test_two_process_transfer_equals_one_process(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), LIT_ATTACKS_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, str(ROOT / "bench.py"), "--transfer", "--attacks", "", "--metrics", "l2,ssim", "--source", "l2",
            "--builtin-n", "2", "--flowadv-width", "8", "--rmse-max", "40", "--quiet", "--batch-size", "4",
-           "--batch-invariant"]
+           "--batch-invariant", "--sweep-eps", ""]
     for name, extra in (("one", []), ("two", ["--devices", "2", "--strategy", "ddp"])):
         r = subprocess.run(cmd + ["--out", str(tmp_path / name)] + extra, env=env, capture_output=True, text=True,
                            timeout=900)

@@ -36,7 +36,7 @@ def hand_tree(tmp_path):
 
 def test_table1_on_hand_made_tree(hand_tree, tmp_path):
     out = tmp_path / "out"
-    assert bench.main(["--data", str(hand_tree), "--metrics", "l2", "--out", str(out), "--quiet"]) == 0
+    assert bench.main(["--data", str(hand_tree), "--metrics", "l2", "--out", str(out), "--quiet", "--sweep-eps", ""]) == 0
     rows = {r["category"]: r for r in read_csv(out / "table1.csv")}
     expected = {  # category: (samples, unanimous, 2AFC, accuracy), computed by hand above
         "cnn": (3, 2, (1 + 0.4 + 0.5) / 3, (1 + 0.5) / 2),
@@ -77,7 +77,7 @@ def _run(args, cwd):
 def test_two_process_ddp_scores_every_sample_once(tmp_path):
     judges = random_tree(tmp_path / "tree", n=25, cats=("cnn", "traditional", "color"))
     write_shards(scan_tree(tmp_path / "tree", "val"), tmp_path / "shards", shard_size=30, progress=False)  # 3 shards on 2 ranks, 75 samples
-    common = ["--data", str(tmp_path / "shards"), "--metrics", "l2,ssim", "--quiet", "--batch-size", "8"]
+    common = ["--data", str(tmp_path / "shards"), "--metrics", "l2,ssim", "--quiet", "--batch-size", "8", "--sweep-eps", ""]
     _run(common + ["--out", str(tmp_path / "one")], tmp_path)
     _run(common + ["--out", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp"], tmp_path)
     for m in ("l2", "ssim"):

@@ -81,18 +81,24 @@ def backbone_features(metric: str, arch: str, weights_dir: Optional[str | os.Pat
     wd = resolve_weights_dir(weights_dir)
     if wd is not None:
         if (wd / fname).is_file():
-            return _features_only(_load(wd / fname), wd / fname)
+            return _features_only(_load(wd / fname), wd / fname, metric)
         feats = sorted(wd.glob(f"{arch}_features_*.pth"))
         if feats:
-            return _features_only(_load(feats[0]), feats[0])
+            return _features_only(_load(feats[0]), feats[0], metric)
     cached = hub_checkpoints_dir() / fname
     if cached.is_file():
-        return _features_only(_load(cached), cached)
-    return _features_only(_download(_TV_ROOT + fname, metric, fname, wd), Path(fname))
+        return _features_only(_load(cached), cached, metric)
+    return _features_only(_download(_TV_ROOT + fname, metric, fname, wd), hub_checkpoints_dir() / fname, metric)
 
 
-def _features_only(sd: Dict[str, torch.Tensor], path: Path) -> Dict[str, torch.Tensor]:
+#: metric name -> the weights file (or URL file name) it was last built from, for run READMEs.
+USED: Dict[str, str] = {}
+
+
+def _features_only(sd: Dict[str, torch.Tensor], path: Path, metric: str = "") -> Dict[str, torch.Tensor]:
     """Accept a full torchvision checkpoint (``features.N.*``) or a features-only one (``N.*``)."""
+    if metric:
+        USED[metric] = str(path)
     if any(k.startswith("features.") for k in sd):
         return {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
     if all(k.split(".")[0].isdigit() for k in sd):
@@ -107,6 +113,7 @@ def dists_alpha_beta(metric: str, weights_dir: Optional[str | os.PathLike] = Non
     candidates.append(hub_checkpoints_dir() / DISTS_FILES[0])
     found = next((p for p in candidates if p.is_file()), None)
     sd = _load(found) if found else _download(DISTS_URL, metric, DISTS_FILES[0], wd)
+    USED[metric] = str(found or hub_checkpoints_dir() / DISTS_FILES[0])
     if "alpha" not in sd or "beta" not in sd:
         raise RuntimeError(f"{metric}: DISTS weights {str(found or DISTS_URL)!r} lack 'alpha'/'beta'")
     return {"alpha": sd["alpha"], "beta": sd["beta"]}

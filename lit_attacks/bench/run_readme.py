@@ -1,0 +1,66 @@
+"""The README.md of a results folder: what was run, with which code, data and weights."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from lit_attacks.bench.config import ROOT
+
+PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "lpips", "piq", "webdataset", "wandb",
+            "scipy", "numpy")
+
+
+def versions() -> Dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def git_commit() -> Optional[str]:
+    try:
+        r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           timeout=5)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (r.stdout.strip() + ("+uncommitted changes" if dirty else "")) if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], labels: Dict[str, str],
+           weights: Dict[str, str], files: List[str], seconds: float, devices: str,
+           wandb_dir: Optional[str]) -> str:
+    lines = [f"# Bench run `{cfg['name']}`", ""]
+    if not cfg["pretrained"]:
+        lines += ["> **WARNING: random backbones** (`pretrained: false`). Learned metrics ran with randomly",
+                  "> initialised networks: the numbers are for testing and timing only, not about LPIPS & co.", ""]
+    lines += ["## Command", "", "```bash", "python bench.py " + " ".join(argv), "```", "",
+              f"Wall time {seconds:.1f} s on {devices}.", "", "## Data", ""]
+    lines += [f"- source: {data.get('data')}", f"- shards: `{data.get('shards')}`",
+              f"- shard index sha256 (first 16 hex): `{data.get('index_sha256')}`", f"- split: {cfg['split']}", ""]
+    lines += ["## Metrics and weights", "", "| metric | label | weights |", "|---|---|---|"]
+    for m, label in labels.items():
+        w = weights.get(m) or ("no learned weights" if cfg["pretrained"] else "random backbone")
+        lines.append(f"| {m} | {label} | `{w}` |")
+    lines += ["", "## Versions", ""]
+    commit = git_commit()
+    lines += [f"- lit-attacks commit: {commit or 'unknown'}"] + [f"- {k}: {v}" for k, v in versions().items()]
+    lines += ["", "## Files", ""] + [f"- `{f}`" for f in files]
+    if wandb_dir:
+        lines += ["", f"W&B offline run: `{wandb_dir}`; upload with `wandb sync {wandb_dir}`."]
+    lines += ["", "## Resolved config", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def command_line() -> List[str]:
+    return [a if " " not in a else repr(a) for a in sys.argv[1:]]
