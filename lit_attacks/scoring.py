@@ -16,9 +16,12 @@ class ScoreModule(pl.LightningModule):
         metric: registry name of the metric.
         pretrained: real weights (False: random backbone, labelled in outputs).
         weights_dir: folder searched first for weights.
+        batch_invariant: score in float64, so a sample's score does not depend on the batch it is in
+            (float32 batched kernels differ at the 1e-7 relative level with batch composition).
     """
 
-    def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None) -> None:
+    def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None,
+                 batch_invariant: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
@@ -26,8 +29,11 @@ class ScoreModule(pl.LightningModule):
     @torch.no_grad()
     def predict_step(self, batch: Dict, batch_idx: int) -> List[Dict]:
         ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]  # (B, 3, H, W) in [-1, 1]
-        s0 = self.metric(ref, p0).float().cpu()  # (B,), smaller = closer
-        s1 = self.metric(ref, p1).float().cpu()
+        if self.hparams.batch_invariant:
+            self.metric.double()
+            ref, p0, p1 = ref.double(), p0.double(), p1.double()
+        s0 = self.metric(ref, p0).cpu()  # (B,), smaller = closer
+        s1 = self.metric(ref, p1).cpu()
         for name, s in (("s0", s0), ("s1", s1)):
             bad = ~torch.isfinite(s)
             if bad.any():

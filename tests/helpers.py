@@ -33,3 +33,59 @@ def random_tree(root: Path, n: int = 20, split: str = "val", cats=("cnn", "tradi
             add_sample(root, split, c, f"{i:06d}", *imgs, j)
             judges[f"{split}/{c}/{i:06d}"] = j
     return judges
+
+
+def read_wandb_offline(run_dir) -> dict:
+    """Config, summary and history of an offline W&B run, parsed from its ``run-*.wandb`` file.
+
+    The file is a W&B header (7 bytes) followed by a LevelDB-style log: 32 KiB blocks of records, each
+    with a 7-byte header (crc32c, length, type FULL=1 / FIRST=2 / MIDDLE=3 / LAST=4) holding serialized
+    ``wandb_internal_pb2.Record`` messages.
+    """
+    import json
+    import struct
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, block, buf = 7, 32768, b""
+    out = {"config": {}, "summary": {}, "history": []}
+
+    def value(items):
+        d = {}
+        for it in items:
+            keys = list(it.nested_key) or [it.key]
+            cur = d
+            for k in keys[:-1]:
+                cur = cur.setdefault(k, {})
+            cur[keys[-1]] = json.loads(it.value_json)
+        return d
+
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            kind_name = rec.WhichOneof("record_type")
+            if kind_name == "run":
+                out["config"].update(value(rec.run.config.update))
+            elif kind_name == "config":
+                out["config"].update(value(rec.config.update))
+            elif kind_name == "summary":
+                out["summary"].update(value(rec.summary.update))
+            elif kind_name == "history":
+                out["history"].append(value(rec.history.item))
+    return out

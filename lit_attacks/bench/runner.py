@@ -116,7 +116,8 @@ class Bench:
         from lit_attacks.report import write_csv
         from lit_attacks.scoring import ScoreModule
 
-        module = ScoreModule(metric, pretrained=self.cfg["pretrained"], weights_dir=self.cfg["weights_dir"])
+        module = ScoreModule(metric, pretrained=self.cfg["pretrained"], weights_dir=self.cfg["weights_dir"],
+                             batch_invariant=self.cfg["batch_invariant"])
         collector = RecordCollector()
         self.trainer([collector]).predict(module, datamodule=self.dm_all, return_predictions=False)
         if not collector.records:

@@ -1,0 +1,211 @@
+"""bench.py at scale: configs and their precedence, bad input, resume after a crash, W&B offline, DDP."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench
+from lit_attacks.bench import runner
+from lit_attacks.bench.config import CONFIG_DIR, DEFAULTS, load_yaml, merge, validate
+from lit_attacks.report import read_csv
+
+from conftest import ROOT
+from helpers import read_wandb_offline
+
+SMALL = ["--metrics", "l2,ssim", "--attacks", "pgd,fgsm", "--builtin-n", "4", "--sweep-eps", "0.01,0.03",
+         "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    if "LIT_ATTACKS_CACHE" not in os.environ:
+        monkeypatch.setenv("LIT_ATTACKS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_bench_config_loads_and_validates(path):
+    cfg = merge(load_yaml(path), {}, str(path))
+    validate(cfg)
+    assert cfg["metrics"] and cfg["name"] == path.stem
+
+
+def test_config_precedence_flag_over_config_over_default(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("metrics: [ssim]\nbatch_size: 16\nattacks:\n  pgd: {steps: 5}\n  fgsm: {step: 0.002}\n")
+    cfg = bench.resolve_config(bench.parse_args(["--config", str(cfg_file)]))
+    assert cfg["metrics"] == ["ssim"] and cfg["batch_size"] == 16  # config over default
+    assert cfg["split"] == DEFAULTS["split"] == "val" and cfg["builtin_n"] == DEFAULTS["builtin_n"]  # default
+    assert cfg["attacks"] == {"pgd": {"steps": 5}, "fgsm": {"step": 0.002}}
+    cfg = bench.resolve_config(bench.parse_args(["--config", str(cfg_file), "--batch-size", "8", "--attacks", "pgd",
+                                                 "--param", "pgd.eps=0.01", "--metrics", "l2"]))
+    assert cfg["batch_size"] == 8 and cfg["metrics"] == ["l2"]  # flags over config
+    assert cfg["attacks"] == {"pgd": {"steps": 5, "eps": 0.01}}  # the config's pgd parameters kept, one overridden
+    assert cfg["out"] == str(Path("results") / "default")
+    default = bench.resolve_config(bench.parse_args([]))
+    assert default["config_file"].endswith("quick.yaml") and default["name"] == "quick"
+
+
+def _bad_config(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("metrix: [l2]\n")
+    return ["--config", str(p)]
+
+
+def _not_a_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    return ["--out", str(tmp_path / "file" / "run")]
+
+
+def _empty_data(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return ["--data", str(tmp_path / "empty")]
+
+
+@pytest.mark.parametrize("make,msg", [
+    (_bad_config, "unknown key 'metrix' (did you mean 'metrics'?)"),
+    (lambda t: ["--metrics", "l2,lpips_alx"], "did you mean 'lpips_alex'"),
+    (lambda t: ["--attacks", "pgdd"], "did you mean 'pgd'"),
+    (lambda t: ["--gpus", "64"], "--gpus 64: only"),
+    (_not_a_folder, "is not writable"),
+    (_empty_data, "holds no shards"),
+    (lambda t: ["--sweep-eps", "0.01,-1"], "sweep.eps must be a non-empty list of positive numbers"),
+], ids=["config-key", "metric", "attack", "gpus", "out", "data", "sweep"])
+def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, make, msg):
+    argv = make(tmp_path)
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "\n" not in err and err.startswith("bench.py: error:")
+    assert not (tmp_path / "run" / "cells").exists()
+
+
+_ORIGINAL = (runner.Bench.score, runner.Bench.attack)
+
+
+def _spy(monkeypatch, crash_on=None):
+    """Record which cells compute (score / attack); optionally crash after cell ``crash_on`` wrote its CSV."""
+    computed = []
+    score, attack = _ORIGINAL
+
+    def spy_score(self, metric):
+        computed.append(f"table1-{metric}")
+        return score(self, metric)
+
+    def spy_attack(self, attack_name, metric, params, cid, sweep=False):
+        computed.append(cid)
+        out = attack(self, attack_name, metric, params, cid, sweep)
+        if cid == crash_on:
+            raise RuntimeError("simulated kill in the middle of a cell")
+        return out
+
+    monkeypatch.setattr(runner.Bench, "score", spy_score)
+    monkeypatch.setattr(runner.Bench, "attack", spy_attack)
+    return computed
+
+
+def _results(out: Path) -> dict:
+    """Every per-sample CSV and table, minus timings."""
+    files = sorted(p for p in out.rglob("*.csv") if "wandb" not in p.parts)
+    res = {}
+    for p in files:
+        rows = read_csv(p)
+        res[str(p.relative_to(out))] = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+    return res
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    common = SMALL + ["--wandb", "disabled"]
+    computed = _spy(monkeypatch)
+    assert bench.main(common + ["--out", str(tmp_path / "a")]) == 0
+    all_cells = list(computed)
+    assert len(all_cells) == 10  # 2 metrics x (table1 + 2 attacks + 2 sweep points)
+
+    computed = _spy(monkeypatch, crash_on="pgd-l2")  # the second cell dies after writing its CSV
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        bench.main(common + ["--out", str(tmp_path / "b")])
+    cells = tmp_path / "b" / "cells"
+    assert (cells / "table1-l2.json").is_file() and not (cells / "pgd-l2.json").exists()
+    assert (tmp_path / "b" / "samples" / "pgd-l2.csv").is_file()  # a half-done cell's file is not taken as complete
+    assert not (tmp_path / "b" / "table2.csv").exists()
+
+    computed = _spy(monkeypatch)
+    assert bench.main(common + ["--out", str(tmp_path / "b")]) == 0
+    assert computed == all_cells[1:]  # the first cell is loaded, the interrupted one recomputed
+    a, b = _results(tmp_path / "a"), _results(tmp_path / "b")
+    assert set(a) == set(b) and len(a) >= 13
+    assert a == b
+
+    computed = _spy(monkeypatch)
+    assert bench.main(common + ["--out", str(tmp_path / "b")]) == 0
+    assert computed == []  # everything complete
+    assert bench.main(common + ["--out", str(tmp_path / "b"), "--param", "pgd.steps=3"]) == 0
+    assert computed == ["pgd-l2", "pgd-ssim"]  # only the cells whose settings changed
+    computed.clear()
+    assert bench.main(common + ["--out", str(tmp_path / "b"), "--fresh"]) == 0
+    assert computed == all_cells
+
+
+def test_wandb_offline_run_holds_summary_tables_and_figures(tmp_path):
+    out = tmp_path / "run"
+    assert bench.main(SMALL + ["--metrics", "l2", "--wandb", "offline", "--out", str(out), "--name", "wb"]) == 0
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    run = read_wandb_offline(run_dir)
+    assert run["config"]["metrics"] == ["l2"] and run["config"]["name"] == "wb"
+    s = run["summary"]
+    table2 = {(r["attack"], r["group"]): r for r in read_csv(out / "table2.csv")}
+    for attack in ("pgd", "fgsm"):
+        assert s[f"predict/{attack}/l2/all/flip_rate"] == pytest.approx(float(table2[attack, "all"]["flip_rate"]))
+        assert s[f"predict/{attack}/l2/all/total"] == int(table2[attack, "all"]["total"])
+    sweep = read_csv(out / "sweep.csv")
+    assert s["sweep/l2/eps=0.03/flip_rate"] == pytest.approx(float(sweep[1]["flip_rate"]))
+    samples = read_csv(out / "samples" / "pgd-l2.csv")
+    assert s["samples/pgd-l2"]["nrows"] == len(samples) and s["tables/table2"]["nrows"] == 6
+    logged = json.loads((run_dir / "files" / s["tables/table2"]["path"]).read_text())
+    rows = [dict(zip(logged["columns"], r)) for r in logged["data"]]
+    assert [(r["attack"], r["group"], r["flipped"]) for r in rows] == \
+           [(r["attack"], r["group"], int(r["flipped"])) for r in read_csv(out / "table2.csv")]
+    for fig in ("figures/flip_rates", "figures/robustness", "figures/examples-pgd-l2"):
+        assert s[fig]["_type"] == "image-file" and (run_dir / "files" / s[fig]["path"]).is_file()
+    assert s["charts/rmse/pgd-l2"]["_type"] == "histogram" or int(table2["pgd", "all"]["flipped"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "index sha256" in readme and f"wandb sync {run_dir}" in readme and "pytorch-lightning" in readme
+
+
+def test_random_backbone_warning_in_run_readme(tmp_path):
+    out = tmp_path / "run"
+    assert bench.main(["--metrics", "lpips_alex", "--attacks", "", "--sweep-eps", "", "--builtin-n", "2", "--quiet",
+                       "--pretrained", "false", "--wandb", "disabled", "--out", str(out)]) == 0
+    readme = (out / "README.md").read_text()
+    assert "WARNING: random backbones" in readme and "random backbone" in readme.split("## Metrics")[1]
+
+
+@pytest.mark.ddp
+def test_two_process_bench_equals_one_process_and_logs_once(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    cmd = [sys.executable, str(ROOT / "bench.py"), "--metrics", "l2,lpips_alex", "--pretrained", "false",
+           "--attacks", "pgd", "--sweep-eps", "0.01,0.03", "--builtin-n", "5", "--batch-size", "8", "--quiet",
+           "--batch-invariant", "--wandb", "offline"]
+    for name, extra in (("one", []), ("two", ["--accelerator", "cpu", "--devices", "2"])):
+        r = subprocess.run(cmd + ["--out", str(tmp_path / name)] + extra, env=env, capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    assert set(one) == set(two) and "samples/sweep/pgd-eps0.0100-lpips_alex.csv" in one
+    for name in one:
+        assert [r.get("key") for r in one[name]] == [r.get("key") for r in two[name]], name
+        for a, b in zip(one[name], two[name]):
+            for k in a:
+                if k in ("s_adv", "s_adv_uint8", "s0", "s1", "s_other"):
+                    assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6), (name, k)
+                else:
+                    assert a[k] == b[k], (name, a.get("key"), k)
+    assert len(one["samples/pgd-l2.csv"]) >= 20  # the unanimous samples of 25, each once
+    assert len(list((tmp_path / "two" / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["devices"] == {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_nodes": 1}
