@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -103,13 +104,20 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.split_by = rank, world_size, split_by
         self.skip = SkipLog() if skip_bad else None
         self.validate, self.decode = validate, decode
+        self.limit: Optional[int] = None  # samples per (rank, worker) slot; set for DDP training (equal shares)
 
     def __iter__(self):
         info = get_worker_info()
         workers, wid = (info.num_workers, info.id) if info else (1, 0)
         slots, slot = self.world_size * workers, self.rank * workers + wid
         by_shard = self.split_by == "shard" or (self.split_by == "auto" and len(self.urls) >= slots)
-        return iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip, self.validate, self.decode))
+        it = iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip, self.validate, self.decode))
+        return it if self.limit is None else itertools.islice(it, self.limit)
+
+    def count(self) -> int:
+        """Kept samples over all shards (one pass, images not decoded)."""
+        undecoded = lambda src, size, skip: src  # noqa: E731
+        return sum(1 for _ in stream(self.urls, self.keep, self.size, 0, 1, False, self.skip, self.validate, undecoded))
 
 
 class BappsDataModule(pl.LightningDataModule):
@@ -165,7 +173,17 @@ class BappsDataModule(pl.LightningDataModule):
         return DataLoader(self.dataset(split), batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.hparams.train_split)
+        """Under DDP every process gets the same number of samples (a rank with one batch more than
+        another would wait forever in the gradient all-reduce): samples are dealt one by one and each
+        (rank, worker) slot stops at ``kept // slots``; the remainder is dropped for that epoch."""
+        ds = self.dataset(self.hparams.train_split)
+        if ds.world_size > 1:
+            slots = ds.world_size * max(1, self.hparams.num_workers)
+            ds.split_by, ds.limit = "sample", ds.count() // slots
+            if ds.limit == 0:
+                raise BappsDataError(f"training split {self.hparams.train_split!r} has fewer kept samples than the "
+                                     f"{slots} (process, worker) slots")
+        return DataLoader(ds, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader()

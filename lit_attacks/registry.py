@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 from typing import Any, Callable, Dict, List
 
 
@@ -22,6 +23,7 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._factories: Dict[str, Callable[..., Any]] = {}
+        self._prefixes: Dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``fn`` under ``name``; a duplicate name raises."""
@@ -34,14 +36,29 @@ class Registry:
 
         return deco
 
+    def register_prefix(self, prefix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering a parametrised family: ``"<prefix>:<arg>"`` -> ``fn(arg, ...)``."""
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if prefix in self._prefixes or prefix in self._factories:
+                raise KeyError(f"{self.kind} prefix {prefix!r} is already registered")
+            self._prefixes[prefix] = fn
+            return fn
+
+        return deco
+
     def get(self, name: str) -> Callable[..., Any]:
         """The factory for ``name``; an unknown name raises with close matches."""
+        prefix, sep, arg = name.partition(":")
+        if sep and prefix in self._prefixes:
+            if not arg:
+                raise KeyError(f"{self.kind} {name!r}: expected {prefix}:<argument>, e.g. {prefix}:path/to/last.ckpt")
+            return functools.partial(self._prefixes[prefix], arg)
         if name not in self._factories:
             close = difflib.get_close_matches(name, self._factories, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(
-                f"unknown {self.kind} {name!r}{hint} Known {self.kind}s: {', '.join(self.names())}"
-            )
+            known = self.names() + [f"{p}:<path>" for p in sorted(self._prefixes)]
+            raise KeyError(f"unknown {self.kind} {name!r}{hint} Known {self.kind}s: {', '.join(known)}")
         return self._factories[name]
 
     def create(self, name: str, **kwargs: Any) -> Any:
@@ -52,7 +69,8 @@ class Registry:
         return sorted(n for n in self._factories if fnmatch.fnmatchcase(n, pattern))
 
     def __contains__(self, name: str) -> bool:
-        return name in self._factories
+        prefix, sep, arg = name.partition(":")
+        return name in self._factories or bool(sep and arg and prefix in self._prefixes)
 
     def __len__(self) -> int:
         return len(self._factories)

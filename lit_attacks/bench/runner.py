@@ -6,6 +6,7 @@ sample appears exactly once, and on rank 0 writes its files and then its complet
 """
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,23 @@ from lit_attacks.bench.cells import CellStore, Progress, fingerprint
 from lit_attacks.bench.config import sweep_points
 
 SCORE_COLUMNS = ["key", "category", "judge", "s0", "s1"]
+
+
+def slug(name: str) -> str:
+    """A metric name usable in file names and cell ids (``rlpips:runs/x/last.ckpt`` -> ``rlpips_runs_x_last.ckpt``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def metric_file_fingerprint(name: str):
+    """sha256 of the file behind a parametrised metric (``rlpips:<checkpoint>``), so a retrained checkpoint
+    at the same path invalidates completed cells; None for registry metrics."""
+    import hashlib
+
+    prefix, sep, arg = name.partition(":")
+    p = Path(arg).expanduser()
+    if not sep or not p.is_file():
+        return None
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:20]
 
 
 class Bench:
@@ -80,6 +98,7 @@ class Bench:
     def preflight(self) -> None:
         """Build every metric once, so missing weights fail before any work."""
         from lit_attacks.metrics import WeightsNotFoundError, create_metric
+        from lit_attacks.robust import CheckpointError
 
         names = list(self.cfg["metrics"]) + (list(self.cfg["source"]) if self.cfg["transfer"] else [])
         for m in dict.fromkeys(names):
@@ -88,25 +107,31 @@ class Bench:
                                                weights_dir=self.cfg["weights_dir"]).label
             except WeightsNotFoundError as e:
                 self._fail_weights(e)
+            except CheckpointError as e:
+                import sys
+
+                print(f"bench.py: error: {e}", file=sys.stderr)
+                sys.exit(2)
 
     # ---------------------------------------------------------------- cells
     def run_all(self) -> None:
         self.preflight()
         for metric in self.cfg["metrics"]:
-            self.table1[metric] = self.cell(f"table1-{metric}", f"table1 {metric}", {}, lambda: self.score(metric))
+            mfp = {"metric_file": metric_file_fingerprint(metric)}
+            self.table1[metric] = self.cell(f"table1-{slug(metric)}", f"table1 {metric}", mfp, lambda: self.score(metric))
             self.log_table1(metric)
             for attack, params in self.cfg["attacks"].items():
-                cid = f"{attack}-{metric}"
-                self.attacks[cid] = self.cell(cid, f"{attack} on {metric}", {"params": params},
+                cid = f"{attack}-{slug(metric)}"
+                self.attacks[cid] = self.cell(cid, f"{attack} on {metric}", {"params": params, **mfp},
                                               lambda: self.attack(attack, metric, params, cid))
                 self.attacks[cid].update(attack=attack, metric=metric)
                 self.log_attack(attack, metric, self.attacks[cid])
             for pt in sweep_points(self.cfg["sweep"]):
-                cid = f"sweep-pgd-eps{pt['eps']:.4f}-{metric}"
-                self.sweep[cid] = self.cell(cid, f"sweep pgd eps={pt['eps']:g} on {metric}", {"params": pt},
+                cid = f"sweep-pgd-eps{pt['eps']:.4f}-{slug(metric)}"
+                self.sweep[cid] = self.cell(cid, f"sweep pgd eps={pt['eps']:g} on {metric}", {"params": pt, **mfp},
                                             lambda: self.attack("pgd", metric, pt, cid, sweep=True))
                 self.sweep[cid].update(metric=metric, eps=pt["eps"])
-                self.wandb.log_metrics({f"sweep/{metric}/eps={pt['eps']:g}/flip_rate":
+                self.wandb.log_metrics({f"sweep/{slug(metric)}/eps={pt['eps']:g}/flip_rate":
                                         self.sweep[cid]["results"]["all"]["flip_rate"]})
         if self.cfg["transfer"]:
             self.run_transfer()
@@ -124,7 +149,7 @@ class Bench:
             cats = self.cfg["categories"]
             raise _no_samples(self.source, cats)
         if self.is_zero:
-            write_csv(self.out / "scores" / f"{metric}.csv", collector.records, SCORE_COLUMNS)
+            write_csv(self.out / "scores" / f"{slug(metric)}.csv", collector.records, SCORE_COLUMNS)
         return {"label": module.metric.label, "records": collector.records}
 
     def attack(self, attack: str, metric: str, params: Dict[str, Any], cid: str, sweep: bool = False) -> Dict[str, Any]:
@@ -176,7 +201,7 @@ class Bench:
             self.progress.say(f"FlowAdv CNN width {width} (the paper uses 256; --flowadv-width 256 for the full model)")
         spec = {"width": width, "rmse_max": self.cfg["rmse_max"]}
         for src in self.cfg["source"]:
-            shard_dir = self.out / "transfer" / f"adv-{src}"
+            shard_dir = self.out / "transfer" / f"adv-{slug(src)}"
 
             def generate() -> Dict[str, Any]:
                 gen = TransferGenerator(src, rmse_max=self.cfg["rmse_max"], flowadv_params={"width": width},
@@ -185,13 +210,13 @@ class Bench:
                 if self.is_zero and shard_dir.exists():
                     shutil.rmtree(shard_dir)
                 coll = RecordCollector()
-                self.trainer([coll, AdvShardWriter(str(shard_dir), prefix=f"adv-{src}")]).predict(
+                self.trainer([coll, AdvShardWriter(str(shard_dir), prefix=f"adv-{slug(src)}")]).predict(
                     gen, datamodule=self.dm_attack, return_predictions=False)
                 if self.is_zero:
-                    write_csv(self.out / "transfer" / f"source-{src}.csv", coll.records)
+                    write_csv(self.out / "transfer" / f"source-{slug(src)}.csv", coll.records)
                 return {"records": coll.records, "variants": gen.variants}
 
-            gen_state = self.cell(f"transfer-gen-{src}", f"transfer: adversarial variants on {src}", spec, generate)
+            gen_state = self.cell(f"transfer-gen-{slug(src)}", f"transfer: adversarial variants on {src}", spec, generate)
             for target in self.cfg["metrics"]:
                 def score() -> Dict[str, Any]:
                     scorer = TransferScorer(target, pretrained=self.cfg["pretrained"],
@@ -200,11 +225,11 @@ class Bench:
                     self.trainer([coll]).predict(scorer, return_predictions=False,
                                                  datamodule=AdvShardDataModule(str(shard_dir), self.cfg["batch_size"]))
                     if self.is_zero:
-                        write_csv(self.out / "transfer" / f"{src}-to-{target}.csv", coll.records)
+                        write_csv(self.out / "transfer" / f"{slug(src)}-to-{slug(target)}.csv", coll.records)
                     return {"records": coll.records,
                             "rows": table3_rows(src, scorer.metric.label, coll.records, gen_state["variants"])}
 
-                cid = f"transfer-{src}-to-{target}"
+                cid = f"transfer-{slug(src)}-to-{slug(target)}"
                 self.transfer[cid] = self.cell(cid, f"transfer: {src} -> {target}", {**spec, "gen": fingerprint(gen_state["records"])},
                                                score)
 
@@ -213,12 +238,14 @@ class Bench:
         from lit_attacks.evaluation import table1_rows
 
         row = table1_rows(metric, self.table1[metric]["records"])[-1]
-        self.wandb.log_metrics({f"table1/{metric}/two_afc": row["two_afc"], f"table1/{metric}/accuracy": row["accuracy"]})
+        m = slug(metric)
+        self.wandb.log_metrics({f"table1/{m}/two_afc": row["two_afc"], f"table1/{m}/accuracy": row["accuracy"]})
 
     def log_attack(self, attack: str, metric: str, payload: Dict[str, Any]) -> None:
-        flat = {f"predict/{attack}/{metric}/{g}/{k}": v for g, res in payload["results"].items() for k, v in res.items()}
+        m = slug(metric)
+        flat = {f"predict/{attack}/{m}/{g}/{k}": v for g, res in payload["results"].items() for k, v in res.items()}
         if payload.get("samples_per_s"):
-            flat[f"predict/{attack}/{metric}/samples_per_s"] = payload["samples_per_s"]
+            flat[f"predict/{attack}/{m}/samples_per_s"] = payload["samples_per_s"]
         self.wandb.log_metrics(flat)
 
     def finish(self) -> None:

@@ -10,6 +10,7 @@ from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, 
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import WeightsNotFoundError
 from lit_attacks.metrics import pixel, structural, lpips, deep  # noqa: F401  (registration)
+from lit_attacks.robust import distance as _trained  # noqa: F401,E402  (registers rlpips:<checkpoint>)
 
 
 def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str] = None, init_seed: int = 0,

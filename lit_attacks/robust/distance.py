@@ -1,0 +1,73 @@
+"""Trained LPIPS checkpoints as registry metrics: ``rlpips:<path to .ckpt>``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import lpips as lpips_pkg
+import torch
+
+from lit_attacks.metrics.base import Distance
+from lit_attacks.metrics.lpips import ARCH, LPIPSDistance
+from lit_attacks.metrics.registry import METRICS
+
+CHECKPOINT_KIND = "lit_attacks.trainable_lpips"
+
+
+class CheckpointError(ValueError):
+    """A missing, unreadable or foreign checkpoint; the message names the file and the fix."""
+
+
+class TrainedLPIPSDistance(LPIPSDistance):
+    """A frozen :class:`LPIPSDistance` around an already built ``lpips.LPIPS`` (trained heads, any backbone).
+
+    Args:
+        model: the network; it is frozen and put in eval mode (pass a copy to keep training the original).
+        net: backbone name ("alex", "squeeze", "vgg").
+        pretrained: whether the backbone started from ImageNet weights (False: labelled random backbone).
+    """
+
+    def __init__(self, model: lpips_pkg.LPIPS, net: str = "alex", pretrained: bool = True) -> None:
+        Distance.__init__(self)
+        self.net, self.pretrained, self.model = net, pretrained, model
+
+
+def read_checkpoint(path: str | Path) -> Dict[str, Any]:
+    """The checkpoint dict of a trainable-metric checkpoint, loaded with ``weights_only=True``."""
+    p = Path(path).expanduser()
+    hint = "train one with `python train.py fit --config configs/train/rlpips.yaml`"
+    if not p.is_file():
+        raise CheckpointError(f"rlpips: checkpoint {str(p)!r} not found; {hint}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, non-torch files
+        raise CheckpointError(f"rlpips: {str(p)!r} is not a readable checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    meta = ckpt.get("lit_attacks") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != CHECKPOINT_KIND or "state_dict" not in ckpt:
+        raise CheckpointError(f"rlpips: {str(p)!r} is not a trainable-metric checkpoint of train.py "
+                              f"(no '{CHECKPOINT_KIND}' record); {hint}")
+    return ckpt
+
+
+def load_trained_lpips(path: str | Path) -> TrainedLPIPSDistance:
+    """Build the metric stored in a ``train.py`` checkpoint (backbone included: no other weights needed)."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt["lit_attacks"]
+    net = meta["net"]
+    if net not in ARCH:
+        raise CheckpointError(f"rlpips: {path}: unknown LPIPS net {net!r}")
+    model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    prefix = "model."
+    sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"rlpips: {path}: state dict does not match LPIPS-{net} "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return TrainedLPIPSDistance(model, net, pretrained=bool(meta.get("pretrained_backbone", True)))
+
+
+@METRICS.register_prefix("rlpips")
+def rlpips(path: str) -> Distance:
+    """A metric trained by ``train.py`` (R-LPIPS style adversarial or clean training)."""
+    return load_trained_lpips(path)

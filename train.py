@@ -1,0 +1,48 @@
+"""Train a robust perceptual metric: LPIPS heads on BAPPS 2AFC judgements, clean or adversarial (R-LPIPS).
+
+    python train.py fit --config configs/train/rlpips.yaml            # adversarial training
+    python train.py fit --config configs/train/lpips_clean.yaml       # the same, clean (no attack)
+    python train.py validate --config configs/train/rlpips.yaml --ckpt_path results/train/rlpips/checkpoints/last.ckpt
+    python bench.py --metrics lpips_alex,rlpips:results/train/rlpips/checkpoints/last.ckpt --attacks pgd
+
+A LightningCLI over :class:`lit_attacks.robust.module.RobustLPIPS` and
+:class:`datamodules.bapps.BappsDataModule` (2AFC train split for fit, val for validation). Any init
+argument is a flag (``--model.adversarial false``, ``--data.batch_size 32``, ``--trainer.devices 2
+--trainer.strategy ddp``). W&B logs offline unless an API key is configured.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import List, Optional
+
+from pytorch_lightning.cli import LightningCLI
+
+from datamodules.bapps import BappsDataModule
+from lit_attacks.robust.module import RobustLPIPS
+
+TRAINER_DEFAULTS = {"inference_mode": False, "max_epochs": 5}  # inference_mode off: validation runs PGD
+PARSER_DEFAULTS = {
+    "trainer.logger": {"class_path": "lit_attacks.robust.logger.AutoWandbLogger",
+                       "init_args": {"project": "lit-attacks-train", "save_dir": "results/train"}},
+    "trainer.callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                           "init_args": {"dirpath": "results/train/checkpoints", "filename": "best-{epoch}-{step}",
+                                         "monitor": "val/2afc", "mode": "max", "save_top_k": 1, "save_last": True}}],
+}
+
+
+class TrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults(PARSER_DEFAULTS)
+
+
+def main(args: Optional[List[str]] = None) -> LightningCLI:
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*`pretrained` is deprecated.*|.*weight enum.*")
+    return TrainCLI(RobustLPIPS, BappsDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                    save_config_kwargs={"overwrite": True}, args=args)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
