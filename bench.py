@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, sweep_points, validate
+from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, validate
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -5,7 +5,6 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml

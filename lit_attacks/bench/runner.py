@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from lit_attacks.bench.cells import CellStore, Progress, fingerprint
 from lit_attacks.bench.config import sweep_points
