@@ -157,7 +157,11 @@ class BappsDataModule(pl.LightningDataModule):
         return self.folders[split]
 
     def prepare_data(self) -> None:
+        """Runs on one process before the others start: builds (or converts) the shards they will read,
+        the training split too when fitting, so DDP processes never write the same cache concurrently."""
         self.shard_folder(self.hparams.split)
+        if self.trainer is not None and self.trainer.state.fn == "fit":
+            self.shard_folder(self.hparams.train_split)
 
     def keep(self, s: dict) -> bool:
         cats = self.hparams.categories
