@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from datamodules.bapps import BappsDataModule
     from datamodules.tree import BappsDataError
-    from lit_attacks.bench.cells import CellStore, Progress
+    from lit_attacks.bench.cells import CellStore
     from lit_attacks.bench.runner import Bench
 
     cats = cfg["categories"]
@@ -169,10 +169,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pl.seed_everything(cfg["seed"], verbose=False)
     bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=bool(flags.get("fresh"))),
                   quiet=quiet, is_zero=is_zero)
-    bench.progress = Progress(bench.count_cells(), quiet=quiet, is_zero=is_zero)
     try:
         bench.run_all()
-    except BappsDataError as e:
+    except (BappsDataError, ConfigError) as e:
         fail(str(e))
     if not bench.is_zero:
         return 0

@@ -32,6 +32,11 @@ def rank_loss(s_other: Tensor, s_adv: Tensor) -> Tensor:
     return (s_other / (s_other + s_adv) - 1) ** 2
 
 
+def project_linf(x: Tensor, centre: Tensor, eps: float) -> Tensor:
+    """``x`` projected into the l_inf ball of radius ``eps`` around ``centre`` and into [-1, 1]."""
+    return torch.clamp(centre + torch.clamp(x - centre, -eps, eps), -1, 1)
+
+
 def flipped(s_adv: Tensor, s_other: Tensor) -> Tensor:
     """(B,) True where the adversarial prey is now farther than the other image: a rank flip."""
     return s_adv > s_other

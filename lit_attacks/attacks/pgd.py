@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
-from lit_attacks.attacks.objectives import rank_loss
+from lit_attacks.attacks.objectives import project_linf, rank_loss
 from lit_attacks.metrics import BoundDistance
 
 
@@ -51,7 +51,7 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
         if not keep.all():
             active, b, so, centre = active[keep], b.select(keep.nonzero().flatten()), so[keep], centre[keep]
         stepped = x + alpha * grad.sign()
-        adv[active] = torch.clamp(centre + torch.clamp(stepped - centre, -eps, eps), -1, 1)
+        adv[active] = project_linf(stepped, centre, eps)
     return adv, iters, queries
 
 

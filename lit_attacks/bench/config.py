@@ -72,11 +72,15 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(cfg).__name__}")
-    for key in cfg:
-        if key not in DEFAULTS:
-            raise ConfigError(f"{path}: unknown key {key!r}{_suggest(str(key), DEFAULTS)}; "
-                              f"known: {', '.join(DEFAULTS)}")
+    check_keys(cfg, DEFAULTS, f"{path}: ")
     return cfg
+
+
+def check_keys(mapping: Dict[str, Any], known, where: str) -> None:
+    """Raise on the first key of ``mapping`` not in ``known``, with a suggestion and the known keys."""
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{where}unknown key {key!r}{_suggest(str(key), known)}; known: {', '.join(known)}")
 
 
 def _as_list(key: str, value: Any, where: str) -> Optional[List[str]]:
@@ -195,10 +199,7 @@ def validate_sweep(sweep: Any) -> None:
         return
     if not isinstance(sweep, dict):
         raise ConfigError(f"sweep must be a mapping with attack, eps, steps; got {sweep!r}")
-    for key in sweep:
-        if key not in SWEEP_KEYS:
-            raise ConfigError(f"sweep: unknown key {key!r}{_suggest(str(key), SWEEP_KEYS)}; known: "
-                              f"{', '.join(sorted(SWEEP_KEYS))}")
+    check_keys(sweep, sorted(SWEEP_KEYS), "sweep: ")
     if sweep.get("attack", "pgd") != "pgd":
         raise ConfigError(f"sweep.attack: only pgd is swept, got {sweep['attack']!r}")
     eps = sweep.get("eps")

@@ -42,19 +42,13 @@ def collect_rows(bench) -> Dict[str, List[Dict[str, Any]]]:
     sweep = []
     for payload in bench.sweep.values():
         res = payload["results"]
-        pt = next(p for p in _points(bench) if p["eps"] == payload["eps"])
-        sweep.append({"metric": payload["label"], "eps": payload["eps"], "alpha": pt["alpha"], "steps": pt["steps"],
+        sweep.append({"metric": payload["label"], "eps": payload["eps"], "alpha": payload["alpha"],
+                      "steps": payload["steps"],
                       "total": res["all"]["total"], "flipped": res["all"]["flipped"],
                       "flip_rate": res["all"]["flip_rate"], "flip_rate_agreed": res["agreed"]["flip_rate"],
                       "rmse_mean": res["all"]["rmse_mean"], "samples_per_s": payload.get("samples_per_s")})
     rows3 = [r for payload in bench.transfer.values() for r in payload["rows"]]
     return {"table1": rows1, "table2": rows2, "sweep": sweep, "table3": rows3}
-
-
-def _points(bench):
-    from lit_attacks.bench.config import sweep_points
-
-    return sweep_points(bench.cfg["sweep"])
 
 
 def write_outputs(bench) -> None:
@@ -111,11 +105,7 @@ def write_outputs(bench) -> None:
 
 
 def _cell_times(bench) -> Dict[str, Any]:
-    cells = {f"table1-{m}": p for m, p in bench.table1.items()}
-    cells.update(bench.attacks)
-    cells.update(bench.sweep)
-    cells.update(bench.transfer)
-    return {cid: {"seconds": p.get("seconds"), "samples_per_s": p.get("samples_per_s")} for cid, p in cells.items()}
+    return {cid: {"seconds": p.get("seconds"), "samples_per_s": p.get("samples_per_s")} for cid, p in bench.cells.items()}
 
 
 def report(bench, md: Dict[str, str], wandb_dir, seconds: float) -> None:

@@ -10,10 +10,10 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from lit_attacks.bench.cells import CellStore, Progress, fingerprint
-from lit_attacks.bench.config import sweep_points
+from lit_attacks.bench.config import ConfigError, sweep_points
 
 SCORE_COLUMNS = ["key", "category", "judge", "s0", "s1"]
 
@@ -26,13 +26,13 @@ def slug(name: str) -> str:
 def metric_file_fingerprint(name: str):
     """sha256 of the file behind a parametrised metric (``rlpips:<checkpoint>``), so a retrained checkpoint
     at the same path invalidates completed cells; None for registry metrics."""
-    import hashlib
+    from datamodules.shards import sha256
 
     prefix, sep, arg = name.partition(":")
     p = Path(arg).expanduser()
     if not sep or not p.is_file():
         return None
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:20]
+    return sha256(p)[:20]
 
 
 class Bench:
@@ -43,9 +43,10 @@ class Bench:
         self.cfg, self.devices, self.out, self.source = cfg, devices, out, source
         self.dm_all, self.dm_attack, self.store = dm_all, dm_attack, store
         self.quiet, self.is_zero = quiet, is_zero
-        self.progress: Optional[Progress] = None
+        self.progress = Progress(self.count_cells(), quiet=quiet, is_zero=is_zero)
         self.t0 = time.time()
         self.labels: Dict[str, str] = {}
+        self.cells: Dict[str, Dict[str, Any]] = {}  # cell id -> payload, in run order
         self.table1: Dict[str, Dict[str, Any]] = {}
         self.attacks: Dict[str, Dict[str, Any]] = {}
         self.sweep: Dict[str, Dict[str, Any]] = {}
@@ -53,7 +54,7 @@ class Bench:
         from lit_attacks.bench.wandb_log import WandbRun, resolve_mode
 
         self.wandb = WandbRun(resolve_mode(cfg["wandb"]), cfg["wandb_project"], cfg["name"], out,
-                              {k: v for k, v in cfg.items()}, enabled=is_zero)
+                              dict(cfg), enabled=is_zero)
         self.base = {"data": source.get("index_sha256"), "data_source": str(source.get("data")),
                      "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"],
                      "seed": cfg["seed"], "pretrained": cfg["pretrained"], "weights_dir": cfg["weights_dir"],
@@ -87,16 +88,12 @@ class Bench:
                 self.store.save(cell_id, fp, payload)
         else:
             self.progress.finish()
+        self.cells[cell_id] = payload
         return payload
 
-    def _fail_weights(self, e: Exception) -> None:
-        import sys
-
-        print(f"bench.py: error: {e}\n(or run with --pretrained false to use random backbones)", file=sys.stderr)
-        sys.exit(2)
-
     def preflight(self) -> None:
-        """Build every metric once, so missing weights fail before any work."""
+        """Build every metric once, so missing weights or a bad checkpoint fail before any work
+        (:class:`ConfigError`, reported by bench.py in one line)."""
         from lit_attacks.metrics import WeightsNotFoundError, create_metric
         from lit_attacks.robust import CheckpointError
 
@@ -106,12 +103,9 @@ class Bench:
                 self.labels[m] = create_metric(m, pretrained=self.cfg["pretrained"],
                                                weights_dir=self.cfg["weights_dir"]).label
             except WeightsNotFoundError as e:
-                self._fail_weights(e)
+                raise ConfigError(f"{e}\n(or run with --pretrained false to use random backbones)") from None
             except CheckpointError as e:
-                import sys
-
-                print(f"bench.py: error: {e}", file=sys.stderr)
-                sys.exit(2)
+                raise ConfigError(str(e)) from None
 
     # ---------------------------------------------------------------- cells
     def run_all(self) -> None:
@@ -130,7 +124,7 @@ class Bench:
                 cid = f"sweep-pgd-eps{pt['eps']:.4f}-{slug(metric)}"
                 self.sweep[cid] = self.cell(cid, f"sweep pgd eps={pt['eps']:g} on {metric}", {"params": pt, **mfp},
                                             lambda: self.attack("pgd", metric, pt, cid, sweep=True))
-                self.sweep[cid].update(metric=metric, eps=pt["eps"])
+                self.sweep[cid].update(metric=metric, **pt)
                 self.wandb.log_metrics({f"sweep/{slug(metric)}/eps={pt['eps']:g}/flip_rate":
                                         self.sweep[cid]["results"]["all"]["flip_rate"]})
         if self.cfg["transfer"]:
@@ -178,9 +172,8 @@ class Bench:
             from lit_attacks.attacks import RECORD_COLUMNS
 
             extra = [k for k in (records[0] if records else {}) if k not in RECORD_COLUMNS]
-            csv = self.out / "samples" / (f"sweep/{cid[len('sweep-'):]}" if sweep else cid)
-            csv = csv.with_name(csv.name + ".csv")
-            write_csv(csv, records, RECORD_COLUMNS + extra)
+            name = cid[len("sweep-"):] if sweep else cid
+            write_csv(self.out / "samples" / ("sweep" if sweep else "") / f"{name}.csv", records, RECORD_COLUMNS + extra)
             if examples.examples:
                 example_grid(examples.examples, f"{attack} on {module.metric.label}",
                              self.out / "plots" / f"examples-{cid}.png")

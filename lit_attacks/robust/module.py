@@ -9,8 +9,9 @@ import torch
 import torchmetrics
 from torch import Tensor
 
-from lit_attacks.attacks.objectives import split_prey
+from lit_attacks.attacks.objectives import project_linf, split_prey
 from lit_attacks.attacks.pgd import pgd
+from lit_attacks.evaluation import two_afc
 from lit_attacks.metrics.lpips import build_lpips
 from lit_attacks.robust.distance import CHECKPOINT_KIND, TrainedLPIPSDistance
 from lit_attacks.robust.ranking import RankingHead, ranking_loss
@@ -113,8 +114,7 @@ class RobustLPIPS(pl.LightningModule):
                 loss = self.triplet_loss(imgs["ref"], imgs["p0"], imgs["p1"], batch["judge"], reduction="sum")
                 grads = torch.autograd.grad(loss, [adv[n] for n in names])
                 for n, g in zip(names, grads):
-                    step = adv[n].detach() + alpha * g.sign()
-                    adv[n] = torch.clamp(clean[n] + torch.clamp(step - clean[n], -h.eps, h.eps), -1, 1)
+                    adv[n] = project_linf(adv[n].detach() + alpha * g.sign(), clean[n], h.eps)
         self.model.train(was_training)
         return {**clean, **{n: a.detach() for n, a in adv.items()}}
 
@@ -170,7 +170,7 @@ class RobustLPIPS(pl.LightningModule):
         ref, p0, p1, judge = batch["ref"], batch["p0"], batch["p1"], batch["judge"].to(batch["ref"].dtype)
         with torch.no_grad():
             s0, s1 = metric(ref, p0, check=False), metric(ref, p1, check=False)
-        score = (s0 < s1) * (1 - judge) + (s1 < s0) * judge + 0.5 * (s0 == s1)  # per-sample 2AFC
+        score = torch.as_tensor(two_afc(s0.cpu(), s1.cpu(), judge.cpu()), device=ref.device)  # per-sample 2AFC
         unanimous = (judge == 0) | (judge == 1)
         self.val_2afc.update(score)
         if unanimous.any():
