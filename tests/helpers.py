@@ -89,3 +89,34 @@ def read_wandb_offline(run_dir) -> dict:
             elif kind_name == "history":
                 out["history"].append(value(rec.history.item))
     return out
+
+
+SCORE_FIELDS = ("s_adv", "s_adv_uint8", "s0", "s1", "s_other")
+
+
+def run_one_and_two_processes(cmd, tmp_path, env, two=("--accelerator", "cpu", "--devices", "2")):
+    """Run ``cmd`` (a bench.py command line) into ``tmp_path/one`` and, with ``two``, as 2-process DDP into
+    ``tmp_path/two``; both must succeed. Returns the two results folders."""
+    import subprocess
+
+    outs = []
+    for name, extra in (("one", []), ("two", list(two))):
+        out = tmp_path / name
+        r = subprocess.run(list(cmd) + ["--out", str(out)] + extra, env=env, capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(out)
+    return outs
+
+
+def assert_same_rows(one, two, where, rel=1e-6):
+    """Same keys in the same order; scores (:data:`SCORE_FIELDS`) equal to ``rel``, every other field identical."""
+    import pytest
+
+    assert [r.get("key") for r in one] == [r.get("key") for r in two], where
+    for a, b in zip(one, two):
+        for k in a:
+            if k in SCORE_FIELDS:
+                assert float(a[k]) == pytest.approx(float(b[k]), rel=rel), (where, a.get("key"), k)
+            else:
+                assert a[k] == b[k], (where, a.get("key"), k)

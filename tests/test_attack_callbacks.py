@@ -1,9 +1,7 @@
 """Aggregates from the torchmetrics callback vs numpy on the per-sample CSV; adversarial shards; DDP == 1 process."""
 import io
 import json
-import math
 import os
-import subprocess
 import sys
 import tarfile
 
@@ -17,6 +15,7 @@ from lit_attacks.metrics import METRICS, Distance, create_metric
 from lit_attacks.report import read_csv
 
 from conftest import ROOT
+from helpers import assert_same_rows, run_one_and_two_processes
 
 FRACS = ["frac>0.001", "frac>0.005", "frac>0.01", "frac>0.02", "frac>0.03", "frac>0.05", "frac>0.1"]
 
@@ -112,19 +111,11 @@ def test_two_process_attack_run_equals_one_process(tmp_path):
     common = [sys.executable, str(ROOT / "bench.py"), "--metrics", "l2,lpips_alex", "--attacks", "pgd,fgsm",
               "--pretrained", "false", "--builtin-n", "5", "--quiet", "--batch-size", "8", "--batch-invariant",
               "--sweep-eps", ""]
-    for name, extra in (("one", []), ("two", ["--devices", "2", "--strategy", "ddp"])):
-        r = subprocess.run(common + ["--out", str(tmp_path / name)] + extra, env=env, capture_output=True, text=True,
-                           timeout=900)
-        assert r.returncode == 0, r.stderr[-3000:]
+    run_one_and_two_processes(common, tmp_path, env, two=["--devices", "2", "--strategy", "ddp"])
     for cell in ("pgd-l2", "fgsm-l2", "pgd-lpips_alex", "fgsm-lpips_alex"):
         one, two = (read_csv(tmp_path / n / "samples" / f"{cell}.csv") for n in ("one", "two"))
-        assert len(one) >= 20 and [r["key"] for r in one] == [r["key"] for r in two]  # the unanimous of 25
-        for a, b in zip(one, two):
-            for k in a:
-                if k in ("s_adv", "s_adv_uint8", "s0", "s1", "s_other"):
-                    assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6), (cell, k)
-                else:
-                    assert a[k] == b[k], (cell, a["key"], k)
+        assert len(one) >= 20  # the unanimous of 25
+        assert_same_rows(one, two, cell)
     t1, t2 = read_csv(tmp_path / "one/table2.csv"), read_csv(tmp_path / "two/table2.csv")
     for a, b in zip(t1, t2):
         for k in a:

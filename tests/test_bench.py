@@ -1,7 +1,6 @@
 """bench.py at scale: configs and their precedence, bad input, resume after a crash, W&B offline, DDP."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from lit_attacks.bench.config import CONFIG_DIR, DEFAULTS, load_yaml, merge, val
 from lit_attacks.report import read_csv
 
 from conftest import ROOT
-from helpers import read_wandb_offline
+from helpers import assert_same_rows, read_wandb_offline, run_one_and_two_processes
 
 SMALL = ["--metrics", "l2,ssim", "--attacks", "pgd,fgsm", "--builtin-n", "4", "--sweep-eps", "0.01,0.03",
          "--batch-size", "8", "--quiet"]
@@ -191,20 +190,11 @@ def test_two_process_bench_equals_one_process_and_logs_once(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench.py"), "--metrics", "l2,lpips_alex", "--pretrained", "false",
            "--attacks", "pgd", "--sweep-eps", "0.01,0.03", "--builtin-n", "5", "--batch-size", "8", "--quiet",
            "--batch-invariant", "--wandb", "offline"]
-    for name, extra in (("one", []), ("two", ["--accelerator", "cpu", "--devices", "2"])):
-        r = subprocess.run(cmd + ["--out", str(tmp_path / name)] + extra, env=env, capture_output=True, text=True,
-                           timeout=900)
-        assert r.returncode == 0, r.stderr[-3000:]
+    run_one_and_two_processes(cmd, tmp_path, env)
     one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
     assert set(one) == set(two) and "samples/sweep/pgd-eps0.0100-lpips_alex.csv" in one
     for name in one:
-        assert [r.get("key") for r in one[name]] == [r.get("key") for r in two[name]], name
-        for a, b in zip(one[name], two[name]):
-            for k in a:
-                if k in ("s_adv", "s_adv_uint8", "s0", "s1", "s_other"):
-                    assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6), (name, k)
-                else:
-                    assert a[k] == b[k], (name, a.get("key"), k)
+        assert_same_rows(one[name], two[name], name)
     assert len(one["samples/pgd-l2.csv"]) >= 20  # the unanimous samples of 25, each once
     assert len(list((tmp_path / "two" / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())

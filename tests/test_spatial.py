@@ -2,7 +2,6 @@
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 
@@ -20,6 +19,7 @@ from lit_attacks.metrics import create_metric
 from lit_attacks.report import read_csv
 
 from conftest import ROOT
+from helpers import run_one_and_two_processes
 
 NARROW = dict(width=8, head=4)
 
@@ -221,10 +221,7 @@ def test_two_process_transfer_equals_one_process(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench.py"), "--transfer", "--attacks", "", "--metrics", "l2,ssim", "--source", "l2",
            "--builtin-n", "2", "--flowadv-width", "8", "--rmse-max", "40", "--quiet", "--batch-size", "4",
            "--batch-invariant", "--sweep-eps", ""]
-    for name, extra in (("one", []), ("two", ["--devices", "2", "--strategy", "ddp"])):
-        r = subprocess.run(cmd + ["--out", str(tmp_path / name)] + extra, env=env, capture_output=True, text=True,
-                           timeout=900)
-        assert r.returncode == 0, r.stderr[-3000:]
+    run_one_and_two_processes(cmd, tmp_path, env, two=["--devices", "2", "--strategy", "ddp"])
     assert read_csv(tmp_path / "one/table3.csv") == read_csv(tmp_path / "two/table3.csv")
     for f in ("l2-to-ssim.csv", "source-l2.csv"):
         one, two = read_csv(tmp_path / "one/transfer" / f), read_csv(tmp_path / "two/transfer" / f)
