@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, validate
+from lit_attacks.tables import tables
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -37,14 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--builtin-n", type=int, help="samples per category of the built-in set")
     p.add_argument("--seed", type=int)
     p.add_argument("--metrics", help="comma-separated metric names")
-    p.add_argument("--attacks", help="comma-separated attacks (fgsm, pgd, onepixel, stadv, flowadv, spatial_pgd; "
-                                     "'' for Table 1 only); the config's parameters of these attacks are kept")
-    p.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE", help="attack parameter (repeatable)")
-    p.add_argument("--sweep-eps", help="comma-separated PGD epsilons for robustness curves ('' disables)")
-    p.add_argument("--transfer", action="store_true", help="transfer benchmark (Table 3) from --source")
-    p.add_argument("--source", help="comma-separated source metrics for --transfer")
-    p.add_argument("--rmse-max", type=float, help="imperceptibility bound (RMSE, 0-255) for --transfer")
-    p.add_argument("--flowadv-width", type=int, help="FlowAdv CNN width for --transfer (paper 256; CPU default 32)")
+    for table in tables():  # each result table adds its own flags (--attacks, --param, --sweep-eps, --transfer, ...)
+        table.add_arguments(p)
     p.add_argument("--pretrained", choices=["true", "false"], help="false: random backbones (tests, timing)")
     p.add_argument("--weights-dir", help="folder searched first for weights ($LIT_ATTACKS_WEIGHTS_DIR)")
     p.add_argument("--batch-size", type=int)
@@ -77,19 +72,13 @@ def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
     """Defaults < config < flags, validated; exits with a one-line error on bad input."""
     flags = dict(flags)
     path = flags.pop("config", None) or DEFAULT_CONFIG
-    sweep_eps = flags.pop("sweep_eps", None)
     for key in ("fresh", "quiet"):
         flags.pop(key, None)
     try:
         cfg = merge(load_yaml(path), flags, str(path))
-        if sweep_eps is not None:
-            eps = [float(e) for e in sweep_eps.split(",") if e.strip()]
-            cfg["sweep"] = {"attack": "pgd", "steps": (cfg["sweep"] or {}).get("steps", 30), "eps": eps} if eps else None
         validate(cfg)
     except ConfigError as e:
         fail(str(e))
-    except ValueError as e:
-        fail(f"--sweep-eps {sweep_eps!r}: {e}")
     cfg["config_file"] = str(path)
     return cfg
 
@@ -146,8 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from pytorch_lightning.utilities import rank_zero_only
 
-    from datamodules.bapps import BappsDataModule
-    from datamodules.tree import BappsDataError
+    from lit_attacks.datamodules.bapps import BappsDataModule
+    from lit_attacks.datamodules.tree import BappsDataError
     from lit_attacks.bench.cells import CellStore
     from lit_attacks.bench.runner import Bench
 

@@ -6,7 +6,7 @@
     python bench.py --metrics lpips_alex,rlpips:results/train/rlpips/checkpoints/last.ckpt --attacks pgd
 
 A LightningCLI over :class:`lit_attacks.robust.module.RobustLPIPS` and
-:class:`datamodules.bapps.BappsDataModule` (2AFC train split for fit, val for validation). Any init
+:class:`lit_attacks.datamodules.bapps.BappsDataModule` (2AFC train split for fit, val for validation). Any init
 argument is a flag (``--model.adversarial false``, ``--data.batch_size 32``, ``--trainer.devices 2
 --trainer.strategy ddp``). W&B logs offline unless an API key is configured.
 """
@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from pytorch_lightning.cli import LightningCLI
 
-from datamodules.bapps import BappsDataModule
+from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.robust.module import RobustLPIPS
 
 TRAINER_DEFAULTS = {"inference_mode": False, "max_epochs": 5}  # inference_mode off: validation runs PGD

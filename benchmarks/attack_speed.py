@@ -1,4 +1,4 @@
-"""Speed of the batched attacks against the plain per-sample references of tests/test_attacks.py.
+"""Speed of the batched attacks against the official per-sample loops (benchmarks/official_loop.py).
 
     python benchmarks/attack_speed.py [--n 64] [--n64 16] [--metric lpips_alex] [--pretrained false]
 
@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 
 def _batch(n: int):
-    from datamodules.bapps import BappsDataModule
+    from lit_attacks.datamodules.bapps import BappsDataModule
 
     dm = BappsDataModule(batch_size=n, builtin_n=max(8, n // 5 + 4))
     return next(iter(dm.predict_dataloader()))
@@ -48,9 +48,9 @@ def _phase(name: str, args: dict, q) -> None:
         t = time.perf_counter()
         if "pgd" in name:
             if name.startswith("reference_pgd"):
-                from test_attacks import reference_pgd
+                from official_loop import official_pgd
 
-                out = [reference_pgd(m, batch["ref"][i:i + 1], batch["p0"][i:i + 1], batch["p1"][i:i + 1],
+                out = [official_pgd(m, batch["ref"][i:i + 1], batch["p0"][i:i + 1], batch["p1"][i:i + 1],
                                      0.03, 0.001, 30) for i in range(args["n"])]
                 result = {"iterations": [it for _, it in out], "adv": torch.cat([a for a, _ in out]).tolist()}
             else:
@@ -63,14 +63,14 @@ def _phase(name: str, args: dict, q) -> None:
                 adv, iters, _ = pgd(m.bind(batch["ref"]), prey, s_other)
                 result = {"iterations": iters.tolist(), "adv": adv.tolist()}
         elif name == "reference_fgsm":
-            from test_attacks import reference_fgsm
+            from official_loop import official_fgsm
 
-            result = {"eps": [reference_fgsm(m, batch["ref"][i:i + 1], batch["p0"][i:i + 1],
+            result = {"eps": [official_fgsm(m, batch["ref"][i:i + 1], batch["p0"][i:i + 1],
                                              batch["p1"][i:i + 1])[0] for i in range(args["n"])]}
         else:
             a = create_attack("fgsm", args["metric"], pretrained=args["pretrained"])
             a.metric = m
-            recs = a.predict_step(batch)
+            recs = a.predict_step(batch).rows()
             result = {"eps": [None if r["eps"] != r["eps"] else r["eps"] for r in recs]}
         seconds = time.perf_counter() - t
     q.put({"phase": name, "seconds": seconds, "samples_per_s": args["n"] / seconds,

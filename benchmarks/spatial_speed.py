@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from datamodules.bapps import BappsDataModule  # noqa: E402
+from lit_attacks.datamodules.bapps import BappsDataModule  # noqa: E402
 from lit_attacks.attacks.flowadv import flops_per_sample, flowadv  # noqa: E402
 from lit_attacks.attacks.objectives import split_prey  # noqa: E402
 from lit_attacks.attacks.stadv import stadv  # noqa: E402

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch.distributed as dist
 from PIL import Image
 
-from datamodules.shards import INDEX, sha256
+from lit_attacks.datamodules.shards import INDEX, sha256
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -23,10 +23,10 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 class AdvShardWriter(pl.Callback):
-    """Saves every image of a record's ``_images`` (8-bit PNG; ref, other, prey, adv or the transfer
-    variants) and the record itself (JSON) of every sample.
+    """Saves, for every sample of the typed batch outputs, each of its ``images`` (8-bit PNG; ref, other,
+    prey, adv or the transfer variants) and its row (``record.json``).
 
-    Needs records carrying ``_images`` (``AttackModule(keep_images=True)``). Each rank writes
+    Needs outputs with images (``AttackModule(keep_images=True)``). Each rank writes
     ``<prefix>-rank<r>.tar`` (via a temporary name); after all ranks finish, rank 0 writes
     ``index.json`` with the keys and sha256 of each shard. Keys are the BAPPS keys.
     """
@@ -51,15 +51,13 @@ class AdvShardWriter(pl.Callback):
         self._tar.addfile(info, io.BytesIO(data))
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        for r in outputs:
-            images = r.get("_images")
-            if images is None:
-                raise RuntimeError("AdvShardWriter needs records with images: build the attack with keep_images=True")
-            for n, arr in images.items():
-                self._add(f"{r['key']}.{n}.png", _png(arr))
-            record = {k: v for k, v in r.items() if not k.startswith("_")}
-            self._add(f"{r['key']}.record.json", json.dumps(record).encode())
-            self._keys.append(r["key"])
+        if outputs.images is None:
+            raise RuntimeError("AdvShardWriter needs outputs with images: build the attack with keep_images=True")
+        for i, row in enumerate(outputs.rows()):
+            for n, im in outputs.images.items():
+                self._add(f"{row['key']}.{n}.png", _png(im[i].numpy()))
+            self._add(f"{row['key']}.record.json", json.dumps(row).encode())
+            self._keys.append(row["key"])
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self._tar.close()

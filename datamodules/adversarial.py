@@ -1,4 +1,4 @@
-"""Reading adversarial shards (written by ``callbacks.adv_shards.AdvShardWriter``) for transfer runs."""
+"""Reading adversarial shards (written by ``lit_attacks.callbacks.adv_shards.AdvShardWriter``) for transfer runs."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.bapps import ShardStream, shard_urls
-from datamodules.shards import SkipLog, to_tensor
-from datamodules.tree import BappsDataError, check_key, decode_png
+from lit_attacks.datamodules.bapps import ShardStream, shard_urls
+from lit_attacks.datamodules.shards import SkipLog, to_tensor
+from lit_attacks.datamodules.tree import BappsDataError, check_key, decode_png
 
 REQUIRED = ("ref.png", "other.png", "prey.png", "record.json")
 
@@ -34,7 +34,7 @@ def validate_adv(src: Iterable[dict], skip: Optional[SkipLog]) -> Iterator[dict]
             except json.JSONDecodeError as e:
                 raise BappsDataError(f"{where}: record.json is not JSON ({e})") from e
             yield {"key": key, "shard": shard, "record": record,
-                   "png": {f[:-4]: s[f] for f in fields if f.endswith(".png")}}
+                   "png": {f[:-4]: s[f] for f in sorted(fields) if f.endswith(".png")}}
         except BappsDataError as e:
             if skip is None:
                 raise

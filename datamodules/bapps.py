@@ -2,28 +2,26 @@
 
 Command line::
 
-    python -m datamodules.bapps shards --root ROOT --out DIR --split val [--shard-size 1000]
-    python -m datamodules.bapps download --out ROOT [--split val train]
-    python -m datamodules.bapps builtin --out DIR [--n-per-category 40]
+    python -m lit_attacks.datamodules.bapps shards --root ROOT --out DIR --split val [--shard-size 1000]
+    python -m lit_attacks.datamodules.bapps download --out ROOT [--split val train]
+    python -m lit_attacks.datamodules.bapps builtin --out DIR [--n-per-category 40]
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import itertools
-import json
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.cache import cache_root
-from datamodules.shards import INDEX, SkipLog, read_index, stream, write_shards
-from datamodules.synthetic import builtin_shards
-from datamodules.tree import BappsDataError, scan_tree
+from lit_attacks.datamodules.cache import cache_root
+from lit_attacks.datamodules.shards import INDEX, SkipLog, read_index, stream, write_shards
+from lit_attacks.datamodules.synthetic import builtin_shards
+from lit_attacks.datamodules.tree import BappsDataError, scan_tree
 
 
 def is_unanimous(judge: float) -> bool:
@@ -207,7 +205,7 @@ class BappsDataModule(pl.LightningDataModule):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m datamodules.bapps", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lit_attacks.datamodules.bapps", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("shards", help="convert a BAPPS tree to webdataset shards")
@@ -233,11 +231,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             index = write_shards(scan_tree(a.root, a.split, cats), a.out, a.shard_size, progress=True)
             print(f"wrote {index['count']} samples in {len(index['shards'])} shards to {a.out}")
         elif a.cmd == "download":
-            from datamodules.download import download
+            from lit_attacks.datamodules.download import download
             download(a.out, a.split, verify=not a.no_verify)
             print(f"BAPPS 2AFC {a.split} in {Path(a.out) / '2afc'}")
         else:
-            from datamodules.synthetic import write_tree
+            from lit_attacks.datamodules.synthetic import write_tree
             write_tree(Path(a.out) / "tree", a.n_per_category, a.seed, a.size, splits=a.split)
             for split in a.split:
                 idx = write_shards(scan_tree(Path(a.out) / "tree", split), Path(a.out) / "shards" / split, progress=True)

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from datamodules.shards import sha256
+from lit_attacks.datamodules.shards import sha256
 
 # The LPIPS authors' download script (richzhang/PerceptualSimilarity scripts/download_dataset.sh)
 # now points at this bucket; the original Berkeley host is tried second.

@@ -14,7 +14,7 @@ import logging
 import os
 import tarfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from datamodules.tree import BappsDataError, TreeSample, check_judge, check_key, check_triplet_sizes, decode_png, read_judge
+from lit_attacks.datamodules.tree import BappsDataError, TreeSample, check_judge, check_key, check_triplet_sizes, decode_png, read_judge
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"

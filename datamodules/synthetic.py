@@ -129,9 +129,9 @@ def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: 
 def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int = 40, seed: int = 0, size: int = 64,
                    split: str = "val", progress: bool = False) -> Path:
     """Shards of the built-in set for ``split``, generated once into the cache and reused."""
-    from datamodules.shards import INDEX, write_shards
-    from datamodules.tree import scan_tree
-    from datamodules.cache import cache_root
+    from lit_attacks.datamodules.shards import INDEX, write_shards
+    from lit_attacks.datamodules.tree import scan_tree
+    from lit_attacks.datamodules.cache import cache_root
 
     name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}"
     base = (Path(cache_dir) if cache_dir else cache_root()) / name

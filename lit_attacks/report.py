@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -62,3 +63,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]], columns: List[str], digits: i
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (what a cell computes, or its result)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]

@@ -1,11 +1,12 @@
 """Scoring a dataset with a metric as a Lightning predict step (the Table 1 cell)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import pytorch_lightning as pl
 import torch
 
+from lit_attacks.attacks.output import ScoreOutput
 from lit_attacks.metrics import create_metric
 
 
@@ -27,17 +28,16 @@ class ScoreModule(pl.LightningModule):
         self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
 
     @torch.no_grad()
-    def predict_step(self, batch: Dict, batch_idx: int) -> List[Dict]:
+    def predict_step(self, batch: Dict, batch_idx: int = 0) -> ScoreOutput:
         ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]  # (B, 3, H, W) in [-1, 1]
         if self.hparams.batch_invariant:
             self.metric.double()
             ref, p0, p1 = ref.double(), p0.double(), p1.double()
-        s0 = self.metric(ref, p0).cpu()  # (B,), smaller = closer
-        s1 = self.metric(ref, p1).cpu()
+        s0 = self.metric(ref, p0)  # (B,), smaller = closer
+        s1 = self.metric(ref, p1)
         for name, s in (("s0", s0), ("s1", s1)):
             bad = ~torch.isfinite(s)
             if bad.any():
                 key = batch["key"][int(bad.nonzero()[0])]
                 raise FloatingPointError(f"{self.hparams.metric}: non-finite {name} for sample {key}")
-        return [{"key": k, "category": c, "judge": float(j), "s0": float(a), "s1": float(b)}
-                for k, c, j, a, b in zip(batch["key"], batch["category"], batch["judge"], s0, s1)]
+        return ScoreOutput(key=list(batch["key"]), category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1)

@@ -1,10 +1,10 @@
 """Transferable adversarial examples (Table 3): generate on a source metric, score on target metrics.
 
 A generator pass makes, per sample, every variant of the paper's transfer study from the same prey:
-PGD(10) and PGD(20) (fixed steps), stAdv and FlowAdv, and each spatial attack followed by PGD(k) for
-k in 5, 10, 15, 20 (snapshots of one fixed-step trajectory). A variant *passes* when its 8-bit image
-flips the source metric, its RMSE (0-255) is within ``rmse_max`` (the imperceptibility filter; the
-paper also inspected by hand, we do not) and its spatial stage did not fail.
+PGD(10) and PGD(20) (fixed steps), each registered spatial attack (stAdv, FlowAdv) and each spatial
+attack followed by PGD(k) for k in 5, 10, 15, 20 (snapshots of one fixed-step trajectory). A variant
+*passes* when its 8-bit image flips the source metric, its RMSE (0-255) is within ``rmse_max`` (the
+imperceptibility filter; the paper also inspected by hand, we do not) and its spatial stage did not fail.
 
 For a target metric, a variant of a sample is *eligible* when it passed, the source metric ranked
 like the humans (the prey is the image people preferred) and the target also ranks the prey closer
@@ -13,58 +13,106 @@ than the other image; it *transfers* when the target now finds the adversarial p
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lit_attacks.attacks.base import AttackModule
+from lit_attacks.attacks.base import AttackModule, spatial_attack, spatial_attack_names
 from lit_attacks.attacks.combined import pgd_snapshots, run_spatial
-from lit_attacks.attacks.objectives import agrees_with_humans, perturbation_stats, quantize, to_uint8
+from lit_attacks.attacks.objectives import agrees_with_humans, choose_prey, perturbation_stats, quantize, to_uint8
+from lit_attacks.attacks.output import Rows, ScoreOutput, as_list
 from lit_attacks.metrics import check_images, create_metric
 
 
-def variant_names(spatial: Sequence[str] = ("flowadv", "stadv"), ks: Sequence[int] = (5, 10, 15, 20),
+def variant_names(spatial: Optional[Sequence[str]] = None, ks: Sequence[int] = (5, 10, 15, 20),
                   pgd_steps: Sequence[int] = (10, 20)) -> List[str]:
+    """Variant names: the spatial attacks (default: every registered one), ``pgd<k>``, ``<spatial>_pgd<k>``."""
+    spatial = spatial_attack_names() if spatial is None else list(spatial)
     return list(spatial) + [f"pgd{k}" for k in pgd_steps] + [f"{s}_pgd{k}" for s in spatial for k in ks]
 
 
+@dataclass(kw_only=True)
+class TransferOutput(ScoreOutput):
+    """The generator's batch output: the prey choice and, per variant, (B,) columns ``<variant>:<field>``
+    (s_adv of the 8-bit image, flipped, rmse, pass, status) in ``variants``; uint8 images for the shards."""
+
+    prey: Tensor
+    s_other: Tensor
+    agreed: Tensor
+    variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    images: Optional[Dict[str, Tensor]] = None
+
+    def columns(self) -> Dict[str, List[Any]]:
+        cols = super().columns()
+        cols.update(prey=as_list(self.prey), s_other=as_list(self.s_other), agreed=as_list(self.agreed))
+        for v, fields in self.variants.items():
+            cols.update({f"{v}:{k}": as_list(x) for k, x in fields.items()})
+        return cols
+
+
+@dataclass
+class ScoredTransfer(Rows):
+    """The target scorer's batch output: per sample the source's verdicts and the target's distances."""
+
+    key: List[str]
+    judge: Tensor
+    source_agreed: List[bool]
+    s_other: Tensor
+    s_prey: Tensor
+    passed: Dict[str, List[bool]]
+    s_adv: Dict[str, Tensor]
+
+    def columns(self) -> Dict[str, List[Any]]:
+        cols = {"key": list(self.key), "judge": as_list(self.judge), "source_agreed": list(self.source_agreed),
+                "s_other": as_list(self.s_other), "s_prey": as_list(self.s_prey),
+                "target_agrees": as_list(self.s_prey < self.s_other)}
+        for v, s in self.s_adv.items():
+            cols.update({f"{v}:pass": list(self.passed[v]), f"{v}:s_adv": as_list(s),
+                         f"{v}:transfers": as_list(s > self.s_other)})
+        return cols
+
+
 class TransferGenerator(AttackModule):
-    """All transfer variants for each sample on the source ``metric``; records carry per-variant columns
-    ``<variant>:s_adv``, ``:flipped`` (8-bit image), ``:rmse``, ``:pass``, and ``_images`` for the shards.
+    """All transfer variants for each sample on the source ``metric``, as a :class:`TransferOutput`.
 
     Args:
         metric: the source metric.
-        spatial: spatial attacks to run ("flowadv", "stadv").
+        spatial: registered spatial attacks to run (default: all, i.e. flowadv and stadv).
         ks: PGD steps after each spatial attack.
         pgd_steps: PGD-alone variants (fixed steps from the prey).
         eps, alpha: PGD budget and step.
         rmse_max: imperceptibility bound on the RMSE (0-255) between prey and adversarial image.
-        stadv_params, flowadv_params: keyword arguments of the spatial attacks.
+        spatial_params: keyword arguments per spatial attack, e.g. ``{"flowadv": {"width": 32}}``.
     """
 
     name = "transfer"
 
-    def __init__(self, metric: str = "lpips_alex", spatial: Sequence[str] = ("flowadv", "stadv"),
+    def __init__(self, metric: str = "lpips_alex", spatial: Optional[Sequence[str]] = None,
                  ks: Sequence[int] = (5, 10, 15, 20), pgd_steps: Sequence[int] = (10, 20), eps: float = 0.03,
-                 alpha: float = 0.001, rmse_max: float = 8.0, stadv_params: Optional[Dict[str, Any]] = None,
-                 flowadv_params: Optional[Dict[str, Any]] = None, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = True, batch_invariant: bool = False) -> None:
+                 alpha: float = 0.001, rmse_max: float = 8.0,
+                 spatial_params: Optional[Dict[str, Dict[str, Any]]] = None,
+                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = True,
+                 batch_invariant: bool = False) -> None:
+        spatial = spatial_attack_names() if spatial is None else list(spatial)
         for s in spatial:
-            if s not in ("flowadv", "stadv"):
-                raise ValueError(f"transfer: unknown spatial attack {s!r}; choose flowadv, stadv")
+            try:
+                spatial_attack(s)
+            except ValueError as e:
+                raise ValueError(f"transfer: {e}") from None
         if rmse_max <= 0:
             raise ValueError(f"transfer: rmse_max must be > 0, got {rmse_max}")
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
         self.save_hyperparameters()
-        self.spatial, self.ks, self.pgd_steps = list(spatial), list(ks), list(pgd_steps)
+        self.spatial, self.ks, self.pgd_steps = spatial, list(ks), list(pgd_steps)
         self.eps, self.alpha, self.rmse_max = eps, alpha, rmse_max
-        self.params = {"stadv": dict(stadv_params or {}), "flowadv": dict(flowadv_params or {})}
+        self.params = {s: dict((spatial_params or {}).get(s, {})) for s in spatial}
         self.variants = variant_names(self.spatial, self.ks, self.pgd_steps)
 
-    def _predict(self, batch: Dict[str, Any]) -> List[Dict[str, Any]]:
-        keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
+    def _adversarial(self, bound, prey: Tensor, s_other: Tensor, keys: Sequence[str]):
+        """Every variant's image and per-sample status."""
         advs: Dict[str, Tensor] = {}
         status: Dict[str, List[str]] = {}
         with torch.enable_grad():
@@ -75,78 +123,57 @@ class TransferGenerator(AttackModule):
                 advs[s], status[s] = a0.detach(), st
                 for k, x in pgd_snapshots(bound, prey, s_other, self.ks, a0.detach(), self.eps, self.alpha).items():
                     advs[f"{s}_pgd{k}"], status[f"{s}_pgd{k}"] = x, st
-        prey_idx = (s0 > s1).long()
-        records = [{"key": k, "category": batch["category"][i], "judge": float(batch["judge"][i]),
-                    "s0": float(s0[i]), "s1": float(s1[i]), "prey": int(prey_idx[i]), "s_other": float(s_other[i]),
-                    "agreed": agrees_with_humans(float(batch["judge"][i]), int(prey_idx[i]))}
-                   for i, k in enumerate(keys)]
-        images = {"ref": to_uint8(ref.cpu()).numpy(), "other": to_uint8(other.cpu()).numpy(),
-                  "prey": to_uint8(prey.cpu()).numpy()}
+        return advs, status
+
+    def _predict(self, batch: Dict[str, Any]) -> TransferOutput:
+        keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
+        advs, status = self._adversarial(bound, prey, s_other, keys)
+        prey_idx = choose_prey(s0, s1)
+        images = {"ref": to_uint8(ref.cpu()), "other": to_uint8(other.cpu()), "prey": to_uint8(prey.cpu())}
+        variants = {}
         for v in self.variants:
             adv = advs[v].detach().clamp(-1, 1)
-            adv8 = quantize(adv)  # the saved 8-bit image
             with torch.no_grad():
-                s8 = self.metric(ref, adv8, check=False)
+                s8 = self.metric(ref, quantize(adv), check=False)  # the saved 8-bit image
             self._finite(f"s_adv of {v}", s8, keys)
-            rmse = perturbation_stats(prey, adv8)["rmse"]
-            images[v] = to_uint8(adv.cpu()).numpy()
-            for i, r in enumerate(records):
-                flipped = bool(s8[i] > s_other[i]) and status[v][i] == "ok"
-                r.update({f"{v}:s_adv": float(s8[i]), f"{v}:flipped": flipped, f"{v}:rmse": float(rmse[i]),
-                          f"{v}:pass": flipped and float(rmse[i]) <= self.rmse_max, f"{v}:status": status[v][i]})
-        if self.keep_images:
-            for i, r in enumerate(records):
-                r["_images"] = {n: a[i] for n, a in images.items()}
-        return records
+            rmse = perturbation_stats(prey, quantize(adv))["rmse"]
+            ok = torch.tensor([st == "ok" for st in status[v]], dtype=torch.bool, device=s8.device)
+            flipped = (s8 > s_other) & ok
+            variants[v] = {"s_adv": s8, "flipped": flipped, "rmse": rmse, "pass": flipped & (rmse <= self.rmse_max),
+                           "status": status[v]}
+            images[v] = to_uint8(adv.cpu())
+        return TransferOutput(key=keys, category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1,
+                              prey=prey_idx, s_other=s_other, agreed=agrees_with_humans(batch["judge"], prey_idx),
+                              variants=variants, images=images if self.keep_images else None)
 
 
 class TransferScorer(pl.LightningModule):
-    """Scores adversarial shards with a target metric: s(ref, other), s(ref, prey), s(ref, variant)."""
+    """Scores adversarial shards with a target metric: s(ref, other), s(ref, prey), s(ref, variant).
 
-    def __init__(self, metric: str = "l2", pretrained: bool = True, weights_dir: Optional[str] = None) -> None:
+    Args:
+        metric: the target metric.
+        variants: the variants to score, in column order (the generator's ``variants``).
+        pretrained, weights_dir: see :class:`lit_attacks.attacks.AttackModule`.
+    """
+
+    def __init__(self, metric: str = "l2", variants: Sequence[str] = (), pretrained: bool = True,
+                 weights_dir: Optional[str] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
+        self.variants = list(variants)
 
     @torch.no_grad()
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> List[Dict[str, Any]]:
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> ScoredTransfer:
         ref, other, prey = batch["ref"], batch["other"], batch["prey"]
         check_images(ref, other, f"transfer target {self.metric.name}", batch["key"][0])
-        s_other, s_prey = self.metric(ref, other, check=False), self.metric(ref, prey, check=False)
-        s_adv = {v: self.metric(ref, x, check=False) for v, x in batch["adv"].items()}
-        out = []
-        for i, key in enumerate(batch["key"]):
-            src = json.loads(batch["record"][i])
-            r = {"key": key, "judge": float(batch["judge"][i]), "source_agreed": bool(src["agreed"]),
-                 "s_other": float(s_other[i]), "s_prey": float(s_prey[i]),
-                 "target_agrees": bool(s_prey[i] < s_other[i])}
-            for v, s in s_adv.items():
-                r[f"{v}:pass"] = bool(src.get(f"{v}:pass", False))
-                r[f"{v}:s_adv"] = float(s[i])
-                r[f"{v}:transfers"] = bool(s[i] > s_other[i])
-            out.append(r)
-        return out
-
-
-def table3_rows(source: str, target: str, records: Sequence[Dict[str, Any]], variants: Sequence[str]) -> List[Dict]:
-    """One row per variant: eligible samples (passed, source agreed with humans, target ranks like humans) and
-    how many of them the adversarial image flips on the target."""
-    rows = []
-    for v in variants:
-        elig = [r for r in records if r.get(f"{v}:pass") and r["source_agreed"] and r["target_agrees"]]
-        flipped = sum(r[f"{v}:transfers"] for r in elig)
-        rows.append({"source": source, "target": target, "attack": v, "eligible": len(elig), "flipped": flipped,
-                     "flip_rate": flipped / len(elig) if elig else float("nan")})
-    return rows
-
-
-def table3_markdown(rows: Sequence[Dict[str, Any]], variants: Sequence[str]) -> str:
-    """Rows = (source, target), columns = attacks, cells = flipped / eligible (%)."""
-    by = {}
-    for r in rows:
-        cell = f"{r['flipped']}/{r['eligible']} ({100 * r['flip_rate']:.0f}%)" if r["eligible"] else "0/0"
-        by.setdefault((r["source"], r["target"]), {})[r["attack"]] = cell
-    lines = ["| source | target | " + " | ".join(variants) + " |", "|" + "---|" * (len(variants) + 2)]
-    for (s, t), cells in by.items():
-        lines.append(f"| {s} | {t} | " + " | ".join(cells.get(v, "-") for v in variants) + " |")
-    return "\n".join(lines) + "\n"
+        variants = self.variants or list(batch["adv"])
+        missing = [v for v in variants if v not in batch["adv"]]
+        if missing:
+            raise KeyError(f"transfer target {self.metric.name}: the shards hold no images of {missing}")
+        records = [json.loads(r) for r in batch["record"]]
+        return ScoredTransfer(key=list(batch["key"]), judge=batch["judge"],
+                              source_agreed=[bool(r["agreed"]) for r in records],
+                              s_other=self.metric(ref, other, check=False), s_prey=self.metric(ref, prey, check=False),
+                              passed={v: [bool(r.get(f"{v}:pass", False)) for r in records] for v in variants},
+                              s_adv={v: self.metric(ref, batch["adv"][v], check=False) for v in variants})

@@ -9,9 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIT_ATTACKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -45,6 +42,18 @@ def seeded_batch():
     ref = torch.nn.functional.interpolate(base, size=64, mode="bilinear", align_corners=False) * 2 - 1
     x = (ref + 0.15 * torch.randn(ref.shape, generator=g)).clamp(-1, 1)
     return ref, x
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _environment(tmp_path_factory):
+    """For the whole session, and undone after it: W&B offline and silent, and a cache folder of this session
+    (unless the caller chose one, as CI does). Tests never set these themselves."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        if not os.environ.get("LIT_ATTACKS_CACHE"):
+            mp.setenv("LIT_ATTACKS_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

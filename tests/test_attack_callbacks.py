@@ -23,7 +23,6 @@ FRACS = ["frac>0.001", "frac>0.005", "frac>0.01", "frac>0.02", "frac>0.03", "fra
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    os.environ.setdefault("LIT_ATTACKS_CACHE", str(tmp_path_factory.mktemp("cache")))
     assert bench.main(["--metrics", "lpips_alex", "--attacks", "fgsm,pgd", "--pretrained", "false", "--builtin-n", "6",
                        "--out", str(out), "--quiet", "--save-adv", "--batch-size", "16", "--sweep-eps", ""]) == 0
     return out

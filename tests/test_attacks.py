@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.optimize import differential_evolution
 
-from datamodules.bapps import BappsDataModule
+from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.attacks import create_attack
 from lit_attacks.attacks.fgsm import FGSM, eps_grid, fgsm_direction, fgsm_scan
 from lit_attacks.attacks.one_pixel import apply_pixel, sample_seed
@@ -59,7 +59,7 @@ def test_pgd_batched_equals_reference(batch, name):
     m, kw = metric(name), METRICS[name]
     a = create_attack("pgd", name, pretrained=False, steps=30, batch_invariant=True, **kw)
     a.metric = m
-    records = a.predict_step(batch)
+    records = a.predict_step(batch).rows()
     ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]
     s0, s1 = m(ref, p0), m(ref, p1)
     prey = torch.where((s0 > s1).view(-1, 1, 1, 1), p1, p0)
@@ -100,9 +100,9 @@ def test_pgd_fixed_steps_never_stops_early(batch):
 
 def test_pgd_sample_alone_equals_in_batch(batch):
     a = create_attack("pgd", "lpips_alex", pretrained=False, batch_invariant=True)
-    full = a.predict_step(batch)
+    full = a.predict_step(batch).rows()
     for i in range(len(full)):
-        one = a.predict_step({k: v[i:i + 1] for k, v in batch.items()})[0]
+        one = a.predict_step({k: v[i:i + 1] for k, v in batch.items()}).rows()[0]
         for col in ("flipped", "iterations", "queries", "rmse"):  # identical images
             assert one[col] == full[i][col], (i, col)
         assert one["s_adv"] == pytest.approx(full[i]["s_adv"], rel=1e-6)
@@ -133,7 +133,7 @@ def test_fgsm_vectorised_scan_equals_sequential(batch, name):
     sub = {k: v[:8] for k, v in batch.items()}
     a = FGSM(name, pretrained=False, step=step, max_eps=max_eps, eps_chunk=25, batch_invariant=True)
     a.metric = m
-    records = a.predict_step(sub)
+    records = a.predict_step(sub).rows()
     found = 0
     for i, r in enumerate(records):
         eps, adv = reference_fgsm(m, sub["ref"][i:i + 1], sub["p0"][i:i + 1], sub["p1"][i:i + 1], step, max_eps)
@@ -212,7 +212,7 @@ def test_one_pixel_batched_equals_reference(batch, name):
     sub = {k: v[:6] for k, v in batch.items()}
     a = create_attack("onepixel", name, pretrained=False, population=20, generations=4, seed=7, batch_invariant=True)
     a.metric = m
-    records = a.predict_step(sub)
+    records = a.predict_step(sub).rows()
     for i, r in enumerate(records):
         found, q = reference_one_pixel(m, sub["ref"][i:i + 1], sub["p0"][i:i + 1], sub["p1"][i:i + 1], 20, 4,
                                        sample_seed(7, sub["key"][i]))
@@ -235,7 +235,7 @@ def test_one_pixel_flips_a_metric_sensitive_to_single_pixels(batch):
     a.metric = MaxPixel()
     a.metric.name = "maxpixel"
     sub = {k: v[:4] for k, v in batch.items()}
-    recs = a.predict_step(sub)
+    recs = a.predict_step(sub).rows()
     assert sum(r["flipped"] for r in recs) >= 3
     for i, r in enumerate(recs):
         if r["flipped"]:
@@ -257,8 +257,10 @@ def test_apply_pixel_sets_exactly_one_pixel():
 # ------------------------------------------------------------------------------------------- records and errors
 def test_records_have_the_documented_columns_and_quantised_flag(batch):
     a = create_attack("pgd", "lpips_alex", pretrained=False, batch_invariant=True)
-    recs = a.predict_step(batch)
+    out = a.predict_step(batch)
+    recs = out.rows()
     m = a.metric
+    flips8 = 0
     for i, r in enumerate(recs):
         for col in ("key", "category", "judge", "s0", "s1", "prey", "s_adv", "flipped", "flipped_uint8",
                     "iterations", "queries", "eps", "rmse", "psnr"):
@@ -266,6 +268,13 @@ def test_records_have_the_documented_columns_and_quantised_flag(batch):
         assert r["prey"] == int(r["s0"] > r["s1"]) and r["s_other"] == max(r["s0"], r["s1"])
         if r["flipped"]:
             assert r["psnr"] == pytest.approx(20 * math.log10(255 / r["rmse"]), rel=1e-5)
+        # the 8-bit image, as a PNG holds it: round((x + 1) * 127.5), re-scored here
+        png = torch.round((out.adv[i:i + 1] + 1) * 127.5).clamp(0, 255)
+        s8 = m(batch["ref"][i:i + 1], png / 127.5 - 1).item()
+        assert r["s_adv_uint8"] == pytest.approx(s8, rel=1e-9)
+        assert r["flipped_uint8"] == (s8 > r["s_other"])
+        flips8 += r["flipped_uint8"]
+    assert 0 < flips8 < len(recs)  # the data exercise both outcomes
 
 
 @pytest.mark.parametrize("kw,msg", [({"eps": 0}, "pgd: eps must be > 0"), ({"steps": 0}, "pgd: steps must be >= 1"),

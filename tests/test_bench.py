@@ -18,12 +18,6 @@ SMALL = ["--metrics", "l2,ssim", "--attacks", "pgd,fgsm", "--builtin-n", "4", "-
          "--batch-size", "8", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    if "LIT_ATTACKS_CACHE" not in os.environ:
-        monkeypatch.setenv("LIT_ATTACKS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_bench_config_loads_and_validates(path):
     cfg = merge(load_yaml(path), {}, str(path))
@@ -84,27 +78,27 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, make, msg):
     assert not (tmp_path / "run" / "cells").exists()
 
 
-_ORIGINAL = (runner.Bench.score, runner.Bench.attack)
+_ORIGINAL = runner.Bench.run_cell
 
 
 def _spy(monkeypatch, crash_on=None):
-    """Record which cells compute (score / attack); optionally crash after cell ``crash_on`` wrote its CSV."""
+    """Record which cells compute (not load); optionally crash after cell ``crash_on`` wrote its CSV."""
     computed = []
-    score, attack = _ORIGINAL
 
-    def spy_score(self, metric):
-        computed.append(f"table1-{metric}")
-        return score(self, metric)
+    def spy(self, cell):
+        compute = cell.compute
 
-    def spy_attack(self, attack_name, metric, params, cid, sweep=False):
-        computed.append(cid)
-        out = attack(self, attack_name, metric, params, cid, sweep)
-        if cid == crash_on:
-            raise RuntimeError("simulated kill in the middle of a cell")
-        return out
+        def wrapped(ctx):
+            computed.append(cell.id)
+            out = compute(ctx)
+            if cell.id == crash_on:
+                raise RuntimeError("simulated kill in the middle of a cell")
+            return out
 
-    monkeypatch.setattr(runner.Bench, "score", spy_score)
-    monkeypatch.setattr(runner.Bench, "attack", spy_attack)
+        cell.compute = wrapped
+        return _ORIGINAL(self, cell)
+
+    monkeypatch.setattr(runner.Bench, "run_cell", spy)
     return computed
 
 
@@ -125,7 +119,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     all_cells = list(computed)
     assert len(all_cells) == 10  # 2 metrics x (table1 + 2 attacks + 2 sweep points)
 
-    computed = _spy(monkeypatch, crash_on="pgd-l2")  # the second cell dies after writing its CSV
+    computed = _spy(monkeypatch, crash_on="pgd-l2")  # a cell dies after writing its CSV
     with pytest.raises(RuntimeError, match="simulated kill"):
         bench.main(common + ["--out", str(tmp_path / "b")])
     cells = tmp_path / "b" / "cells"
@@ -135,7 +129,8 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     computed = _spy(monkeypatch)
     assert bench.main(common + ["--out", str(tmp_path / "b")]) == 0
-    assert computed == all_cells[1:]  # the first cell is loaded, the interrupted one recomputed
+    crashed = all_cells.index("pgd-l2")
+    assert crashed > 0 and computed == all_cells[crashed:]  # earlier cells are loaded, the interrupted one recomputed
     a, b = _results(tmp_path / "a"), _results(tmp_path / "b")
     assert set(a) == set(b) and len(a) >= 13
     assert a == b
@@ -143,6 +138,10 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     computed = _spy(monkeypatch)
     assert bench.main(common + ["--out", str(tmp_path / "b")]) == 0
     assert computed == []  # everything complete
+    (tmp_path / "b" / "samples" / "fgsm-ssim.csv").unlink()  # a file of a complete cell lost: that cell reruns
+    assert bench.main(common + ["--out", str(tmp_path / "b")]) == 0
+    assert computed == ["fgsm-ssim"] and _results(tmp_path / "b") == a
+    computed.clear()
     assert bench.main(common + ["--out", str(tmp_path / "b"), "--param", "pgd.steps=3"]) == 0
     assert computed == ["pgd-l2", "pgd-ssim"]  # only the cells whose settings changed
     computed.clear()

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.bapps import BappsDataModule, ShardStream, is_unanimous, key_from_judge_path, main as bapps_main, shard_urls
-from datamodules.download import DownloadError, download
-from datamodules.shards import read_index, write_shards
-from datamodules.tree import SPLIT_CATEGORIES, BappsDataError, scan_tree
+from lit_attacks.datamodules.bapps import BappsDataModule, ShardStream, is_unanimous, key_from_judge_path, main as bapps_main, shard_urls
+from lit_attacks.datamodules.download import DownloadError, download
+from lit_attacks.datamodules.shards import read_index, write_shards
+from lit_attacks.datamodules.tree import SPLIT_CATEGORIES, BappsDataError, scan_tree
 
 from conftest import shared_file
 from helpers import add_sample, flat, random_tree
@@ -84,15 +84,26 @@ def test_every_sample_reaches_exactly_one_rank_and_worker(tree, tmp_path, split_
     assert sorted(seen) == sorted(k for k, j in judges.items() if j in (0.0, 1.0))
 
 
-def test_official_unanimous_list_through_the_filter():
-    """The 12,227 official keys survive the unanimous filter; split judges of the same keys do not."""
+def test_official_unanimous_keys_through_tree_shards_and_filter(tmp_path):
+    """The official list of the 12,227 unanimous samples: its judge paths map to our keys (every val category,
+    6-digit stems, each once), and a BAPPS tree laid out at those very paths (every 20th of them, beside
+    non-unanimous samples in the same folders) goes through tree -> shards -> BappsDataModule(unanimous_only)
+    to exactly those keys, each once. (The real judges are not available offline; these are made here.)"""
     paths = np.load(shared_file("bapps/bapps_clearWinner_subset.npy"), allow_pickle=False)
     keys = [key_from_judge_path(str(p)) for p in paths]
     assert len(keys) == len(set(keys)) == 12227
-    assert {k.split("/")[1] for k in keys} <= set(SPLIT_CATEGORIES["val"])
-    stream = [{"key": k, "judge": float(i % 2)} for i, k in enumerate(keys)]
-    stream += [{"key": k + "x", "judge": j} for k in keys[:500] for j in (0.2, 0.4, 0.6, 0.8)]
-    assert [s["key"] for s in stream if is_unanimous(s["judge"])] == keys
+    assert {k.split("/")[1] for k in keys} == set(SPLIT_CATEGORIES["val"])
+    assert all(k.split("/")[0] == "val" and len(k.split("/")[2]) == 6 and k.split("/")[2].isdigit() for k in keys)
+    chosen, rng = keys[::20], np.random.default_rng(0)
+    for i, key in enumerate(chosen):
+        split, cat, stem = key.split("/")
+        add_sample(tmp_path / "tree", split, cat, stem, flat(i % 256), flat(0), flat(255), float(i % 2))
+        decoy = f"{999999 - i:06d}"  # a stem the official list does not hold, with a split judge
+        assert f"val/{cat}/{decoy}" not in keys
+        add_sample(tmp_path / "tree", split, cat, decoy, flat(1), flat(2), flat(3), float(rng.choice([0.2, 0.6])))
+    dm = BappsDataModule(data=str(tmp_path / "tree"), unanimous_only=True, batch_size=64, load_size=8,
+                         cache_dir=str(tmp_path / "cache"))
+    assert sorted(keys_of(dm)) == sorted(chosen)
 
 
 def test_key_from_bad_judge_path():

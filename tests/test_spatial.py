@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import bench
-from datamodules.bapps import BappsDataModule
+from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.attacks import create_attack
 from lit_attacks.attacks.flow import backward_warp, flow_loss_sqrt, flow_loss_squared
 from lit_attacks.attacks.flowadv import flops_per_sample, flow_cnn, init_params, layer_shapes
@@ -110,9 +110,9 @@ def test_flops_per_sample_of_the_paper_cnn():
 def test_each_sample_alone_equals_in_batch(batch, name, kw):
     b = as64(batch)
     a = create_attack(name, "lpips_alex", pretrained=False, batch_invariant=True, **kw)
-    full = a.predict_step(b)
+    full = a.predict_step(b).rows()
     for i in (0, 3, 7):
-        one = a.predict_step({k: v[i:i + 1] for k, v in b.items()})[0]
+        one = a.predict_step({k: v[i:i + 1] for k, v in b.items()}).rows()[0]
         for col in ("flipped", "iterations", "queries", "status"):
             assert one[col] == full[i][col], (name, i, col)
         assert one["rmse"] == pytest.approx(full[i]["rmse"], abs=1e-6)
@@ -125,7 +125,7 @@ def test_each_sample_alone_equals_in_batch(batch, name, kw):
 def test_spatial_attacks_flip_a_substantial_share_and_successes_rescore(batch, name, kw, victim, floor):
     """The built-in set is easy: flipping l2 needs about the other image's pixel error, hence the RMSE bound of 30."""
     a = create_attack(name, victim, **kw)
-    recs = a.predict_step(batch)
+    recs = a.predict_step(batch).rows()
     m = create_metric(victim)
     flips = [r for r in recs if r["flipped"]]
     assert sum(r["rmse"] <= 30.0 for r in flips) >= floor
@@ -163,7 +163,7 @@ def test_flowadv_nonfinite_loss_marks_sample_failed_and_run_goes_on(batch):
 
 def test_spatial_pgd_projects_around_the_prey(batch):
     a = create_attack("spatial_pgd", "lpips_alex", pretrained=False, spatial="flowadv", k=5, spatial_params=NARROW)
-    recs = a.predict_step(batch)
+    recs = a.predict_step(batch).rows()
     assert all(r["linf"] <= 0.03 + 1e-6 for r in recs) and a.name == "flowadv_pgd5"
 
 
@@ -175,7 +175,6 @@ def _decode(b):
 @pytest.fixture(scope="module")
 def transfer_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("transfer")
-    os.environ.setdefault("LIT_ATTACKS_CACHE", str(tmp_path_factory.mktemp("cache")))
     assert bench.main(["--transfer", "--attacks", "", "--metrics", "l2,lpips_alex", "--pretrained", "false",
                        "--builtin-n", "3", "--flowadv-width", "8", "--rmse-max", "40", "--out", str(out),
                        "--quiet", "--sweep-eps", ""]) == 0

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import bench
-from datamodules.shards import write_shards
-from datamodules.tree import scan_tree
+from lit_attacks.datamodules.shards import write_shards
+from lit_attacks.datamodules.tree import scan_tree
 from lit_attacks.evaluation import two_afc
 from lit_attacks.report import read_csv
 

@@ -12,7 +12,7 @@ import yaml
 
 import bench
 import train
-from datamodules.bapps import BappsDataModule
+from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.metrics import create_metric
 from lit_attacks.robust import CheckpointError, load_trained_lpips
 from lit_attacks.robust.module import RobustLPIPS
@@ -20,12 +20,6 @@ from lit_attacks.robust.module import RobustLPIPS
 from conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs" / "train").glob("*.yaml"))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    if "LIT_ATTACKS_CACHE" not in os.environ:
-        monkeypatch.setenv("LIT_ATTACKS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _trainer(tmp_path, **kw):
@@ -110,14 +104,22 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_every_train_config_parses(path):
-    from pytorch_lightning.cli import LightningCLI
-
+def test_every_train_config_parses_into_the_objects_it_describes(path):
+    cfg = yaml.safe_load(path.read_text())
     cli = train.TrainCLI(RobustLPIPS, BappsDataModule, run=False, args=["--config", str(path),
                          "--model.pretrained_backbone", "false", "--trainer.logger", "false"],
                          trainer_defaults=train.TRAINER_DEFAULTS)
-    assert isinstance(cli, LightningCLI) and isinstance(cli.model, RobustLPIPS)
-    assert cli.trainer.callbacks and any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in cli.trainer.callbacks)
+    assert isinstance(cli.model, RobustLPIPS) and isinstance(cli.datamodule, BappsDataModule)
+    for key, value in cfg["model"].items():  # every value of the file reached the module (one overridden here)
+        assert cli.model.hparams[key] == (False if key == "pretrained_backbone" else value), key
+    for key, value in cfg["data"].items():
+        assert cli.datamodule.hparams[key] == value, key
+    assert cli.trainer.max_epochs == cfg["trainer"]["max_epochs"]
+    assert cli.trainer.predict_loop.inference_mode is False  # validation attacks need gradients
+    (ckpt,) = [c for c in cli.trainer.callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
+    expected = cfg["trainer"]["callbacks"][0]["init_args"]
+    assert Path(ckpt.dirpath) == Path(expected["dirpath"]).resolve() and ckpt.save_last == expected["save_last"]
+    assert ckpt.monitor == expected.get("monitor", "val/2afc")
 
 
 def _fit_validate(tmp_path, adversarial: bool) -> dict:

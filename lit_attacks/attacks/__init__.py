@@ -1,24 +1,20 @@
-"""Attacks on perceptual metrics, created by name from :data:`ATTACKS`."""
+"""Attacks on perceptual metrics, created by name from :data:`ATTACKS`.
+
+Every module of this package is imported here, and each attack registers itself where it is defined
+(``@ATTACKS.register("pgd")``): adding an attack is adding one module.
+"""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, List
 
-from lit_attacks.attacks.base import RECORD_COLUMNS, AttackModule, AttackResult
-from lit_attacks.attacks.combined import SpatialPGD
-from lit_attacks.attacks.fgsm import FGSM
-from lit_attacks.attacks.flowadv import FlowAdv
-from lit_attacks.attacks.one_pixel import OnePixel
-from lit_attacks.attacks.pgd import PGD
-from lit_attacks.attacks.stadv import StAdv
-from lit_attacks.registry import Registry
+from lit_attacks.attacks.base import AttackModule, AttackResult, SpatialAttack, spatial_attack, spatial_attack_names
+from lit_attacks.attacks.output import AttackOutput, ScoreOutput
+from lit_attacks.attacks.registry import ATTACKS
 
-ATTACKS = Registry("attack")
-ATTACKS.register("fgsm")(FGSM)
-ATTACKS.register("pgd")(PGD)
-ATTACKS.register("onepixel")(OnePixel)
-ATTACKS.register("stadv")(StAdv)
-ATTACKS.register("flowadv")(FlowAdv)
-ATTACKS.register("spatial_pgd")(SpatialPGD)
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 
 def create_attack(name: str, metric: str, **kwargs: Any) -> AttackModule:
@@ -30,5 +26,5 @@ def list_attacks(pattern: str = "*") -> List[str]:
     return ATTACKS.names(pattern)
 
 
-__all__ = ["ATTACKS", "AttackModule", "AttackResult", "FGSM", "FlowAdv", "OnePixel", "PGD", "SpatialPGD", "StAdv", "RECORD_COLUMNS", "create_attack",
-           "list_attacks"]
+__all__ = ["ATTACKS", "AttackModule", "AttackOutput", "AttackResult", "ScoreOutput", "SpatialAttack", "create_attack",
+           "list_attacks", "spatial_attack", "spatial_attack_names"]

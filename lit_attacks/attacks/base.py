@@ -1,32 +1,35 @@
-"""AttackModule: the shared predict step of every attack (prey choice, attack, fresh re-scoring, records)."""
+"""AttackModule: the shared predict step of every attack (prey choice, attack, fresh re-scoring, typed output)."""
 from __future__ import annotations
 
+import collections.abc
+import functools
+import inspect
+import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lit_attacks.attacks.objectives import (PIXEL_THRESHOLDS, agrees_with_humans, perturbation_stats, quantize,
-                                            split_prey, to_uint8)
+from lit_attacks.attacks.objectives import (agrees_with_humans, choose_prey, perturbation_stats, quantize, split_prey,
+                                            to_uint8)
+from lit_attacks.attacks.output import AttackOutput
+from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance, check_images, create_metric
-
-RECORD_COLUMNS = ["key", "category", "judge", "s0", "s1", "prey", "agreed", "s_other", "s_adv", "flipped",
-                  "s_adv_uint8", "flipped_uint8", "iterations", "queries", "eps", "rmse", "psnr", "linf"] + \
-                 [f"frac>{t}" for t in PIXEL_THRESHOLDS] + ["status"]
 
 
 @dataclass
 class AttackResult:
-    """What an attack returns for a batch of B samples.
+    """What :meth:`AttackModule.attack` returns for a batch of B samples.
 
     Attributes:
         adv: (B, 3, H, W) adversarial prey in [-1, 1].
         iterations: (B,) gradient steps / generations taken (-1: not applicable).
         queries: (B,) metric evaluations spent on the sample.
         eps: (B,) epsilon found (FGSM) or the l_inf budget; nan when not applicable.
-        extra: per-sample record fields of this attack (column -> list of B values).
+        extra: per-sample columns of this attack (column -> list of B values).
         status: per-sample "ok" or the reason the sample failed (the run goes on).
     """
 
@@ -39,25 +42,44 @@ class AttackResult:
 
 
 class AttackModule(pl.LightningModule):
-    """Base of all attacks; subclasses implement :meth:`attack`.
+    """Base of all attacks; subclasses implement :meth:`attack` and register with ``@ATTACKS.register(name)``.
 
     ``predict_step`` scores s0, s1, picks prey/other, runs the attack with gradients enabled (the
     Trainer must be built with ``inference_mode=False``), re-scores the final adversarial image with a
-    fresh forward pass (and its 8-bit quantisation), and returns one record dict per sample.
+    fresh forward pass (and its 8-bit quantisation), and returns an :class:`AttackOutput`.
+
+    Init arguments are checked against their type annotations before the subclass sees them, so a
+    wrong type (``steps="abc"``) or a non-finite number raises ``ValueError`` naming the attack.
 
     Args:
         metric: registry name of the victim metric.
         pretrained: real weights (False: random backbone, labelled).
         weights_dir: folder searched first for weights.
-        keep_images: add ``_images`` (uint8 ref/other/prey/adv) to each record, for adversarial shards.
+        keep_images: add uint8 ref/other/prey/adv images to the output (shards, example grids).
         batch_invariant: compute in float64. Batched convolution kernels (oneDNN, native CPU, cuDNN)
             give results that depend on the batch composition at the 1e-8 level in float32, and
             ``sign()`` in PGD/FGSM can turn that into a different (equally valid) adversarial image.
             In float64 that noise is ~1e-19, so every sample gets the result it gets alone (the tests
             check adv images to 1e-5). Off (default): float32, faster, same algorithm.
+
+    Class attributes:
+        name: the registry name.
+        example_params: small settings that run in seconds on a CPU (quick runs, the contract tests).
     """
 
-    name = "attack"
+    name: str = "attack"
+    example_params: ClassVar[Dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def checked(self, *args: Any, **kw: Any) -> None:
+            check_arguments(type(self).name, init, (self,) + args, kw)
+            init(self, *args, **kw)
+
+        cls.__init__ = checked
 
     def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None,
                  keep_images: bool = False, batch_invariant: bool = False) -> None:
@@ -69,6 +91,11 @@ class AttackModule(pl.LightningModule):
     def metric_name(self) -> str:
         return self.metric.name
 
+    @property
+    def linf_budget(self) -> Optional[float]:
+        """The l_inf radius (on [-1, 1]) around the prey that every adversarial image stays in; None if unbounded."""
+        return None
+
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         raise NotImplementedError
 
@@ -79,7 +106,7 @@ class AttackModule(pl.LightningModule):
             raise FloatingPointError(f"{self.name} on {self.metric_name}: metric returned non-finite {what} "
                                      f"for sample {key}")
 
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> List[Dict[str, Any]]:
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> AttackOutput:
         if self.batch_invariant:
             self.metric.double()
             batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
@@ -98,7 +125,7 @@ class AttackModule(pl.LightningModule):
             bound = self.metric.bind(ref)
         return keys, ref, prey, other, s0, s1, s_other, bound
 
-    def _predict(self, batch: Dict[str, Any]) -> List[Dict[str, Any]]:
+    def _predict(self, batch: Dict[str, Any]) -> AttackOutput:
         keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
         with torch.enable_grad():
             res = self.attack(bound, prey, s_other, keys)
@@ -107,30 +134,92 @@ class AttackModule(pl.LightningModule):
             s_adv = self.metric(ref, adv, check=False)  # fresh forward pass on the final image
             s_adv8 = self.metric(ref, quantize(adv), check=False)
             self._finite("s_adv", s_adv, keys)
-        stats = perturbation_stats(prey, adv)
-        return self._records(batch, keys, s0, s1, s_other, s_adv, s_adv8, res, stats, ref, other, prey, adv)
-
-    def _records(self, batch, keys, s0, s1, s_other, s_adv, s_adv8, res, stats, ref, other, prey, adv):
-        prey_idx = (s0 > s1).long()
         status = res.status or ["ok"] * len(keys)
-        cols = {"s0": s0, "s1": s1, "s_other": s_other, "s_adv": s_adv, "s_adv_uint8": s_adv8,
-                "iterations": res.iterations, "queries": res.queries, "eps": res.eps, **stats}
-        cols = {k: v.detach().cpu().tolist() for k, v in cols.items()}
+        ok = torch.tensor([s == "ok" for s in status], dtype=torch.bool, device=s_adv.device)
+        prey_idx = choose_prey(s0, s1)
+        stats = perturbation_stats(prey, adv)
         images = None
         if self.keep_images:
-            images = {n: to_uint8(t.detach().cpu()).numpy() for n, t in
-                      (("ref", ref), ("other", other), ("prey", prey), ("adv", adv))}
-        records = []
-        for i, key in enumerate(keys):
-            judge = float(batch["judge"][i])
-            r = {"key": key, "category": batch["category"][i], "judge": judge, "prey": int(prey_idx[i]),
-                 "agreed": agrees_with_humans(judge, int(prey_idx[i])), "status": status[i]}
-            r.update({k: v[i] for k, v in cols.items()})
-            ok = status[i] == "ok"
-            r["flipped"] = bool(ok and r["s_adv"] > r["s_other"])
-            r["flipped_uint8"] = bool(ok and r["s_adv_uint8"] > r["s_other"])
-            r.update({k: v[i] for k, v in res.extra.items()})
-            if images is not None:
-                r["_images"] = {n: a[i] for n, a in images.items()}
-            records.append(r)
-        return records
+            images = {n: to_uint8(t.detach().cpu()) for n, t in (("ref", ref), ("other", other), ("prey", prey),
+                                                                  ("adv", adv))}
+        return AttackOutput(key=keys, category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1,
+                            prey=prey_idx, agreed=agrees_with_humans(batch["judge"], prey_idx), s_other=s_other,
+                            s_adv=s_adv, flipped=ok & (s_adv > s_other), s_adv_uint8=s_adv8,
+                            flipped_uint8=ok & (s_adv8 > s_other), iterations=res.iterations, queries=res.queries,
+                            eps=res.eps, status=status, extra=res.extra, adv=adv, images=images, **stats)
+
+
+class SpatialAttack(AttackModule):
+    """An attack that warps the prey by a per-pixel flow; :meth:`spatial` is its batched pure form, which
+    combinations (spatial + PGD(k), transfer) look up through the registry by name."""
+
+    @staticmethod
+    def spatial(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], **params: Any):
+        """(adv (B, 3, H, W), iterations (B,), queries (B,), status (B strings)) of the spatial attack."""
+        raise NotImplementedError
+
+
+def spatial_attack(name: str) -> type:
+    """The registered :class:`SpatialAttack` called ``name``; anything else raises ``ValueError``."""
+    known = spatial_attack_names()
+    if name not in known:
+        raise ValueError(f"{name!r} is not a spatial attack; choose one of {', '.join(known)}")
+    return ATTACKS.get(name)
+
+
+def spatial_attack_names() -> List[str]:
+    """Names of the registered spatial attacks, sorted."""
+    return [n for n in ATTACKS.names() if isinstance(ATTACKS.get(n), type) and issubclass(ATTACKS.get(n), SpatialAttack)]
+
+
+# ------------------------------------------------------------------------------ init argument checks
+def check_arguments(attack: str, fn, args: tuple, kwargs: Dict[str, Any]) -> None:
+    """Raise ``ValueError("<attack>: <param> must be <type>, got <value>")`` for an argument of the wrong type."""
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{attack}: {e}") from None
+    hints = typing.get_type_hints(fn)
+    for name, value in list(bound.arguments.items())[1:]:  # skip self
+        if name in hints and not _matches(value, hints[name]):
+            raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = args[0] if args and args[0] is not Ellipsis else Any
+        return all(_matches(v, inner) for v in value)
+    if origin in (dict, Dict) or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join(_describe(a) for a in args)
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if origin in (list, tuple, collections.abc.Sequence):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))

@@ -6,10 +6,9 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from lit_attacks.attacks.base import AttackModule, AttackResult
-from lit_attacks.attacks.flowadv import flowadv
+from lit_attacks.attacks.base import AttackModule, AttackResult, spatial_attack
 from lit_attacks.attacks.pgd import pgd
-from lit_attacks.attacks.stadv import stadv_attack
+from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 
@@ -28,32 +27,32 @@ def pgd_snapshots(bound: BoundDistance, prey: Tensor, s_other: Tensor, ks: Seque
 
 def run_spatial(kind: str, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str],
                 params: Dict[str, Any]):
-    """(adv, iterations, queries, status) of the spatial attack ``kind`` ("stadv" or "flowadv")."""
-    if kind == "stadv":
-        return stadv_attack(bound, prey, s_other, **params)
-    if kind == "flowadv":
-        return flowadv(bound, prey, s_other, keys, **params)
-    raise ValueError(f"unknown spatial attack {kind!r}; choose 'stadv' or 'flowadv'")
+    """(adv, iterations, queries, status) of the registered spatial attack ``kind`` (e.g. "stadv", "flowadv")."""
+    return spatial_attack(kind).spatial(bound, prey, s_other, keys, **params)
 
 
+@ATTACKS.register("spatial_pgd")
 class SpatialPGD(AttackModule):
     """A spatial attack, then exactly ``k`` PGD steps from its output, projected around the original prey.
 
     Args:
         metric: victim metric name.
-        spatial: "stadv" or "flowadv".
+        spatial: a registered spatial attack ("stadv" or "flowadv").
         k: PGD steps (5, 10, 15, 20 in the paper).
         eps, alpha: PGD budget and step (0.03, 0.001).
         spatial_params: keyword arguments of the spatial attack (e.g. ``{"width": 16}`` for FlowAdv).
     """
 
     name = "spatial_pgd"
+    example_params = {"spatial": "stadv", "k": 3, "spatial_params": {"iterations": 3}}
 
     def __init__(self, metric: str = "lpips_alex", spatial: str = "stadv", k: int = 20, eps: float = 0.03,
                  alpha: float = 0.001, spatial_params: Optional[Dict[str, Any]] = None, pretrained: bool = True,
                  weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False) -> None:
-        if spatial not in ("stadv", "flowadv"):
-            raise ValueError(f"spatial_pgd: spatial must be 'stadv' or 'flowadv', got {spatial!r}")
+        try:
+            spatial_attack(spatial)
+        except ValueError as e:
+            raise ValueError(f"spatial_pgd: spatial: {e}") from None
         if k < 1 or eps <= 0 or alpha <= 0:
             raise ValueError(f"spatial_pgd: need k >= 1, eps > 0, alpha > 0; got k={k}, eps={eps}, alpha={alpha}")
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
@@ -61,6 +60,10 @@ class SpatialPGD(AttackModule):
         self.name = f"{spatial}_pgd{k}"
         self.spatial_kind, self.k, self.eps, self.alpha = spatial, k, eps, alpha
         self.spatial_params = dict(spatial_params or {})
+
+    @property
+    def linf_budget(self) -> float:
+        return self.eps
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         adv0, iters, queries, status = run_spatial(self.spatial_kind, bound, prey, s_other, keys, self.spatial_params)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import rank_loss
+from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 
@@ -53,6 +54,7 @@ def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Te
     return first, queries
 
 
+@ATTACKS.register("fgsm")
 class FGSM(AttackModule):
     """One signed gradient at the prey; the smallest epsilon on ``step, 2 step, ..., max_eps`` that flips.
 
@@ -64,6 +66,7 @@ class FGSM(AttackModule):
     """
 
     name = "fgsm"
+    example_params = {"step": 0.002, "max_eps": 0.03}
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
                  eps_chunk: int = 8, pretrained: bool = True, weights_dir: Optional[str] = None,
@@ -77,6 +80,10 @@ class FGSM(AttackModule):
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
         self.save_hyperparameters()
         self.grid, self.eps_chunk = eps_grid(step, max_eps), eps_chunk
+
+    @property
+    def linf_budget(self) -> float:
+        return float(self.grid[-1])
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         direction = fgsm_direction(bound, prey, s_other)

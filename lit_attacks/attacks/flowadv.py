@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.base import AttackResult, SpatialAttack
 from lit_attacks.attacks.flow import backward_warp, flow_charbonnier
+from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 
@@ -163,7 +164,8 @@ def flowadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[
     return adv_out, iters, queries, status
 
 
-class FlowAdv(AttackModule):
+@ATTACKS.register("flowadv")
+class FlowAdv(SpatialAttack):
     """FlowAdv: a freshly initialised flow CNN per sample, optimised with Adam (ICLR text, Algorithm 2).
 
     Args:
@@ -179,6 +181,7 @@ class FlowAdv(AttackModule):
     """
 
     name = "flowadv"
+    example_params = {"width": 8, "head": 4, "iterations": 5, "restarts": 1}
 
     def __init__(self, metric: str = "lpips_alex", width: int = 256, depth: int = 5, head: int = 64,
                  iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,
@@ -193,6 +196,10 @@ class FlowAdv(AttackModule):
         self.kw = dict(width=width, depth=depth, head=head, iterations=iterations, restarts=restarts, lr=lr,
                        l1_weight=l1_weight, smooth_weight=smooth_weight, pert_bound=pert_bound, out_scale=out_scale,
                        seed=seed)
+
+    @staticmethod
+    def spatial(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], **params):
+        return flowadv(bound, prey, s_other, keys, **params)
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         adv, iters, queries, status = flowadv(bound, prey, s_other, keys, **self.kw)

@@ -6,8 +6,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
-# Thresholds of |adv - prey| (on [-1, 1]) whose pixel fractions the official CSV reports.
-PIXEL_THRESHOLDS = (0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+from lit_attacks.attacks.output import PIXEL_THRESHOLDS
 
 
 def choose_prey(s0: Tensor, s1: Tensor) -> Tensor:
@@ -22,9 +21,10 @@ def split_prey(p0: Tensor, p1: Tensor, s0: Tensor, s1: Tensor) -> Tuple[Tensor, 
     return torch.where(m, p1, p0), torch.where(m, p0, p1), torch.where(idx, s1, s0), torch.where(idx, s0, s1)
 
 
-def agrees_with_humans(judge: float, prey_idx: int) -> bool:
-    """The metric ranked like the humans: the prey (its closer image) is the one people preferred (judge > 0.5: p1)."""
-    return (judge > 0.5) == bool(prey_idx)
+def agrees_with_humans(judge: Tensor, prey: Tensor) -> Tensor:
+    """(B,) the metric ranked like the humans: its closer image (``prey`` index) is the one people preferred
+    (judge > 0.5: p1)."""
+    return (judge > 0.5) == prey.bool()
 
 
 def rank_loss(s_other: Tensor, s_adv: Tensor) -> Tensor:
@@ -58,7 +58,7 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def perturbation_stats(prey: Tensor, adv: Tensor) -> Dict[str, Tensor]:
-    """Per-sample RMSE and PSNR on the 0-255 scale and fractions of values with |adv - prey| > t.
+    """Per-sample RMSE and PSNR on the 0-255 scale, l_inf, and ``fractions`` (B, T) of values with |adv - prey| > t.
 
     RMSE uses the float images scaled to 0-255 (the official script truncates to uint8 first, which
     differs by well under one grey level); PSNR = 20 log10(255 / RMSE), inf for an unchanged image.
@@ -66,7 +66,5 @@ def perturbation_stats(prey: Tensor, adv: Tensor) -> Dict[str, Tensor]:
     delta = (adv - prey).flatten(1)  # (B, 3HW) on [-1, 1]
     rmse = torch.sqrt(((delta * 127.5) ** 2).mean(1))
     psnr = 20 * torch.log10(255.0 / rmse)
-    out = {"rmse": rmse, "psnr": psnr, "linf": delta.abs().amax(1)}
-    for t in PIXEL_THRESHOLDS:
-        out[f"frac>{t}"] = (delta.abs() > t).float().mean(1)
-    return out
+    fractions = torch.stack([(delta.abs() > t).float().mean(1) for t in PIXEL_THRESHOLDS], 1)
+    return {"rmse": rmse, "psnr": psnr, "linf": delta.abs().amax(1), "fractions": fractions}

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import one_pixel_fitness
+from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 
@@ -70,6 +71,7 @@ def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, populat
     return None, state["queries"], state["calls"] - 1
 
 
+@ATTACKS.register("onepixel")
 class OnePixel(AttackModule):
     """Black-box one-pixel attack: only metric outputs are used.
 
@@ -85,6 +87,7 @@ class OnePixel(AttackModule):
     """
 
     name = "onepixel"
+    example_params = {"population": 20, "generations": 3}
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
                  mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, pretrained: bool = True,

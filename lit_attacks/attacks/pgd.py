@@ -8,6 +8,7 @@ from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import project_linf, rank_loss
+from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 
@@ -55,6 +56,7 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
     return adv, iters, queries
 
 
+@ATTACKS.register("pgd")
 class PGD(AttackModule):
     """l_inf PGD on the rank loss (official defaults eps 0.03, alpha 0.001, 30 steps, early stop).
 
@@ -68,6 +70,7 @@ class PGD(AttackModule):
     """
 
     name = "pgd"
+    example_params = {"steps": 5}
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 0.03, alpha: float = 0.001, steps: int = 30,
                  fixed_steps: bool = False, pretrained: bool = True, weights_dir: Optional[str] = None,
@@ -81,6 +84,10 @@ class PGD(AttackModule):
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
         self.save_hyperparameters()
         self.eps, self.alpha, self.steps, self.fixed_steps = eps, alpha, steps, fixed_steps
+
+    @property
+    def linf_budget(self) -> float:
+        return self.eps
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         adv, iters, queries = pgd(bound, prey, s_other, self.eps, self.alpha, self.steps, not self.fixed_steps)

@@ -13,8 +13,9 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.base import AttackResult, SpatialAttack
 from lit_attacks.attacks.flow import backward_warp, flow_loss_sqrt, flow_loss_squared
+from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 FLOW_LOSSES = {"squared": flow_loss_squared, "sqrt": flow_loss_sqrt}
@@ -115,7 +116,8 @@ def stadv_attack(bound: BoundDistance, prey: Tensor, s_other: Tensor, **kw):
     return torch.where(torch.isfinite(adv), adv, prey), iters, queries, status
 
 
-class StAdv(AttackModule):
+@ATTACKS.register("stadv")
+class StAdv(SpatialAttack):
     """Spatially transformed adversarial examples: the flow itself is optimised (batched per-sample L-BFGS).
 
     Args:
@@ -128,6 +130,7 @@ class StAdv(AttackModule):
     """
 
     name = "stadv"
+    example_params = {"iterations": 5}
 
     def __init__(self, metric: str = "lpips_alex", iterations: int = 50, adv_weight: float = 50.0,
                  flow_weight: float = 0.05, flow_loss: str = "squared", history: int = 10, pretrained: bool = True,
@@ -140,6 +143,10 @@ class StAdv(AttackModule):
         self.save_hyperparameters()
         self.kw = dict(iterations=iterations, adv_weight=adv_weight, flow_weight=flow_weight, flow_loss=flow_loss,
                        history=history)
+
+    @staticmethod
+    def spatial(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], **params):
+        return stadv_attack(bound, prey, s_other, **params)
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         adv, iters, queries, status = stadv_attack(bound, prey, s_other, **self.kw)

@@ -1,30 +1,90 @@
-"""Resumable bench cells and the overall progress line.
+"""Resumable bench cells: the completed-cell store, the files a cell writes, and the overall progress line.
 
-A *cell* is one unit of bench work (Table 1 scores of a metric, one attack on one metric, one sweep
-point, one transfer stage). When a cell completes, rank 0 writes its output files and then, last,
-``cells/<id>.json`` holding the cell's payload and a fingerprint of everything its result depends on.
-A rerun loads a cell whose JSON exists with the same fingerprint instead of recomputing it; a cell
-killed midway has no JSON (writes are atomic renames), so it is recomputed from scratch.
+A *cell* (:class:`lit_attacks.tables.Cell`) is one unit of bench work. While it runs, its files go
+through a :class:`CellFiles` (per-sample rows as CSV, written by rank 0; other files registered).
+When it completes, rank 0 writes, last, ``cells/<id>.json``: the cell's payload (labels, aggregates),
+the sha256 of every file it wrote, the column types of its CSVs, and a fingerprint of everything its
+result depends on. A rerun loads a cell whose JSON exists with the same fingerprint and whose files
+are all present and unchanged; otherwise the cell is recomputed. A cell killed midway has no JSON
+(writes are atomic renames), so it is recomputed from scratch. Per-sample rows live only in the CSVs.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from lit_attacks.report import atomic_write
+from lit_attacks.datamodules.shards import sha256
+from lit_attacks.report import atomic_write, read_csv, write_csv
+
+TYPES = {"bool": lambda s: s == "True", "int": int, "float": float, "str": str}
 
 
-def fingerprint(obj: Any) -> str:
-    """Stable hash of a JSON-able description of what a cell computes."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+def column_types(rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> Dict[str, str]:
+    """Column -> "bool" | "int" | "float" | "str", from the first non-empty value of each column."""
+    out = {}
+    for c in columns:
+        v = next((r[c] for r in rows if r.get(c) is not None), None)
+        out[c] = "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else \
+            "float" if isinstance(v, float) else "str"
+    return out
+
+
+def read_rows(path: Path, types: Dict[str, str]) -> List[Dict[str, Any]]:
+    """Rows of a CSV written by :meth:`CellFiles.save_rows`, with their Python types back (empty -> None)."""
+    conv = {c: TYPES[t] for c, t in types.items()}
+    return [{k: (conv.get(k, str)(v) if v != "" else None) for k, v in r.items()} for r in read_csv(path)]
+
+
+class CellFiles:
+    """The files of the cell being computed (the ``ctx`` of ``Cell.compute``).
+
+    Args:
+        out: the run's results folder; paths are relative to it.
+        is_zero: this process writes files (rank 0).
+    """
+
+    def __init__(self, out: Path, is_zero: bool) -> None:
+        self.out, self.is_zero = Path(out), is_zero
+        self.files: List[str] = []
+        self.types: Dict[str, Dict[str, str]] = {}
+        self.rows: Dict[str, List[Dict[str, Any]]] = {}
+
+    def save_rows(self, rel: str, rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> Path:
+        if self.is_zero:
+            write_csv(self.out / rel, rows, list(columns))
+        self.types[rel] = column_types(rows, columns)
+        self.rows[rel] = list(rows)
+        return self.track(rel)
+
+    def track(self, rel: str) -> Path:
+        if rel not in self.files:
+            self.files.append(rel)
+        return self.out / rel
+
+    @property
+    def samples(self) -> int:
+        """Rows of the cell's first CSV (its per-sample result)."""
+        return len(next(iter(self.rows.values()), []))
+
+    def hashes(self) -> Dict[str, str]:
+        """sha256 of every file written (a folder: of each file in it)."""
+        return file_hashes(self.out, self.files)
+
+
+def file_hashes(out: Path, rels: Sequence[str]) -> Dict[str, str]:
+    hashes = {}
+    for rel in rels:
+        p = out / rel
+        for f in sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]:
+            hashes[str(f.relative_to(out))] = sha256(f) if f.is_file() else "missing"
+    return hashes
 
 
 class CellStore:
-    """Completed-cell payloads under ``<out>/cells/``.
+    """Completed-cell records under ``<out>/cells/``.
 
     Args:
         out: the run's results folder.
@@ -32,14 +92,15 @@ class CellStore:
     """
 
     def __init__(self, out: str | Path, fresh: bool = False) -> None:
-        self.dir = Path(out) / "cells"
+        self.out = Path(out)
+        self.dir = self.out / "cells"
         self.fresh = fresh
 
     def path(self, cell_id: str) -> Path:
         return self.dir / f"{cell_id}.json"
 
     def load(self, cell_id: str, fp: str) -> Optional[Dict[str, Any]]:
-        """The payload of a completed cell with fingerprint ``fp``, else None (stale or unreadable: recompute)."""
+        """The record of a completed cell with fingerprint ``fp`` whose files are unchanged, else None."""
         p = self.path(cell_id)
         if self.fresh or not p.is_file():
             return None
@@ -49,11 +110,16 @@ class CellStore:
             return None
         if state.get("fingerprint") != fp or state.get("complete") is not True:
             return None
-        return state["payload"]
+        files = state.get("files", {})
+        if file_hashes(self.out, list(files)) != files:
+            return None  # a file of the cell is missing or was changed: recompute it
+        return state
 
-    def save(self, cell_id: str, fp: str, payload: Dict[str, Any]) -> None:
+    def save(self, cell_id: str, fp: str, payload: Dict[str, Any], files: Dict[str, str],
+             types: Dict[str, Dict[str, str]]) -> None:
         """Mark the cell complete; call after its other output files are written."""
-        state = {"cell": cell_id, "fingerprint": fp, "complete": True, "payload": payload}
+        state = {"cell": cell_id, "fingerprint": fp, "complete": True, "payload": payload, "files": files,
+                 "types": types}
         atomic_write(self.path(cell_id), json.dumps(state, default=_jsonable) + "\n")
 
 

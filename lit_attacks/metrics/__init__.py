@@ -9,8 +9,8 @@ from typing import Any, List, Optional
 from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, to01
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import WeightsNotFoundError
-from lit_attacks.metrics import pixel, structural, lpips, deep  # noqa: F401  (registration)
-from lit_attacks.robust import distance as _trained  # noqa: F401,E402  (registers rlpips:<checkpoint>)
+from lit_attacks.metrics import pixel, structural, lpips, deep, trained  # noqa: F401  (registration)
+from lit_attacks.metrics.trained import CheckpointError
 
 
 def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str] = None, init_seed: int = 0,
@@ -39,5 +39,5 @@ def list_metrics(pattern: str = "*") -> List[str]:
     return METRICS.names(pattern)
 
 
-__all__ = ["BoundDistance", "Distance", "METRICS", "MetricInputError", "WeightsNotFoundError", "check_images", "create_metric",
+__all__ = ["BoundDistance", "CheckpointError", "Distance", "METRICS", "MetricInputError", "WeightsNotFoundError", "check_images", "create_metric",
            "list_metrics", "to01"]

@@ -5,7 +5,7 @@ from typing import Optional
 
 from pytorch_lightning.loggers import WandbLogger
 
-from lit_attacks.bench.wandb_log import resolve_mode
+from lit_attacks.wandb_utils import resolve_mode
 
 
 class AutoWandbLogger(WandbLogger):

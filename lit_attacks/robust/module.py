@@ -13,7 +13,7 @@ from lit_attacks.attacks.objectives import project_linf, split_prey
 from lit_attacks.attacks.pgd import pgd
 from lit_attacks.evaluation import two_afc
 from lit_attacks.metrics.lpips import build_lpips
-from lit_attacks.robust.distance import CHECKPOINT_KIND, TrainedLPIPSDistance
+from lit_attacks.metrics.trained import CHECKPOINT_KIND, TrainedLPIPSDistance
 from lit_attacks.robust.ranking import RankingHead, ranking_loss
 
 PERTURB = {"x0": ("p0",), "x1": ("p1",), "ref": ("ref",), "both": ("p0", "p1")}

@@ -1,4 +1,4 @@
-"""Trained LPIPS checkpoints as registry metrics: ``rlpips:<path to .ckpt>``."""
+"""Trained LPIPS checkpoints (written by ``train.py``) as registry metrics: ``rlpips:<path to .ckpt>``."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,0 +1,4 @@
+"""The attack registry: every attack registers itself where it is defined (``@ATTACKS.register("pgd")``)."""
+from lit_attacks.registry import Registry
+
+ATTACKS = Registry("attack")

@@ -1,0 +1,34 @@
+"""Config checking shared by ``bench.py`` and the table plug-ins: one-line errors with suggestions."""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Dict, Iterable, List, Optional
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message is one line naming the problem."""
+
+
+def suggest(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known``, else an empty string."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(mapping: Dict[str, Any], known: Iterable[str], where: str) -> None:
+    """Raise on the first key of ``mapping`` not in ``known``, with a suggestion and the known keys."""
+    known = list(known)
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{where}unknown key {key!r}{suggest(str(key), known)}; known: {', '.join(known)}")
+
+
+def as_name_list(key: str, value: Any, where: str) -> Optional[List[str]]:
+    """A list of names from a list or a comma-separated string (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{where}: {key} must be a list of names or a comma-separated string, got {value!r}")

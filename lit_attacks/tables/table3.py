@@ -1,0 +1,151 @@
+"""Table 3: transfer of adversarial examples made on a source metric to the target metrics (``--transfer``).
+
+Config keys: ``transfer`` (on/off), ``source`` (source metrics), ``rmse_max`` (imperceptibility bound,
+RMSE on 0-255), ``flowadv_width`` (FlowAdv CNN width; default 256 on a GPU, 32 on the CPU). Per source,
+one generator cell writes every variant as shards (``transfer/adv-<source>/``) and its per-sample
+verdicts (``transfer/source-<source>.csv``); then one cell per target scores the shards
+(``transfer/<source>-to-<target>.csv``). See :mod:`lit_attacks.transfer` for the counting rule.
+"""
+from __future__ import annotations
+
+import shutil
+from functools import partial
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from lit_attacks.callbacks.adv_shards import AdvShardWriter
+from lit_attacks.callbacks.samples import SampleRows
+from lit_attacks.configuration import ConfigError
+from lit_attacks.datamodules.adversarial import AdvShardDataModule
+from lit_attacks.metrics import METRICS
+from lit_attacks.report import atomic_write, fingerprint, write_csv
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, slug
+from lit_attacks.transfer import TransferGenerator, TransferScorer, variant_names
+
+COLUMNS = ["source", "target", "attack", "eligible", "flipped", "flip_rate"]
+
+
+def table3_rows(source: str, target: str, records: Sequence[Dict[str, Any]], variants: Sequence[str]) -> List[Dict]:
+    """One row per variant: eligible samples (passed, source agreed with humans, target ranks like humans) and
+    how many of them the adversarial image flips on the target."""
+    rows = []
+    for v in variants:
+        elig = [r for r in records if r.get(f"{v}:pass") and r["source_agreed"] and r["target_agrees"]]
+        flipped = sum(r[f"{v}:transfers"] for r in elig)
+        rows.append({"source": source, "target": target, "attack": v, "eligible": len(elig), "flipped": flipped,
+                     "flip_rate": flipped / len(elig) if elig else float("nan")})
+    return rows
+
+
+def table3_markdown(rows: Sequence[Dict[str, Any]], variants: Sequence[str]) -> str:
+    """Rows = (source, target), columns = attacks, cells = flipped / eligible (%)."""
+    by: Dict[Any, Dict[str, str]] = {}
+    for r in rows:
+        cell = f"{r['flipped']}/{r['eligible']} ({100 * r['flip_rate']:.0f}%)" if r["eligible"] else "0/0"
+        by.setdefault((r["source"], r["target"]), {})[r["attack"]] = cell
+    lines = ["| source | target | " + " | ".join(variants) + " |", "|" + "---|" * (len(variants) + 2)]
+    for (s, t), cells in by.items():
+        lines.append(f"| {s} | {t} | " + " | ".join(cells.get(v, "-") for v in variants) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@TABLES.register("table3")
+class Table3(Table):
+    name = "table3"
+    order = 40
+    config = {"transfer": False, "source": ["lpips_alex"], "rmse_max": 8.0, "flowadv_width": None}
+    list_keys = ("source",)
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--transfer", action="store_true", help="transfer benchmark (Table 3) from --source")
+        parser.add_argument("--source", help="comma-separated source metrics for --transfer")
+        parser.add_argument("--rmse-max", type=float, help="imperceptibility bound (RMSE, 0-255) for --transfer")
+        parser.add_argument("--flowadv-width", type=int,
+                            help="FlowAdv CNN width for --transfer (paper 256; CPU default 32)")
+
+    @classmethod
+    def validate(cls, cfg: Dict[str, Any]) -> None:
+        for m in cfg["source"] or []:
+            try:
+                METRICS.get(m)
+            except KeyError as e:
+                raise ConfigError("--source: " + str(e.args[0])) from None
+        if cfg["rmse_max"] <= 0:
+            raise ConfigError(f"rmse_max must be > 0, got {cfg['rmse_max']}")
+
+    @classmethod
+    def enabled(cls, cfg: Dict[str, Any]) -> bool:
+        return bool(cfg["transfer"])
+
+    @classmethod
+    def count(cls, cfg: Dict[str, Any]) -> int:
+        return len(cfg["source"]) * (1 + len(cfg["metrics"])) if cfg["transfer"] else 0
+
+    @classmethod
+    def extra_metrics(cls, cfg: Dict[str, Any]) -> List[str]:
+        return list(cfg["source"]) if cfg["transfer"] else []
+
+    def cells(self, run: Run) -> Iterator[Cell]:
+        cfg = run.cfg
+        on_gpu = torch.cuda.is_available() and run.devices["accelerator"] != "cpu"
+        width = cfg["flowadv_width"] or (256 if on_gpu else 32)
+        if width != 256:
+            run.say(f"FlowAdv CNN width {width} (the paper uses 256; --flowadv-width 256 for the full model)")
+        spec = {"width": width, "rmse_max": cfg["rmse_max"]}
+        for src in cfg["source"]:
+            gen = Cell(f"transfer-gen-{slug(src)}", f"transfer: adversarial variants on {src}", spec,
+                       partial(self.generate, run, src, width), info={"source": src})
+            yield gen
+            gen_payload = self.done[gen.id][1]
+            gen_fp = fingerprint(run.rows(gen.id, self.source_csv(src)))
+            for target in cfg["metrics"]:
+                yield Cell(f"transfer-{slug(src)}-to-{slug(target)}", f"transfer: {src} -> {target}",
+                           {**spec, "gen": gen_fp},
+                           partial(self.score, run, src, target, gen_payload["variants"]),
+                           info={"source": src, "target": target})
+
+    @staticmethod
+    def source_csv(src: str) -> str:
+        return f"transfer/source-{slug(src)}.csv"
+
+    @staticmethod
+    def shards(run: Run, src: str):
+        return run.out / "transfer" / f"adv-{slug(src)}"
+
+    def generate(self, run: Run, src: str, width: int, ctx: CellContext) -> Dict[str, Any]:
+        gen = TransferGenerator(src, rmse_max=run.cfg["rmse_max"], spatial_params={"flowadv": {"width": width}},
+                                batch_invariant=run.cfg["batch_invariant"], **run.metric_options())
+        shard_dir = self.shards(run, src)
+        if run.is_zero and shard_dir.exists():
+            shutil.rmtree(shard_dir)  # shards of an interrupted earlier attempt
+        rows = SampleRows()
+        run.predict(gen, [rows, AdvShardWriter(str(shard_dir), prefix=f"adv-{slug(src)}")],
+                    run.datamodule(unanimous_only=True))
+        ctx.save_rows(self.source_csv(src), rows.rows, rows.columns)
+        ctx.track(f"transfer/adv-{slug(src)}")
+        return {"variants": gen.variants}
+
+    def score(self, run: Run, src: str, target: str, variants: List[str], ctx: CellContext) -> Dict[str, Any]:
+        scorer = TransferScorer(target, variants=variants, **run.metric_options())
+        rows = SampleRows()
+        run.predict(scorer, [rows], AdvShardDataModule(str(self.shards(run, src)), run.cfg["batch_size"]))
+        ctx.save_rows(f"transfer/{slug(src)}-to-{slug(target)}.csv", rows.rows, rows.columns)
+        return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants)}
+
+    def rows(self, run: Run) -> List[Dict[str, Any]]:
+        return [r for cell, payload in self.done.values() if "target" in cell.info for r in payload["rows"]]
+
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+        if not rows:
+            return None
+        write_csv(run.out / "table3.csv", rows, COLUMNS)
+        variants = list(dict.fromkeys(r["attack"] for r in rows)) or variant_names()
+        md = table3_markdown(rows, variants)
+        atomic_write(run.out / "table3.md", "# Table 3: transfer of adversarial examples (flipped / eligible)\n\n" + md)
+        return md
+
+    def console_title(self, cfg: Dict[str, Any]) -> str:
+        return (f"Table 3 (transfer; eligible = passed the source flip with RMSE <= {cfg['rmse_max']} "
+                "and both metrics ranked like the humans)")

@@ -1,0 +1,54 @@
+"""Weights & Biases helpers shared by bench runs and training: the run mode and table conversion.
+
+W&B itself is imported only when a table is built, so importing this module stays cheap.
+"""
+from __future__ import annotations
+
+import math
+import netrc
+import os
+from typing import Any, Dict, Sequence
+
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str) -> str:
+    """``auto``: $WANDB_MODE if set, else online with an API key and offline without one."""
+    if requested != "auto":
+        return requested
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if has_api_key() else "offline"
+
+
+def finite(v: Any) -> bool:
+    """A real number W&B can plot (not bool, nan or inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def wandb_table(rows: Sequence[Dict[str, Any]]):
+    """A ``wandb.Table`` of dict rows (columns in first-seen order; non-finite floats as null)."""
+    import wandb
+
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return wandb.Table(columns=cols, data=[[_cell(r.get(c)) for c in cols] for r in rows])
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, dict)):
+        return str(v)
+    return v

@@ -1,0 +1,117 @@
+"""The contract every registered attack keeps, checked for each entry of the attack registry.
+
+A new attack registered with ``@ATTACKS.register`` gets these checks without new test code; it runs here
+with its ``example_params`` against LPIPS(Alex) with a random backbone, in float64 (``batch_invariant``).
+"""
+import inspect
+import math
+
+import pytest
+import torch
+
+from lit_attacks.attacks import ATTACKS, AttackOutput, create_attack, list_attacks
+from lit_attacks.attacks.objectives import to_uint8
+from lit_attacks.attacks.output import FRACTION_COLUMNS, PIXEL_THRESHOLDS
+from lit_attacks.datamodules.bapps import BappsDataModule
+
+NAMES = list_attacks()
+PER_SAMPLE = ("judge", "s0", "s1", "prey", "agreed", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
+              "iterations", "queries", "eps", "rmse", "psnr", "linf")
+COLUMNS = ["key", "category", *PER_SAMPLE, *FRACTION_COLUMNS, "status"]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    dm = BappsDataModule(batch_size=4, builtin_n=4, cache_dir=str(tmp_path_factory.mktemp("cache")))
+    b = next(iter(dm.predict_dataloader()))
+    return {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in b.items()}
+
+
+def make(name, **kw):
+    params = {**ATTACKS.get(name).example_params, **kw}
+    return create_attack(name, "lpips_alex", pretrained=False, batch_invariant=True, **params)
+
+
+def prey_images(batch, out):
+    return torch.where(out.prey.bool().view(-1, 1, 1, 1), batch["p1"], batch["p0"])
+
+
+def test_every_attack_is_registered_where_it_is_defined():
+    assert {"fgsm", "pgd", "onepixel", "stadv", "flowadv", "spatial_pgd"} <= set(NAMES)
+    for name in NAMES:
+        assert ATTACKS.get(name).name == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shapes_ranges_columns_and_rescored_flips(name, batch):
+    a = make(name, keep_images=True)
+    out = a.predict_step(batch)
+    B = len(batch["key"])
+    assert isinstance(out, AttackOutput) and len(out) == B and out.key == list(batch["key"])
+    for field in PER_SAMPLE:
+        assert getattr(out, field).shape == (B,), field
+    assert out.fractions.shape == (B, len(PIXEL_THRESHOLDS)) and len(out.status) == B
+    assert out.adv.shape == batch["ref"].shape and out.adv.min() >= -1 and out.adv.max() <= 1
+    rows = out.rows()
+    assert out.column_names()[:len(COLUMNS)] == COLUMNS and all(list(r) == out.column_names() for r in rows)
+    m = a.metric
+    with torch.no_grad():
+        s_adv = m(batch["ref"], out.adv)  # re-scored here, independently of the attack's own scoring
+        s_adv8 = m(batch["ref"], to_uint8(out.adv).permute(0, 3, 1, 2).double() / 127.5 - 1)
+        s0, s1 = m(batch["ref"], batch["p0"]), m(batch["ref"], batch["p1"])
+    ok = torch.tensor([s == "ok" for s in out.status])
+    torch.testing.assert_close(out.s_adv, s_adv, rtol=1e-9, atol=1e-12)
+    assert torch.equal(out.flipped, (s_adv > out.s_other) & ok)
+    assert torch.equal(out.flipped_uint8, (s_adv8 > out.s_other) & ok)
+    assert torch.equal(out.s_other, torch.maximum(s0, s1)) and torch.equal(out.prey, (s0 > s1).long())
+    assert torch.equal(out.agreed, (batch["judge"] > 0.5) == out.prey.bool())
+    delta = (out.adv - prey_images(batch, out)).flatten(1)
+    torch.testing.assert_close(out.linf, delta.abs().amax(1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.rmse, (delta * 127.5).pow(2).mean(1).sqrt(), rtol=1e-9, atol=1e-9)
+    assert torch.equal(out.images["adv"], to_uint8(out.adv)) and out.images["ref"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_adversarial_images_stay_in_the_attack_budget(name, batch):
+    a = make(name)
+    if a.linf_budget is None:
+        pytest.skip(f"{name} has no l_inf budget")
+    out = a.predict_step(batch)
+    assert (out.adv - prey_images(batch, out)).abs().max() <= a.linf_budget + 1e-9
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_sample_alone_equals_the_same_sample_in_a_batch(name, batch):
+    full = make(name).predict_step(batch).rows()
+    for i in (0, len(full) - 1):
+        one = make(name).predict_step({k: v[i:i + 1] for k, v in batch.items()}).rows()[0]
+        for col, v in one.items():
+            if isinstance(v, float) and not isinstance(full[i][col], bool):
+                assert v == pytest.approx(full[i][col], rel=1e-9, abs=1e-12, nan_ok=True), (name, i, col)
+            else:
+                assert v == full[i][col], (name, i, col)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_gradient_reaches_metric_parameters(name, batch):
+    a = make(name)
+    params = list(a.metric.parameters())
+    assert params
+    for p in params:
+        p.requires_grad_(True)  # as if a caller had unfrozen the metric: an attack must still not touch it
+    a.predict_step(batch)
+    assert all(p.grad is None for p in params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_parameters_raise_naming_the_attack(name):
+    cls = ATTACKS.get(name)
+    numeric = [p.name for p in inspect.signature(cls).parameters.values()
+               if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)]
+    assert numeric
+    for param in numeric:
+        for bad in ("abc", math.nan):
+            with pytest.raises(ValueError, match=rf"^{name}: {param} must be "):
+                cls(metric="l2", **{param: bad})
+    with pytest.raises(TypeError, match=rf"^{name}: .*not_a_parameter"):
+        cls(metric="l2", not_a_parameter=1)
