@@ -105,13 +105,21 @@ def resolve_devices(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def check_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        fail(f"results folder {out} is not writable: {e.strerror or e}")
+    """The results folder (and the subfolders a run writes into) must be writable, and a folder that already
+    holds files must be a bench results folder: a run removes the earlier run's outputs it replaces."""
+    from lit_attacks.bench.runner import MANAGED_DIRS
+
+    if out.is_dir() and any(out.iterdir()) and not ((out / "cells").is_dir() or (out / "summary.json").is_file()):
+        fail(f"results folder {out} holds other files and no bench run (no cells/ or summary.json); "
+             "choose a new or empty folder")
+    for d in [out] + [out / sub for sub in ("cells",) + MANAGED_DIRS if (out / sub).exists()]:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            fail(f"results folder {d} is not writable: {e.strerror or e}")
 
 
 def quiet_lightning() -> None:
@@ -140,15 +148,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lit_attacks.bench.cells import CellStore
     from lit_attacks.bench.runner import Bench
 
+    is_zero = rank_zero_only.rank == 0
+    fresh = bool(flags.get("fresh"))
     cats = cfg["categories"]
     dm_kw = dict(data=cfg["data"], split=cfg["split"], categories=cats, batch_size=cfg["batch_size"],
                  num_workers=cfg["num_workers"], builtin_n=cfg["builtin_n"], seed=cfg["seed"])
-    dm_all, dm_attack = BappsDataModule(unanimous_only=False, **dm_kw), BappsDataModule(unanimous_only=True, **dm_kw)
+    # --fresh also rebuilds generated shards and re-hashes every shard (once, by rank 0, before the others start)
+    dm_all = BappsDataModule(unanimous_only=False, refresh=fresh and is_zero, **dm_kw)
+    dm_attack = BappsDataModule(unanimous_only=True, **dm_kw)
     try:
         source = dm_all.describe()
     except BappsDataError as e:
         fail(str(e))
-    is_zero = rank_zero_only.rank == 0
+    except OSError as e:
+        fail(f"{e.filename or 'the data cache'}: {e.strerror or e} (the cache folder is $LIT_ATTACKS_CACHE, "
+             f"default ~/.cache/lit_attacks)")
     quiet = bool(flags.get("quiet"))
     if cfg["data"] is None and not quiet and is_zero:
         print(f"Using the built-in synthetic 2AFC set ({source['shards']}); pass --data for BAPPS.")
@@ -156,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import pytorch_lightning as pl
 
     pl.seed_everything(cfg["seed"], verbose=False)
-    bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=bool(flags.get("fresh"))),
+    bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=fresh),
                   quiet=quiet, is_zero=is_zero)
     try:
         bench.run_all()

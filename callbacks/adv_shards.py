@@ -72,5 +72,6 @@ class AdvShardWriter(pl.Callback):
         if trainer.is_global_zero:
             for p in parts:
                 p["sha256"] = sha256(self.out_dir / p["name"])
+                p["size"] = (self.out_dir / p["name"]).stat().st_size
             index = {"format": 1, "kind": "adversarial", "count": sum(p["count"] for p in parts), "shards": parts}
             (self.out_dir / INDEX).write_text(json.dumps(index, indent=1))

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lit_attacks.attacks.output import FRACTION_COLUMNS, AttackOutput
 
-GROUPS = ("all", "agreed", "disagreed")
+GROUPS = ("all", "agreed", "disagreed", "tied")
 # Means over the flipped samples of a group: quantity -> its (B,) values in an AttackOutput. Each value is rounded
 # to float32 and summed in float64: sums of float32 values are exact in float64 (for any realistic count), so
 # the means do not depend on the order of summation, i.e. on how DDP split the samples across ranks.
@@ -33,12 +33,13 @@ class FlipStats(nn.Module):
     over the flipped samples (float64 sums, reduced by summation across DDP ranks).
 
     ``eps`` is averaged over the flipped samples that have one (nan: not applicable); ``rmse_sq`` gives the
-    population standard deviation of the RMSE.
+    population standard deviation of the RMSE; ``failed`` counts samples whose status is not "ok" (the
+    attack could not run on them: a non-finite gradient or flow), which are never counted as flipped.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.counts = nn.ModuleDict({k: _sum() for k in ("total", "flipped", "flipped_uint8")})
+        self.counts = nn.ModuleDict({k: _sum() for k in ("total", "flipped", "flipped_uint8", "failed")})
         self.means = nn.ModuleDict({k.replace(".", "_"): _mean(skip_nan=k == "eps") for k in MEANS})
 
     def update(self, out: AttackOutput, mask: Tensor) -> None:
@@ -47,6 +48,8 @@ class FlipStats(nn.Module):
         self.counts["total"].update(mask.double().sum())
         self.counts["flipped"].update(f.double().sum())
         self.counts["flipped_uint8"].update((out.flipped_uint8 & mask).double().sum())
+        failed = torch.tensor([s != "ok" for s in out.status], dtype=torch.bool, device=mask.device)
+        self.counts["failed"].update((failed & mask).double().sum())
         for k, read in MEANS.items():
             v = read(out)[f]
             self.means[k.replace(".", "_")].update(v if k == "rmse_sq" else v.float().double())
@@ -74,7 +77,7 @@ def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
     rate = lambda a, b: a / b if b else math.nan  # noqa: E731
     mean = lambda name: v[name] if k else math.nan  # noqa: E731
     out = {"total": int(n), "flipped": int(k), "flip_rate": rate(k, n), "flipped_uint8": int(k8),
-           "flip_rate_uint8": rate(k8, n), "rmse_mean": mean("rmse"),
+           "flip_rate_uint8": rate(k8, n), "failed": int(v["failed"]), "rmse_mean": mean("rmse"),
            "rmse_std": math.sqrt(max(0.0, v["rmse_sq"] - v["rmse"] ** 2)) if k else math.nan,
            "psnr_mean": mean("psnr"), "eps_mean": v["eps"], "queries_mean": mean("queries"),
            "iterations_mean": mean("iterations")}
@@ -83,7 +86,8 @@ def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
 
 
 class AttackMetrics(pl.Callback):
-    """One :class:`FlipStats` per group (all samples, metric agreed with humans, disagreed), updated from
+    """One :class:`FlipStats` per group (all samples; the metric agreed with humans; disagreed; tied, i.e.
+    s0 == s1, which neither agrees nor disagrees), updated from
     each batch's :class:`AttackOutput`. After ``trainer.predict`` :attr:`results` maps group -> quantities
     on every rank (``compute`` all-gathers, so it runs on every rank). Logging is the caller's.
     """
@@ -102,8 +106,9 @@ class AttackMetrics(pl.Callback):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs: AttackOutput, batch, batch_idx,
                              dataloader_idx=0) -> None:
-        agreed = outputs.agreed
-        for group, mask in (("all", torch.ones_like(agreed)), ("agreed", agreed), ("disagreed", ~agreed)):
+        agreed, tied = outputs.agreed, outputs.tied
+        groups = (("all", torch.ones_like(agreed)), ("agreed", agreed), ("disagreed", ~agreed & ~tied), ("tied", tied))
+        for group, mask in groups:
             self.stats[group].update(outputs, mask)
 
     def on_predict_end(self, trainer, pl_module) -> None:

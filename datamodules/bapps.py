@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lit_attacks.datamodules.cache import cache_root
-from lit_attacks.datamodules.shards import INDEX, SkipLog, read_index, stream, write_shards
+from lit_attacks.datamodules.shards import (INDEX, HashCache, SkipLog, content_fingerprint, read_index, stream,
+                                            verify_shards, write_shards)
 from lit_attacks.datamodules.synthetic import builtin_shards
 from lit_attacks.datamodules.tree import BappsDataError, scan_tree
 
@@ -38,46 +40,59 @@ def key_from_judge_path(path: str) -> str:
 
 
 def _tree_fingerprint(root: Path, split: str) -> str:
+    """Path, size, mtime, ctime and inode of every file of the split, following symlinked folders. ctime
+    changes on every write, so edits that put back the size and mtime (cp -p, rsync -a, tar x) are seen."""
     h = hashlib.sha1(str(root.resolve()).encode())
-    for p in sorted((root / "2afc" / split).rglob("*")):
-        if p.is_file():
+    base = root / "2afc" / split
+    for dirpath, dirnames, filenames in sorted(os.walk(base, followlinks=True)):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
             st = p.stat()
-            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
     return h.hexdigest()[:16]
 
 
 def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Optional[str | Path] = None,
-                   builtin_n: int = 40, seed: int = 0, progress: bool = False) -> Path:
+                   builtin_n: int = 40, seed: int = 0, progress: bool = False, refresh: bool = False) -> Path:
     """The shard folder for ``split`` of ``data``.
 
     ``data`` is None (built-in synthetic set), a folder of shards (``index.json`` and/or ``*.tar``,
-    directly or in ``<data>/<split>/``), or a BAPPS tree root holding ``2afc/`` (converted once to
-    shards in the cache, refreshed when the tree changes).
+    directly or in ``<data>/<split>/``, or in ``<data>/shards/<split>/`` as ``python -m
+    lit_attacks.datamodules.bapps builtin`` writes it), or a BAPPS tree root holding ``2afc/`` (converted
+    once to shards in the cache, again when the tree changes). ``refresh`` rebuilds generated shards.
     """
     if data is None:
-        return builtin_shards(cache_dir, n_per_category=builtin_n, seed=seed, split=split, progress=progress)
+        return builtin_shards(cache_dir, n_per_category=builtin_n, seed=seed, split=split, progress=progress,
+                              refresh=refresh)
     data = Path(data)
     if not data.is_dir():
         raise BappsDataError(f"data path {data} does not exist or is not a folder")
     if (data / "2afc").is_dir():
         fp = _tree_fingerprint(data, split)
         out = (Path(cache_dir) if cache_dir else cache_root()) / "trees" / fp / split
-        if not (out / INDEX).is_file():
+        if refresh or not (out / INDEX).is_file():
             write_shards(scan_tree(data, split), out, progress=progress)
         return out
-    for cand in (data / split, data):
+    for cand in (data / split, data / "shards" / split, data):
         if (cand / INDEX).is_file() or any(cand.glob("*.tar")):
             return cand
-    raise BappsDataError(f"data path {data} holds no shards (*.tar / {INDEX}) and no BAPPS tree (2afc/)")
+    raise BappsDataError(f"data path {data} holds no shards (*.tar / {INDEX}, directly or in {split}/) and no "
+                         "BAPPS tree (2afc/)")
 
 
-def shard_urls(folder: Path) -> List[str]:
+def shard_urls(folder: Path, hashes: Optional[HashCache] = None) -> List[str]:
+    """Absolute paths of the shards of ``folder``, each checked against the index (size, sha256) at first use."""
+    folder = Path(folder).resolve()
     index = read_index(folder)
-    urls = [str(folder / s["name"]) for s in index["shards"]]
-    missing = [u for u in urls if not Path(u).is_file()]
-    if missing:
-        raise BappsDataError(f"{folder}/{INDEX} lists shards that are missing: {missing}")
-    return urls
+    verify_shards(folder, index, hashes or HashCache(cache_root()))
+    return [str(folder / s["name"]) for s in index["shards"]]
+
+
+def expected_keys(folder: Path) -> Dict[str, List[str]]:
+    """Shard path -> the keys its index lists (shards without keys in the index: not checked)."""
+    folder = Path(folder).resolve()
+    return {str(folder / s["name"]): s["keys"] for s in read_index(folder)["shards"] if "keys" in s}
 
 
 class ShardStream(IterableDataset):
@@ -95,13 +110,14 @@ class ShardStream(IterableDataset):
 
     def __init__(self, urls: Sequence[str], keep: Callable[[dict], bool], size: int = 64, rank: int = 0,
                  world_size: int = 1, split_by: str = "auto", skip_bad: bool = False, validate: Callable = None,
-                 decode: Callable = None) -> None:
+                 decode: Callable = None, expected: Optional[Dict[str, List[str]]] = None) -> None:
         if split_by not in ("auto", "shard", "sample"):
             raise ValueError(f"split_by must be 'auto', 'shard' or 'sample', got {split_by!r}")
         self.urls, self.keep, self.size = list(urls), keep, size
         self.rank, self.world_size, self.split_by = rank, world_size, split_by
         self.skip = SkipLog() if skip_bad else None
         self.validate, self.decode = validate, decode
+        self.expected = expected or {}
         self.limit: Optional[int] = None  # samples per (rank, worker) slot; set for DDP training (equal shares)
 
     def __iter__(self):
@@ -109,13 +125,15 @@ class ShardStream(IterableDataset):
         workers, wid = (info.num_workers, info.id) if info else (1, 0)
         slots, slot = self.world_size * workers, self.rank * workers + wid
         by_shard = self.split_by == "shard" or (self.split_by == "auto" and len(self.urls) >= slots)
-        it = iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip, self.validate, self.decode))
+        it = iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip, self.validate, self.decode,
+                         self.expected))
         return it if self.limit is None else itertools.islice(it, self.limit)
 
     def count(self) -> int:
         """Kept samples over all shards (one pass, images not decoded)."""
         undecoded = lambda src, size, skip: src  # noqa: E731
-        return sum(1 for _ in stream(self.urls, self.keep, self.size, 0, 1, False, self.skip, self.validate, undecoded))
+        return sum(1 for _ in stream(self.urls, self.keep, self.size, 0, 1, False, self.skip, self.validate, undecoded,
+                                     self.expected))
 
 
 class BappsDataModule(pl.LightningDataModule):
@@ -138,20 +156,26 @@ class BappsDataModule(pl.LightningDataModule):
         builtin_n: samples per category of the built-in set.
         seed: seed of the built-in set.
         cache_dir: where built-in and converted shards go (default ``$LIT_ATTACKS_CACHE`` or ~/.cache/lit_attacks).
+        refresh: rebuild generated shards (built-in set, converted trees) and re-hash every shard, ignoring
+            what the cache remembers (one process only: under DDP pass it on rank 0).
+
+    Every shard is checked against its index at first use (size and sha256, remembered by file stat in
+    the cache), and while streaming (the keys the index lists, in order, and their count).
     """
 
     def __init__(self, data: Optional[str] = None, split: str = "val", train_split: str = "train",
                  categories: Optional[List[str]] = None, unanimous_only: bool = True, load_size: int = 64,
                  batch_size: int = 32, num_workers: int = 0, split_by: str = "auto", skip_bad: bool = False,
-                 builtin_n: int = 40, seed: int = 0, cache_dir: Optional[str] = None) -> None:
+                 builtin_n: int = 40, seed: int = 0, cache_dir: Optional[str] = None, refresh: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.folders: dict = {}
+        self.hashes = HashCache(Path(cache_dir) if cache_dir else cache_root(), fresh=refresh)
 
     def shard_folder(self, split: str) -> Path:
         if split not in self.folders:
             h = self.hparams
-            self.folders[split] = resolve_shards(h.data, split, h.cache_dir, h.builtin_n, h.seed)
+            self.folders[split] = resolve_shards(h.data, split, h.cache_dir, h.builtin_n, h.seed, refresh=h.refresh)
         return self.folders[split]
 
     def prepare_data(self) -> None:
@@ -168,8 +192,9 @@ class BappsDataModule(pl.LightningDataModule):
     def dataset(self, split: Optional[str] = None) -> ShardStream:
         split = split or self.hparams.split
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return ShardStream(shard_urls(self.shard_folder(split)), self.keep, self.hparams.load_size, rank, world,
-                           self.hparams.split_by, self.hparams.skip_bad)
+        folder = self.shard_folder(split)
+        return ShardStream(shard_urls(folder, self.hashes), self.keep, self.hparams.load_size, rank, world,
+                           self.hparams.split_by, self.hparams.skip_bad, expected=expected_keys(folder))
 
     def _loader(self, split: Optional[str] = None) -> DataLoader:
         return DataLoader(self.dataset(split), batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
@@ -197,11 +222,13 @@ class BappsDataModule(pl.LightningDataModule):
         return self._loader()
 
     def describe(self, split: Optional[str] = None) -> dict:
-        """Where the data comes from, with a fingerprint of the shard index (for run READMEs)."""
+        """Where the data comes from, with a fingerprint of its content (the shard index, which records every
+        shard's sha256, after checking the shards against it; without an index, every shard's sha256)."""
         folder = self.shard_folder(split or self.hparams.split)
-        index = folder / INDEX
-        fp = hashlib.sha256(index.read_bytes()).hexdigest()[:16] if index.is_file() else None
-        return {"data": self.hparams.data or "built-in synthetic set", "shards": str(folder), "index_sha256": fp}
+        index = read_index(folder)
+        verify_shards(folder, index, self.hashes)
+        return {"data": self.hparams.data or "built-in synthetic set", "shards": str(folder),
+                "index_sha256": content_fingerprint(folder, index, self.hashes)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

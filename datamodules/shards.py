@@ -12,13 +12,15 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 from PIL import Image
 from tqdm import tqdm
 
@@ -71,7 +73,8 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
                 categories[s.category] = categories.get(s.category, 0) + 1
                 bar.update()
         os.replace(tmp, out / name)
-        shards.append({"name": name, "count": len(chunk), "keys": [s.key for s in chunk], "sha256": sha256(out / name)})
+        shards.append({"name": name, "count": len(chunk), "keys": [s.key for s in chunk], "sha256": sha256(out / name),
+                       "size": (out / name).stat().st_size})
     bar.close()
     index = {"format": 1, "split": split, "count": len(samples), "categories": categories, "shards": shards}
     (out / INDEX).write_text(json.dumps(index, indent=1))
@@ -86,17 +89,116 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def check_shard_name(name: Any, where: str) -> str:
+    """A shard of a data folder is a plain local file name in that folder: no path, no ``pipe:``/URL scheme."""
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise BappsDataError(f"{where}: shard name {name!r} is not a plain file name in the folder")
+    if URL_LIKE.match(name):
+        raise BappsDataError(f"{where}: shard name {name!r} looks like a URL or a command ('pipe:', 'http:', ...); "
+                             "shards of a data folder are local files only: rename it")
+    return name
+
+
 def read_index(folder: str | Path) -> dict:
+    """The shard index of ``folder``, checked: an object with a ``shards`` list of plain local file names,
+    each key in one shard only. Without ``index.json`` the folder's ``*.tar`` files, sorted, with no keys."""
     p = Path(folder) / INDEX
     if not p.is_file():
         tars = sorted(Path(folder).glob("*.tar"))
         if not tars:
             raise BappsDataError(f"no shards in {folder}: neither {INDEX} nor *.tar files")
-        return {"format": 1, "split": None, "count": None, "shards": [{"name": t.name} for t in tars]}
+        return {"format": 1, "split": None, "count": None,
+                "shards": [{"name": check_shard_name(t.name, str(folder))} for t in tars]}
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        index = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BappsDataError(f"{p}: corrupt index ({e})") from e
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise BappsDataError(f"{p}: not a shard index (expected an object with a 'shards' list)")
+    owner: Dict[str, str] = {}
+    for entry in index["shards"]:
+        if not isinstance(entry, dict):
+            raise BappsDataError(f"{p}: every entry of 'shards' must be an object with a 'name', got {entry!r}")
+        name = check_shard_name(entry.get("name"), str(p))
+        keys = entry.get("keys")
+        if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+            raise BappsDataError(f"{p}: 'keys' of shard {name} must be a list of strings")
+        for k in keys or []:
+            if k in owner:
+                raise BappsDataError(f"{p}: sample {k} is in two shards, {owner[k]} and {name}")
+            owner[k] = name
+        for field, kind in (("count", int), ("size", int), ("sha256", str)):
+            if field in entry and not isinstance(entry[field], kind):
+                raise BappsDataError(f"{p}: {field!r} of shard {name} must be a {kind.__name__}")
+    return index
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()  # ctime changes on every write, even when mtime is put back (cp -p, rsync -a, tar x)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+class HashCache:
+    """sha256 of files, remembered by path and stat (size, mtime, ctime, inode) in ``<cache>/sha256.json``,
+    so a shard is hashed once until it changes. ``fresh`` ignores what is remembered."""
+
+    def __init__(self, cache_dir: Path, fresh: bool = False) -> None:
+        self.path = Path(cache_dir) / "sha256.json"
+        self.fresh = fresh
+        try:
+            self.known = {} if fresh else json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+
+    def sha256(self, path: Path) -> str:
+        path = Path(path).resolve()
+        key = f"{path}|{_stat_key(path)}"
+        if key not in self.known:
+            self.known[key] = sha256(path)
+            self._save()
+        return self.known[key]
+
+    def _save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.known))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only cache only costs re-hashing
+
+
+def verify_shards(folder: Path, index: dict, hashes: HashCache) -> None:
+    """Every shard the index lists exists with the size and sha256 it records (what it does not record is not
+    checked); otherwise raise naming the shard."""
+    for entry in index["shards"]:
+        path = Path(folder) / entry["name"]
+        if not path.is_file():
+            raise BappsDataError(f"{Path(folder) / INDEX} lists shard {entry['name']}, which is missing")
+        problem = tar_problem(path)
+        if problem is not None:
+            raise BappsDataError(f"corrupt or truncated shard {path}: {problem}")
+        if "size" in entry and path.stat().st_size != entry["size"]:
+            raise BappsDataError(f"corrupt or truncated shard {path}: {path.stat().st_size} bytes, {INDEX} records "
+                                 f"{entry['size']}; rebuild the shards")
+        if "sha256" in entry and hashes.sha256(path) != entry["sha256"]:
+            raise BappsDataError(f"corrupt or changed shard {path}: its sha256 differs from the one {INDEX} records "
+                                 "(the file changed after it was written); rebuild the shards")
+
+
+def content_fingerprint(folder: Path, index: dict, hashes: HashCache) -> str:
+    """A hash of what the shards hold: the index when there is one (it records every shard's sha256),
+    else every tar's name and sha256."""
+    p = Path(folder) / INDEX
+    if p.is_file():
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for entry in index["shards"]:
+        h.update(f"{entry['name']}:{hashes.sha256(Path(folder) / entry['name'])}\n".encode())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- streaming stages (webdataset pipeline)
@@ -126,27 +228,31 @@ def tar_error_handler(skip: Optional[SkipLog]) -> Callable[[Exception], bool]:
     return handler
 
 
+def tar_problem(path: str | Path) -> Optional[str]:
+    """Why ``path`` is not a complete tar, or None: a complete tar is whole 512-byte blocks ending in two
+    zero blocks (Python's tarfile can stop silently at a cut that falls on a header)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 1024))
+            tail = f.read(1024)
+    except OSError as e:
+        return str(e)
+    if size == 0 or size % 512:
+        return f"size {size} is not a whole number of 512-byte tar blocks"
+    if tail.count(0) != len(tail) or len(tail) < 1024:
+        return "no end-of-archive marker"
+    return None
+
+
 def check_shards(src: Iterable[dict], skip: Optional[SkipLog]) -> Iterator[dict]:
-    """Refuse truncated tars before streaming them: a complete tar is whole 512-byte blocks ending
-    in two zero blocks (Python's tarfile can stop silently at a cut that falls on a header)."""
+    """Refuse truncated tars before streaming them (see :func:`tar_problem`)."""
     for item in src:
-        url = item["url"]
-        try:
-            size = os.path.getsize(url)
-            with open(url, "rb") as f:
-                f.seek(max(0, size - 1024))
-                tail = f.read(1024)
-            problem = None
-            if size == 0 or size % 512:
-                problem = f"size {size} is not a whole number of 512-byte tar blocks"
-            elif tail.count(0) != len(tail) or len(tail) < 1024:
-                problem = "no end-of-archive marker"
-        except OSError as e:
-            problem = str(e)
+        problem = tar_problem(item["url"])
         if problem is None:
             yield item
             continue
-        msg = f"corrupt or truncated shard {url}: {problem}"
+        msg = f"corrupt or truncated shard {item['url']}: {problem}"
         if skip is None:
             raise BappsDataError(msg)
         skip.add(msg)
@@ -210,13 +316,52 @@ def decode_samples(src: Iterable[dict], size: int, skip: Optional[SkipLog]) -> I
         yield out
 
 
+def read_local_shards(src: Iterable[dict], expected: Dict[str, List[str]], skip: Optional[SkipLog]) -> Iterator[dict]:
+    """Open each shard as a local file (never through webdataset's URL opener, which would run ``pipe:``
+    names as shell commands) and yield its grouped samples, checking them against the index: the keys it
+    lists, in order, and their count (a tar cut cleanly after a sample is caught here)."""
+    handler = tar_error_handler(skip)
+    seen: Dict[str, str] = {}  # key -> shard, over the shards this stream reads
+    for item in src:
+        url = item["url"]
+        keys = expected.get(url)
+        try:
+            with open(url, "rb") as f:
+                files = tar_file_expander([{"url": url, "stream": f}], handler=handler)
+                n = 0
+                for sample in group_by_keys(files, handler=handler):
+                    if keys is not None and (n >= len(keys) or sample.get("__key__") != keys[n]):
+                        listed = repr(keys[n]) if n < len(keys) else "no further sample"
+                        raise BappsDataError(f"shard {url}: sample {n} is {sample.get('__key__')!r} but {INDEX} "
+                                             f"lists {listed}")
+                    key = sample.get("__key__")
+                    if key in seen:
+                        raise BappsDataError(f"sample {key} is in two shards, {seen[key]} and {url}")
+                    seen[key] = url
+                    n += 1
+                    yield sample
+                if keys is not None and n != len(keys):
+                    raise BappsDataError(f"shard {url}: holds {n} samples, {INDEX} lists {len(keys)}: the shard is "
+                                         "truncated or was rewritten; rebuild the shards")
+        except BappsDataError as e:
+            if skip is None:
+                raise
+            skip.add(str(e))
+        except OSError as e:
+            msg = f"shard {url}: cannot be read ({e.strerror or e})"
+            if skip is None:
+                raise BappsDataError(msg) from e
+            skip.add(msg)
+
+
 def stream(urls: Sequence[str], keep: Callable[[dict], bool], size: int, slot: int, slots: int, by_shard: bool,
-           skip: Optional[SkipLog], validate: Callable = None, decode: Callable = None) -> wds.DataPipeline:
+           skip: Optional[SkipLog], validate: Callable = None, decode: Callable = None,
+           expected: Optional[Dict[str, List[str]]] = None) -> wds.DataPipeline:
     """The webdataset pipeline for one (rank, worker) slot of ``slots``.
 
     ``by_shard``: shards are dealt round-robin to slots. Otherwise every slot reads every shard and
     keeps kept-sample number ``j`` when ``j % slots == slot``. Either way each kept sample reaches
-    exactly one slot.
+    exactly one slot. ``expected``: shard path -> the keys its index lists (checked while streaming).
     """
     def deal(src):
         for j, item in enumerate(src):
@@ -228,7 +373,7 @@ def stream(urls: Sequence[str], keep: Callable[[dict], bool], size: int, slot: i
         stages.append(deal)
     stages.append(lambda src: check_shards(src, skip))
     validate, decode = validate or validate_samples, decode or decode_samples
-    stages += [wds.tarfile_to_samples(handler=tar_error_handler(skip)),
+    stages += [lambda src: read_local_shards(src, expected or {}, skip),
                lambda src: validate(src, skip),
                lambda src: (s for s in src if keep(s))]
     if not by_shard:

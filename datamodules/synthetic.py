@@ -127,8 +127,8 @@ def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: 
 
 
 def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int = 40, seed: int = 0, size: int = 64,
-                   split: str = "val", progress: bool = False) -> Path:
-    """Shards of the built-in set for ``split``, generated once into the cache and reused."""
+                   split: str = "val", progress: bool = False, refresh: bool = False) -> Path:
+    """Shards of the built-in set for ``split``, generated once into the cache and reused (``refresh``: again)."""
     from lit_attacks.datamodules.shards import INDEX, write_shards
     from lit_attacks.datamodules.tree import scan_tree
     from lit_attacks.datamodules.cache import cache_root
@@ -136,7 +136,7 @@ def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int =
     name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}"
     base = (Path(cache_dir) if cache_dir else cache_root()) / name
     out = base / "shards" / split
-    if (out / INDEX).is_file():
+    if (out / INDEX).is_file() and not refresh:
         return out
     write_tree(base / "tree", n_per_category, seed, size, splits=(split,))
     write_shards(scan_tree(base / "tree", split), out, shard_size=max(1, n_per_category * len(CATEGORIES) // 4),

@@ -16,6 +16,9 @@ SPLIT_CATEGORIES = {
 }
 IMAGES = ("ref", "p0", "p1")
 KEY_RE = re.compile(r"^(train|val|test)/[A-Za-z0-9_.-]+/[A-Za-z0-9_-]+$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # a category folder or file stem: what a shard key can hold
+MIN_SIDE = 8  # pixels; smaller images are refused (a 1x1 "triplet" is no image pair to compare)
+MAX_PIXELS = 4096 * 4096  # decoded size cap: a 12000x12000 PNG of a few hundred KB would take 3 GB
 
 
 class BappsDataError(ValueError):
@@ -56,8 +59,20 @@ def scan_tree(root: str | Path, split: str = "val", categories: Optional[Sequenc
             raise BappsDataError(f"category {c!r} not found in {base}; present: {present}")
     samples = []
     for c in cats:
+        if not NAME_RE.match(c):
+            raise BappsDataError(f"category folder {base / c}: names may hold only letters, digits, '_' and '-' "
+                                 f"(they become shard keys <split>/<category>/<stem>); rename it")
         judges = sorted((base / c / "judge").glob("*.npy"))
+        stems = {j.stem for j in judges}
+        for name in IMAGES:
+            for img in sorted((base / c / name).glob("*.png")):
+                if img.stem not in stems:
+                    raise BappsDataError(f"image {img} has no judge file ({base / c / 'judge' / (img.stem + '.npy')} "
+                                         "is missing)")
         for j in judges:
+            if not NAME_RE.match(j.stem):
+                raise BappsDataError(f"judge file {j}: file names may hold only letters, digits, '_' and '-' "
+                                     f"(they become shard keys <split>/<category>/<stem>); rename it")
             paths = {name: base / c / name / f"{j.stem}.png" for name in IMAGES}
             for name, p in paths.items():
                 if not p.is_file():
@@ -86,10 +101,25 @@ def check_judge(arr, where: str) -> float:
 
 
 def decode_png(data: bytes, where: str) -> Image.Image:
-    """A PIL RGB image from PNG bytes; unreadable data raises naming ``where``."""
+    """A PIL RGB image from PNG bytes. Unreadable data, images smaller than ``MIN_SIDE`` or larger than
+    ``MAX_PIXELS`` (checked from the header, before decoding) raise naming ``where``. 16-bit greyscale is
+    scaled to 8 bits (PIL's own conversion would clip it to white)."""
     try:
         img = Image.open(io.BytesIO(data))
+    except Exception as e:
+        raise BappsDataError(f"{where}: unreadable image ({type(e).__name__}: {e})") from e
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise BappsDataError(f"{where}: image is {w}x{h} ({w * h / 1e6:.0f} Mpx), above the "
+                             f"{MAX_PIXELS / 1e6:.1f} Mpx this reader decodes; downscale it first")
+    if min(w, h) < MIN_SIDE:
+        raise BappsDataError(f"{where}: image is {w}x{h}; images must be at least {MIN_SIDE}x{MIN_SIDE}")
+    try:
         img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            scale = 257.0 if img.mode.startswith("I;16") or arr.max() > 255 else 1.0
+            img = Image.fromarray(np.clip(np.round(arr / scale), 0, 255).astype(np.uint8), mode="L")
         return img.convert("RGB")
     except Exception as e:
         raise BappsDataError(f"{where}: unreadable image ({type(e).__name__}: {e})") from e

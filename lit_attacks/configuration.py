@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Dict, Iterable, List, Optional
 
 
@@ -32,3 +33,26 @@ def as_name_list(key: str, value: Any, where: str) -> Optional[List[str]]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise ConfigError(f"{where}: {key} must be a list of names or a comma-separated string, got {value!r}")
+
+
+def check_value(key: str, value: Any, kind: str, minimum: Optional[float] = None, optional: bool = False,
+                choices: Optional[Iterable[str]] = None) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` is of ``kind`` ("int", "number", "bool", "str",
+    "names") and at least ``minimum``; ``optional`` allows None."""
+    if value is None and optional:
+        return
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str),
+          "names": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[kind](value)
+    what = {"int": "an integer", "number": "a finite number", "bool": "true or false", "str": "a string",
+            "names": "a list of names"}[kind]
+    if ok and minimum is not None and value < minimum:
+        ok = False
+    if ok and choices is not None and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    if not ok:
+        bound = f" >= {minimum:g}" if minimum is not None else ""
+        hint = " (a quoted string in YAML)" if kind == "bool" and isinstance(value, str) else ""
+        raise ConfigError(f"{key} must be {what}{bound}{' or null' if optional else ''}, got {value!r}{hint}")

@@ -143,7 +143,8 @@ class TransferGenerator(AttackModule):
                            "status": status[v]}
             images[v] = to_uint8(adv.cpu())
         return TransferOutput(key=keys, category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1,
-                              prey=prey_idx, s_other=s_other, agreed=agrees_with_humans(batch["judge"], prey_idx),
+                              prey=prey_idx, s_other=s_other,
+                              agreed=agrees_with_humans(batch["judge"], prey_idx, s0 == s1),
                               variants=variants, images=images if self.keep_images else None)
 
 

@@ -28,12 +28,16 @@ def run_dir(tmp_path_factory):
     return out
 
 
+def _group(r):
+    return "tied" if r["tied"] == "True" else "agreed" if r["agreed"] == "True" else "disagreed"
+
+
 def _numpy_table(rows, group):
-    sel = [r for r in rows if group == "all" or (r["agreed"] == "True") == (group == "agreed")]
+    sel = [r for r in rows if group == "all" or _group(r) == group]
     flipped = [r for r in sel if r["flipped"] == "True"]
     rmse = np.array([float(r["rmse"]) for r in flipped])
     eps = np.array([float(r["eps"]) for r in flipped])
-    out = {"total": len(sel), "flipped": len(flipped),
+    out = {"total": len(sel), "flipped": len(flipped), "failed": sum(r["status"] != "ok" for r in sel),
            "flipped_uint8": sum(r["flipped_uint8"] == "True" for r in sel)}
     if flipped:
         out.update(rmse_mean=rmse.mean(), rmse_std=rmse.std(), eps_mean=np.nanmean(eps),
@@ -47,7 +51,7 @@ def test_table2_equals_numpy_on_the_per_sample_csv(run_dir, attack):
     rows = read_csv(run_dir / "samples" / f"{attack}-lpips_alex.csv")
     assert len(rows) == len({r["key"] for r in rows}) > 0
     table = [r for r in read_csv(run_dir / "table2.csv") if r["attack"] == attack]
-    assert [r["group"] for r in table] == ["agreed", "disagreed", "all"]
+    assert [r["group"] for r in table] == ["agreed", "disagreed", "tied", "all"]
     for r in table:
         ref = _numpy_table(rows, r["group"])
         for k, v in ref.items():

@@ -15,7 +15,7 @@ from lit_attacks.attacks.output import FRACTION_COLUMNS, PIXEL_THRESHOLDS
 from lit_attacks.datamodules.bapps import BappsDataModule
 
 NAMES = list_attacks()
-PER_SAMPLE = ("judge", "s0", "s1", "prey", "agreed", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
+PER_SAMPLE = ("judge", "s0", "s1", "prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
               "iterations", "queries", "eps", "rmse", "psnr", "linf")
 COLUMNS = ["key", "category", *PER_SAMPLE, *FRACTION_COLUMNS, "status"]
 
@@ -64,7 +64,8 @@ def test_output_shapes_ranges_columns_and_rescored_flips(name, batch):
     assert torch.equal(out.flipped, (s_adv > out.s_other) & ok)
     assert torch.equal(out.flipped_uint8, (s_adv8 > out.s_other) & ok)
     assert torch.equal(out.s_other, torch.maximum(s0, s1)) and torch.equal(out.prey, (s0 > s1).long())
-    assert torch.equal(out.agreed, (batch["judge"] > 0.5) == out.prey.bool())
+    assert torch.equal(out.tied, s0 == s1)
+    assert torch.equal(out.agreed, ((batch["judge"] > 0.5) == out.prey.bool()) & ~out.tied)
     delta = (out.adv - prey_images(batch, out)).flatten(1)
     torch.testing.assert_close(out.linf, delta.abs().amax(1), rtol=0, atol=1e-12)
     torch.testing.assert_close(out.rmse, (delta * 127.5).pow(2).mean(1).sqrt(), rtol=1e-9, atol=1e-9)

@@ -163,7 +163,7 @@ def test_wandb_offline_run_holds_summary_tables_and_figures(tmp_path):
     sweep = read_csv(out / "sweep.csv")
     assert s["sweep/l2/eps=0.03/flip_rate"] == pytest.approx(float(sweep[1]["flip_rate"]))
     samples = read_csv(out / "samples" / "pgd-l2.csv")
-    assert s["samples/pgd-l2"]["nrows"] == len(samples) and s["tables/table2"]["nrows"] == 6
+    assert s["samples/pgd-l2"]["nrows"] == len(samples) and s["tables/table2"]["nrows"] == 8  # 2 attacks x 4 groups
     logged = json.loads((run_dir / "files" / s["tables/table2"]["path"]).read_text())
     rows = [dict(zip(logged["columns"], r)) for r in logged["data"]]
     assert [(r["attack"], r["group"], r["flipped"]) for r in rows] == \

@@ -31,6 +31,8 @@ class AttackResult:
         eps: (B,) epsilon found (FGSM) or the l_inf budget; nan when not applicable.
         extra: per-sample columns of this attack (column -> list of B values).
         status: per-sample "ok" or the reason the sample failed (the run goes on).
+        nonfinite: (B,) True where the metric's gradient was not finite at some step (gradient attacks); a
+            sample that then does not flip gets the status "non-finite gradient" (it was not really attacked).
     """
 
     adv: Tensor
@@ -39,6 +41,7 @@ class AttackResult:
     eps: Tensor
     extra: Dict[str, List[Any]] = field(default_factory=dict)
     status: Optional[List[str]] = None
+    nonfinite: Optional[Tensor] = None
 
 
 class AttackModule(pl.LightningModule):
@@ -134,16 +137,22 @@ class AttackModule(pl.LightningModule):
             s_adv = self.metric(ref, adv, check=False)  # fresh forward pass on the final image
             s_adv8 = self.metric(ref, quantize(adv), check=False)
             self._finite("s_adv", s_adv, keys)
-        status = res.status or ["ok"] * len(keys)
+        status = list(res.status or ["ok"] * len(keys))
         ok = torch.tensor([s == "ok" for s in status], dtype=torch.bool, device=s_adv.device)
+        if res.nonfinite is not None:  # a gradient attack that got no gradient and did not flip: failed, not robust
+            weakened = (res.nonfinite.to(ok.device) & ok & ~(s_adv > s_other)).tolist()
+            status = ["non-finite gradient" if w else st for w, st in zip(weakened, status)]
+            ok = ok & ~torch.tensor(weakened, dtype=torch.bool, device=ok.device)
         prey_idx = choose_prey(s0, s1)
+        tied = s0 == s1
         stats = perturbation_stats(prey, adv)
         images = None
         if self.keep_images:
             images = {n: to_uint8(t.detach().cpu()) for n, t in (("ref", ref), ("other", other), ("prey", prey),
                                                                   ("adv", adv))}
         return AttackOutput(key=keys, category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1,
-                            prey=prey_idx, agreed=agrees_with_humans(batch["judge"], prey_idx), s_other=s_other,
+                            prey=prey_idx, agreed=agrees_with_humans(batch["judge"], prey_idx, tied), tied=tied,
+                            s_other=s_other,
                             s_adv=s_adv, flipped=ok & (s_adv > s_other), s_adv_uint8=s_adv8,
                             flipped_uint8=ok & (s_adv8 > s_other), iterations=res.iterations, queries=res.queries,
                             eps=res.eps, status=status, extra=res.extra, adv=adv, images=images, **stats)

@@ -13,13 +13,13 @@ from lit_attacks.metrics import BoundDistance
 
 
 def pgd_snapshots(bound: BoundDistance, prey: Tensor, s_other: Tensor, ks: Sequence[int], start: Optional[Tensor] = None,
-                  eps: float = 0.03, alpha: float = 0.001) -> Dict[int, Tensor]:
+                  eps: float = 0.03, alpha: float = 0.001, nonfinite: Optional[Tensor] = None) -> Dict[int, Tensor]:
     """Images after exactly k fixed PGD steps for each k in ``ks``, from ``start`` (default prey), projected
     around ``prey``. One trajectory: PGD(20) passes through PGD(5), PGD(10) and PGD(15)."""
     out, x, done = {}, prey if start is None else start, 0
     for k in sorted(set(ks)):
         if k > done:
-            x, _, _ = pgd(bound, prey, s_other, eps, alpha, k - done, early_stop=False, start=x)
+            x, _, _ = pgd(bound, prey, s_other, eps, alpha, k - done, early_stop=False, start=x, nonfinite=nonfinite)
             done = k
         out[k] = x
     return out
@@ -67,6 +67,7 @@ class SpatialPGD(AttackModule):
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         adv0, iters, queries, status = run_spatial(self.spatial_kind, bound, prey, s_other, keys, self.spatial_params)
-        adv = pgd_snapshots(bound, prey, s_other, [self.k], adv0, self.eps, self.alpha)[self.k]
+        nonfinite = torch.zeros(prey.shape[0], dtype=torch.bool, device=prey.device)
+        adv = pgd_snapshots(bound, prey, s_other, [self.k], adv0, self.eps, self.alpha, nonfinite)[self.k]
         return AttackResult(adv, iters + self.k, queries + self.k, torch.full_like(s_other, self.eps, dtype=torch.float64),
-                            status=status)
+                            status=status, nonfinite=nonfinite)

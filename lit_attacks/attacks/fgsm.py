@@ -19,11 +19,13 @@ def eps_grid(step: float = 1e-4, max_eps: float = 0.05) -> Tensor:
     return torch.arange(1, n + 1, dtype=torch.float64) * step
 
 
-def fgsm_direction(bound: BoundDistance, prey: Tensor, s_other: Tensor) -> Tensor:
-    """(B, 3, H, W) sign of the rank-loss gradient at ``prey``."""
+def fgsm_direction(bound: BoundDistance, prey: Tensor, s_other: Tensor) -> Tuple[Tensor, Tensor]:
+    """(B, 3, H, W) sign of the rank-loss gradient at ``prey`` (0 where the gradient is not finite), and (B,)
+    True for samples whose gradient had non-finite entries."""
     x = prey.detach().clone().requires_grad_(True)
     grad, = torch.autograd.grad(rank_loss(s_other, bound(x)).sum(), x)
-    return grad.sign()
+    nonfinite = ~torch.isfinite(grad).flatten(1).all(1)
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0).sign(), nonfinite
 
 
 def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Tensor, grid: Tensor,
@@ -86,10 +88,11 @@ class FGSM(AttackModule):
         return float(self.grid[-1])
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
-        direction = fgsm_direction(bound, prey, s_other)
+        direction, nonfinite = fgsm_direction(bound, prey, s_other)
         first, queries = fgsm_scan(bound, prey, s_other, direction, self.grid, self.eps_chunk)
         grid = self.grid.to(prey.device)
         eps = torch.where(first >= 0, grid[first.clamp(min=0)], torch.full_like(grid[:1], math.nan).expand_as(first))
         use = torch.where(first >= 0, grid[first.clamp(min=0)], grid[-1]).to(prey.dtype)  # unflipped: max_eps image
         adv = (prey + use.view(-1, 1, 1, 1) * direction).clamp(-1, 1)
-        return AttackResult(adv, torch.full_like(first, -1), queries + 1, eps)  # eps: float64 grid values
+        return AttackResult(adv, torch.full_like(first, -1), queries + 1, eps,  # eps: float64 grid values
+                            nonfinite=nonfinite)

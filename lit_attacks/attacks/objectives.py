@@ -1,7 +1,7 @@
 """Pure tensor functions shared by the attacks: prey choice, losses, flips, perturbation statistics."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -21,10 +21,12 @@ def split_prey(p0: Tensor, p1: Tensor, s0: Tensor, s1: Tensor) -> Tuple[Tensor, 
     return torch.where(m, p1, p0), torch.where(m, p0, p1), torch.where(idx, s1, s0), torch.where(idx, s0, s1)
 
 
-def agrees_with_humans(judge: Tensor, prey: Tensor) -> Tensor:
+def agrees_with_humans(judge: Tensor, prey: Tensor, tied: Optional[Tensor] = None) -> Tensor:
     """(B,) the metric ranked like the humans: its closer image (``prey`` index) is the one people preferred
-    (judge > 0.5: p1)."""
-    return (judge > 0.5) == prey.bool()
+    (judge > 0.5: p1). A tie (s0 == s1, ``tied``) ranks nothing, so it never agrees: the prey of a tie is p0
+    by convention (as the official code), which would otherwise count as agreeing whenever the judge is 0."""
+    agreed = (judge > 0.5) == prey.bool()
+    return agreed if tied is None else agreed & ~tied
 
 
 def rank_loss(s_other: Tensor, s_adv: Tensor) -> Tensor:

@@ -70,7 +70,8 @@ class AttackOutput(ScoreOutput):
 
     Attributes:
         prey: (B,) 1 if the prey (the image the metric finds closer) is p1, else 0.
-        agreed: (B,) the metric ranked like the humans (the prey is the image people preferred).
+        agreed: (B,) the metric ranked like the humans (the prey is the image people preferred); never for a tie.
+        tied: (B,) s0 == s1: the metric ranks neither image closer (the prey is then p0).
         s_other, s_adv, s_adv_uint8: (B,) distances of the other image, the adversarial prey (fresh forward
             pass) and the adversarial prey rounded to 8 bits (what a saved PNG holds).
         flipped, flipped_uint8: (B,) rank flips of the float and the 8-bit adversarial image.
@@ -86,6 +87,7 @@ class AttackOutput(ScoreOutput):
 
     prey: Tensor
     agreed: Tensor
+    tied: Tensor
     s_other: Tensor
     s_adv: Tensor
     flipped: Tensor
@@ -105,7 +107,7 @@ class AttackOutput(ScoreOutput):
 
     def columns(self) -> Dict[str, List[Any]]:
         cols = super().columns()
-        for name in ("prey", "agreed", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8", "iterations",
+        for name in ("prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8", "iterations",
                      "queries", "eps", "rmse", "psnr", "linf"):
             cols[name] = as_list(getattr(self, name))
         fr = self.fractions.detach().cpu()

@@ -13,7 +13,8 @@ from lit_attacks.metrics import BoundDistance
 
 
 def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, alpha: float = 0.001,
-        steps: int = 30, early_stop: bool = True, start: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        steps: int = 30, early_stop: bool = True, start: Optional[Tensor] = None,
+        nonfinite: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Ascend ``rank_loss`` with signed gradients, projected to the l_inf ball of ``eps`` around ``prey`` and [-1, 1].
 
     With ``early_stop`` each sample's current image is scored before every step and the sample stops
@@ -25,6 +26,9 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
         prey: (B, 3, H, W) in [-1, 1], the centre of the eps ball.
         s_other: (B,) distance of the other image.
         start: optional starting images (e.g. a spatial attack's output); default ``prey``.
+        nonfinite: optional (B,) bool, set True for samples whose gradient was non-finite at some step (a
+            metric with an undefined gradient, e.g. FSIMc on flat regions); such entries count as zero (no
+            step there), which the caller reports.
 
     Returns:
         adv (B, 3, H, W); iterations (B,): steps applied before the flip was seen (``steps`` if never
@@ -48,6 +52,9 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
         if not keep.any():
             break
         grad, = torch.autograd.grad(loss, x)
+        if nonfinite is not None:
+            nonfinite[active] |= ~torch.isfinite(grad).flatten(1).all(1)
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         x, grad = x.detach()[keep], grad[keep]
         if not keep.all():
             active, b, so, centre = active[keep], b.select(keep.nonzero().flatten()), so[keep], centre[keep]
@@ -90,5 +97,8 @@ class PGD(AttackModule):
         return self.eps
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
-        adv, iters, queries = pgd(bound, prey, s_other, self.eps, self.alpha, self.steps, not self.fixed_steps)
-        return AttackResult(adv, iters, queries, torch.full_like(s_other, self.eps, dtype=torch.float64))
+        nonfinite = torch.zeros(prey.shape[0], dtype=torch.bool, device=prey.device)
+        adv, iters, queries = pgd(bound, prey, s_other, self.eps, self.alpha, self.steps, not self.fixed_steps,
+                                  nonfinite=nonfinite)
+        return AttackResult(adv, iters, queries, torch.full_like(s_other, self.eps, dtype=torch.float64),
+                            nonfinite=nonfinite)

@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import yaml
 
-from lit_attacks.configuration import ConfigError, as_name_list, check_keys
+from lit_attacks.configuration import ConfigError, as_name_list, check_keys, check_value
 from lit_attacks.metrics import METRICS
 from lit_attacks.tables import tables
 from lit_attacks.wandb_utils import MODES
@@ -88,8 +88,21 @@ def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "con
     return cfg
 
 
+# key -> (kind, minimum, optional) for the data and run keys (the tables check their own keys).
+SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("str", None, True),
+          "split": ("str", None, False), "categories": ("names", None, True), "builtin_n": ("int", 1, False),
+          "seed": ("int", None, False), "metrics": ("names", None, False), "pretrained": ("bool", None, False),
+          "weights_dir": ("str", None, True), "batch_size": ("int", 1, False), "num_workers": ("int", 0, False),
+          "batch_invariant": ("bool", None, False), "save_adv": ("bool", None, False), "examples": ("int", 0, False),
+          "gpus": ("int", 0, True), "accelerator": ("str", None, True), "devices": ("int", 1, True),
+          "strategy": ("str", None, False), "num_nodes": ("int", 1, False), "wandb": ("str", None, False),
+          "wandb_project": ("str", None, False)}
+
+
 def validate(cfg: Dict[str, Any]) -> None:
-    """Names, parameters and values; raises :class:`ConfigError` (one line) on the first problem."""
+    """Types, names, parameters and values; raises :class:`ConfigError` (one line) on the first problem."""
+    for key, (kind, minimum, optional) in SCHEMA.items():
+        check_value(key, cfg[key], kind, minimum, optional, choices=MODES if key == "wandb" else None)
     if not cfg["metrics"]:
         raise ConfigError("metrics is empty")
     for m in cfg["metrics"]:
@@ -99,10 +112,3 @@ def validate(cfg: Dict[str, Any]) -> None:
             raise ConfigError(str(e.args[0])) from None
     for t in tables():
         t.validate(cfg)
-    for key in ("batch_size", "builtin_n", "num_nodes"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {cfg[key]!r}")
-    if cfg["wandb"] not in MODES:
-        raise ConfigError(f"wandb must be auto, online, offline or disabled, got {cfg['wandb']!r}")
-    if cfg["gpus"] is not None and (not isinstance(cfg["gpus"], int) or cfg["gpus"] < 0):
-        raise ConfigError(f"gpus must be an integer >= 0, got {cfg['gpus']!r}")

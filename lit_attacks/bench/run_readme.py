@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -62,4 +63,5 @@ def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], label
 
 
 def command_line() -> List[str]:
-    return [a if " " not in a else repr(a) for a in sys.argv[1:]]
+    """The arguments of this run, shell-quoted, so the recorded command reruns verbatim (``--sweep-eps ''``)."""
+    return [shlex.quote(a) for a in sys.argv[1:]]

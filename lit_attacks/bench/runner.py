@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import pytorch_lightning as pl
 
+from lit_attacks import __version__, code_fingerprint
 from lit_attacks.bench.cells import CellFiles, CellStore, Progress, read_rows
 from lit_attacks.bench.wandb_log import WandbRun
 from lit_attacks.configuration import ConfigError
@@ -43,7 +44,8 @@ class Bench:
         self.base = {"data": source.get("index_sha256"), "data_source": str(source.get("data")),
                      "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"],
                      "seed": cfg["seed"], "pretrained": cfg["pretrained"], "weights_dir": cfg["weights_dir"],
-                     "batch_invariant": cfg["batch_invariant"]}
+                     "batch_invariant": cfg["batch_invariant"], "version": __version__, "code": code_fingerprint()}
+        self.produced: Set[str] = set()  # files (relative to out) of this run's cells
 
     # ---------------------------------------------------------------- what tables use (lit_attacks.tables.Run)
     def predict(self, module, callbacks: list, datamodule) -> None:
@@ -81,6 +83,8 @@ class Bench:
 
     def run_all(self) -> None:
         self.preflight()
+        if self.is_zero:
+            clear_run_files(self.out)
         for table in self.tables:
             for cell in table.cells(self):
                 payload = self.run_cell(cell)
@@ -100,12 +104,15 @@ class Bench:
             payload["samples_per_s"] = n / payload["seconds"] if payload["seconds"] > 0 else None
             self._types[cell.id] = files.types
             self._rows.update({(cell.id, rel): rows for rel, rows in files.rows.items()})
+            hashes = files.hashes() if self.is_zero else {}
             if self.is_zero:
-                self.store.save(cell.id, fp, payload, files.hashes(), files.types)
+                self.store.save(cell.id, fp, payload, hashes, files.types)
+            self.produced.update(hashes)
         else:
             self.progress.finish()
             payload = state["payload"]
             self._types[cell.id] = state["types"]
+            self.produced.update(state["files"])
         self.cells[cell.id] = payload
         return payload
 
@@ -113,4 +120,38 @@ class Bench:
     def finish(self) -> None:
         from lit_attacks.bench.outputs import write_outputs
 
+        remove_stale_files(self.out, self.produced, set(self.cells))
         write_outputs(self)
+
+
+MANAGED_DIRS = ("samples", "scores", "plots", "transfer", "adv")
+
+
+def run_files(out: Path) -> List[Path]:
+    """The run-level files bench writes at the end: summary.json, README.md and every table's .csv/.md."""
+    names = ["summary.json", "README.md"] + [f"{t.name}.{ext}" for t in tables() for ext in ("csv", "md")]
+    return [out / n for n in names]
+
+
+def clear_run_files(out: Path) -> None:
+    """At the start of a run: a results folder never shows run-level files of an earlier run beside this
+    one's cells (a run killed midway leaves no summary or README claiming anything)."""
+    for p in run_files(out):
+        p.unlink(missing_ok=True)
+
+
+def remove_stale_files(out: Path, produced: Set[str], cell_ids: Set[str]) -> None:
+    """Before the run-level files are written: remove every file bench manages (per-sample CSVs, plots,
+    shards, cell records) that this run's cells did not produce, so the folder describes exactly this run.
+    Files bench does not manage (and the W&B runs in wandb/) are left alone."""
+    for sub in MANAGED_DIRS:
+        for p in sorted((out / sub).rglob("*")) if (out / sub).is_dir() else []:
+            if p.is_file() and str(p.relative_to(out)) not in produced:
+                p.unlink()
+    for p in (out / "cells").glob("*.json") if (out / "cells").is_dir() else []:
+        if p.stem not in cell_ids:
+            p.unlink()
+    for sub in MANAGED_DIRS:
+        for d in sorted((out / sub).rglob("*"), key=lambda q: -len(q.parts)) if (out / sub).is_dir() else []:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()

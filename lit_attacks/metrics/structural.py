@@ -83,10 +83,16 @@ class GMSDDistance(Distance):
 
 
 class HaarPSIDistance(Distance):
-    """1 - HaarPSI (piq.haarpsi with its defaults: subsample, 3 scales)."""
+    """1 - HaarPSI (piq.haarpsi with its defaults: subsample, 3 scales).
+
+    HaarPSI weighs its similarity maps by the Haar coefficients of the two images; where both images have
+    none at all (constant images, e.g. an all-black triplet) the weights sum to zero and piq returns
+    +-inf. HaarPSI cannot see any difference there, so the distance is defined as 0 for those samples.
+    """
 
     def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
-        return 1 - piq.haarpsi(to01(x), to01(ref), data_range=1.0, reduction="none")
+        d = 1 - piq.haarpsi(to01(x), to01(ref), data_range=1.0, reduction="none")
+        return torch.where(torch.isfinite(d), d, torch.zeros_like(d))
 
 
 @METRICS.register("ssim")

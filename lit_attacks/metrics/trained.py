@@ -40,9 +40,11 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
         raise CheckpointError(f"rlpips: checkpoint {str(p)!r} not found; {hint}")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, non-torch files
-        raise CheckpointError(f"rlpips: {str(p)!r} is not a readable checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # pickle errors, truncated or empty files, non-torch files
+        first = (str(e).splitlines() or ["no details"])[0][:200]
+        size = p.stat().st_size
+        raise CheckpointError(f"rlpips: {str(p)!r} ({size} bytes) is not a readable checkpoint "
+                              f"({type(e).__name__}: {first})") from None
     meta = ckpt.get("lit_attacks") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != CHECKPOINT_KIND or "state_dict" not in ckpt:
         raise CheckpointError(f"rlpips: {str(p)!r} is not a trainable-metric checkpoint of train.py "

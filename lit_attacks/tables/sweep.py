@@ -5,6 +5,7 @@ Config key ``sweep``: ``{attack: pgd, eps: [...], steps: 30}`` (None: off); flag
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -61,8 +62,9 @@ class Sweep(Table):
         if sweep.get("attack", "pgd") != "pgd":
             raise ConfigError(f"sweep.attack: only pgd is swept, got {sweep['attack']!r}")
         eps = sweep.get("eps")
-        if not isinstance(eps, list) or not eps or not all(isinstance(e, (int, float)) and e > 0 for e in eps):
-            raise ConfigError(f"sweep.eps must be a non-empty list of positive numbers, got {eps!r}")
+        if not isinstance(eps, list) or not eps or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) and e > 0 for e in eps):
+            raise ConfigError(f"sweep.eps must be a non-empty list of positive numbers, each finite; got {eps!r}")
         if not isinstance(sweep.get("steps", 30), int) or sweep.get("steps", 30) < 1:
             raise ConfigError(f"sweep.steps must be an integer >= 1, got {sweep.get('steps')!r}")
 

@@ -24,7 +24,7 @@ from lit_attacks.tables import plots
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, slug
 from lit_attacks.wandb_utils import finite, wandb_table
 
-COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flipped_uint8", "eps_mean",
+COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flipped_uint8", "failed", "eps_mean",
            "rmse_mean", "rmse_std", "psnr_mean", "queries_mean", "iterations_mean"] + FRACTION_COLUMNS
 RESERVED = {"metric", "pretrained", "weights_dir", "keep_images", "batch_invariant"}  # set by the bench, not by users
 
@@ -170,7 +170,7 @@ class Table2(Table):
     def rows(self, run: Run) -> List[Dict[str, Any]]:
         return [{"metric": payload["label"], "attack": cell.info["attack"], "group": g, **payload["results"][g],
                  "samples_per_s": payload.get("samples_per_s")}
-                for cell, payload in self.done.values() for g in ("agreed", "disagreed", "all")]
+                for cell, payload in self.done.values() for g in ("agreed", "disagreed", "tied", "all")]
 
     def samples(self, run: Run) -> Dict[str, List[Dict[str, Any]]]:
         return {cid: run.rows(cid, cell.info["csv"]) for cid, (cell, _) in self.done.items()}
@@ -224,6 +224,6 @@ def table2_markdown(rows: List[Dict[str, Any]]) -> str:
         v["rmse"] = f"{r['rmse_mean']:.3f} +- {r['rmse_std']:.3f}" if r["flipped"] else "-"
         view.append(v)
     cols = ["metric", "attack", "group", "total", "flipped", "eps_mean", "rmse", "psnr_mean", "frac>0.001",
-            "frac>0.01", "frac>0.03", "frac>0.1", "flipped_uint8", "samples_per_s"]
+            "frac>0.01", "frac>0.03", "frac>0.1", "flipped_uint8", "failed", "samples_per_s"]
     heads = {"eps_mean": "eps", "psnr_mean": "PSNR", "flipped_uint8": "flipped (8-bit)", "samples_per_s": "samples/s"}
     return markdown_table(view, cols, digits=3, headers=heads)

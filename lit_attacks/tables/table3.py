@@ -16,7 +16,7 @@ import torch
 
 from lit_attacks.callbacks.adv_shards import AdvShardWriter
 from lit_attacks.callbacks.samples import SampleRows
-from lit_attacks.configuration import ConfigError
+from lit_attacks.configuration import ConfigError, check_value
 from lit_attacks.datamodules.adversarial import AdvShardDataModule
 from lit_attacks.metrics import METRICS
 from lit_attacks.report import atomic_write, fingerprint, write_csv
@@ -67,6 +67,10 @@ class Table3(Table):
 
     @classmethod
     def validate(cls, cfg: Dict[str, Any]) -> None:
+        check_value("transfer", cfg["transfer"], "bool")
+        check_value("source", cfg["source"], "names")
+        check_value("rmse_max", cfg["rmse_max"], "number")
+        check_value("flowadv_width", cfg["flowadv_width"], "int", 1, optional=True)
         for m in cfg["source"] or []:
             try:
                 METRICS.get(m)
