@@ -45,6 +45,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--batch-invariant", action="store_true", help="float64: results independent of batching")
+    p.add_argument("--uint8", choices=["round", "trunc"],
+                   help="8-bit images (PNGs, s_adv_uint8): round (default) or trunc as the official code")
     p.add_argument("--save-adv", action="store_true", help="also write adversarial images as shards in adv/")
     p.add_argument("--examples", type=int, help="example triplets per attack cell in the image grids")
     p.add_argument("--gpus", type=int, help="DDP on N GPUs (0: CPU; default: 1 GPU if visible, else CPU)")

@@ -15,7 +15,8 @@ GROUPS = ("all", "agreed", "disagreed", "tied")
 # Means over the flipped samples of a group: quantity -> its (B,) values in an AttackOutput. Each value is rounded
 # to float32 and summed in float64: sums of float32 values are exact in float64 (for any realistic count), so
 # the means do not depend on the order of summation, i.e. on how DDP split the samples across ranks.
-MEANS = {"rmse": lambda o: o.rmse, "rmse_sq": lambda o: o.rmse.float().double() ** 2, "psnr": lambda o: o.psnr,
+MEANS = {"rmse": lambda o: o.rmse, "rmse_sq": lambda o: o.rmse.float().double() ** 2,
+         "rmse_official": lambda o: o.rmse_official, "psnr": lambda o: o.psnr,
          "eps": lambda o: o.eps, "queries": lambda o: o.queries, "iterations": lambda o: o.iterations,
          **{name: (lambda o, j=j: o.fractions[:, j]) for j, name in enumerate(FRACTION_COLUMNS)}}
 
@@ -79,6 +80,7 @@ def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
     out = {"total": int(n), "flipped": int(k), "flip_rate": rate(k, n), "flipped_uint8": int(k8),
            "flip_rate_uint8": rate(k8, n), "failed": int(v["failed"]), "rmse_mean": mean("rmse"),
            "rmse_std": math.sqrt(max(0.0, v["rmse_sq"] - v["rmse"] ** 2)) if k else math.nan,
+           "rmse_official_mean": mean("rmse_official"),
            "psnr_mean": mean("psnr"), "eps_mean": v["eps"], "queries_mean": mean("queries"),
            "iterations_mean": mean("iterations")}
     out.update({name: mean(name) for name in FRACTION_COLUMNS})

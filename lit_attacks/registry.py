@@ -24,6 +24,7 @@ class Registry:
         self.kind = kind
         self._factories: Dict[str, Callable[..., Any]] = {}
         self._prefixes: Dict[str, Callable[..., Any]] = {}
+        self._retired: Dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``fn`` under ``name``; a duplicate name raises."""
@@ -47,8 +48,15 @@ class Registry:
 
         return deco
 
+    def retire(self, name: str, why: str) -> None:
+        """A name that no longer stands for a factory (e.g. renamed because it was misleading): ``get``
+        raises ``KeyError`` with ``why``."""
+        self._retired[name] = why
+
     def get(self, name: str) -> Callable[..., Any]:
         """The factory for ``name``; an unknown name raises with close matches."""
+        if name in self._retired:
+            raise KeyError(f"{self.kind} {name!r} was retired: {self._retired[name]}")
         prefix, sep, arg = name.partition(":")
         if sep and prefix in self._prefixes:
             if not arg:

@@ -6,9 +6,18 @@ attack followed by PGD(k) for k in 5, 10, 15, 20 (snapshots of one fixed-step tr
 *passes* when its 8-bit image flips the source metric, its RMSE (0-255) is within ``rmse_max`` (the
 imperceptibility filter; the paper also inspected by hand, we do not) and its spatial stage did not fail.
 
-For a target metric, a variant of a sample is *eligible* when it passed, the source metric ranked
-like the humans (the prey is the image people preferred) and the target also ranks the prey closer
-than the other image; it *transfers* when the target now finds the adversarial prey farther.
+Two ways to count (Table 3's ``transfer_counting``):
+
+- ``strict`` (ours, the default): per variant, a sample is *eligible* when that variant passed, the
+  source metric ranked like the humans (the prey is the image people preferred) and the target also
+  ranks the prey closer than the other image; it *transfers* when the target now finds the
+  adversarial prey farther. Each column has its own denominator.
+- ``official`` (the official notebook ``study_results_transferableAdv_attack.ipynb``): one fixed sample
+  list (the samples whose stAdv variant passed on the source) and, per target, one denominator: the
+  samples the target ranks like the humans (``int(d0 > d1) == judge``). A variant flips the target
+  when the target's distance to the adversarial image exceeds its distance to the image it ranks
+  farther. Neither a flip of the source by that variant nor the source's agreement with humans is
+  required. See :func:`official_transfer_counts`.
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -25,6 +35,28 @@ from lit_attacks.attacks.combined import pgd_snapshots, run_spatial
 from lit_attacks.attacks.objectives import agrees_with_humans, choose_prey, perturbation_stats, quantize, to_uint8
 from lit_attacks.attacks.output import Rows, ScoreOutput, as_list
 from lit_attacks.metrics import check_images, create_metric
+
+
+def official_transfer_counts(d0: Sequence[float], d1: Sequence[float], judge: Sequence[float],
+                             d_adv: Dict[str, Sequence[float]]) -> Dict[str, Any]:
+    """The official notebook's counts for one target metric over a fixed sample list.
+
+    Args:
+        d0, d1: the target's distances to p0 and p1 (N,).
+        judge: the human judge (N,), 0 or 1 on the unanimous samples.
+        d_adv: variant -> the target's distance to that variant's adversarial image (N,).
+
+    Returns:
+        {"samples": N, "accurate": samples with ``int(d0 > d1) == judge``, "flipped": variant -> accurate
+        samples whose ``d_adv`` exceeds the distance of the image the target ranks farther}.
+    """
+    d0, d1, judge = (np.asarray(a, dtype=np.float64) for a in (d0, d1, judge))
+    rank = (d0 > d1).astype(np.int64)
+    accurate = rank == judge
+    s_other = np.where(rank == 1, d0, d1)
+    return {"samples": int(d0.size), "accurate": int(accurate.sum()),
+            "flipped": {v: int((np.asarray(d, dtype=np.float64)[accurate] > s_other[accurate]).sum())
+                        for v, d in d_adv.items()}}
 
 
 def variant_names(spatial: Optional[Sequence[str]] = None, ks: Sequence[int] = (5, 10, 15, 20),
@@ -59,6 +91,7 @@ class ScoredTransfer(Rows):
 
     key: List[str]
     judge: Tensor
+    prey: List[int]
     source_agreed: List[bool]
     s_other: Tensor
     s_prey: Tensor
@@ -66,7 +99,8 @@ class ScoredTransfer(Rows):
     s_adv: Dict[str, Tensor]
 
     def columns(self) -> Dict[str, List[Any]]:
-        cols = {"key": list(self.key), "judge": as_list(self.judge), "source_agreed": list(self.source_agreed),
+        cols = {"key": list(self.key), "judge": as_list(self.judge), "prey": list(self.prey),
+                "source_agreed": list(self.source_agreed),
                 "s_other": as_list(self.s_other), "s_prey": as_list(self.s_prey),
                 "target_agrees": as_list(self.s_prey < self.s_other)}
         for v, s in self.s_adv.items():
@@ -95,7 +129,8 @@ class TransferGenerator(AttackModule):
                  alpha: float = 0.001, rmse_max: float = 8.0,
                  spatial_params: Optional[Dict[str, Dict[str, Any]]] = None,
                  pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = True,
-                 batch_invariant: bool = False) -> None:
+                 batch_invariant: bool = False,
+                 uint8: str = "round") -> None:
         spatial = spatial_attack_names() if spatial is None else list(spatial)
         for s in spatial:
             try:
@@ -104,7 +139,7 @@ class TransferGenerator(AttackModule):
                 raise ValueError(f"transfer: {e}") from None
         if rmse_max <= 0:
             raise ValueError(f"transfer: rmse_max must be > 0, got {rmse_max}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
         self.save_hyperparameters()
         self.spatial, self.ks, self.pgd_steps = spatial, list(ks), list(pgd_steps)
         self.eps, self.alpha, self.rmse_max = eps, alpha, rmse_max
@@ -129,19 +164,20 @@ class TransferGenerator(AttackModule):
         keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
         advs, status = self._adversarial(bound, prey, s_other, keys)
         prey_idx = choose_prey(s0, s1)
-        images = {"ref": to_uint8(ref.cpu()), "other": to_uint8(other.cpu()), "prey": to_uint8(prey.cpu())}
+        u8 = self.uint8
+        images = {"ref": to_uint8(ref.cpu(), u8), "other": to_uint8(other.cpu(), u8), "prey": to_uint8(prey.cpu(), u8)}
         variants = {}
         for v in self.variants:
             adv = advs[v].detach().clamp(-1, 1)
             with torch.no_grad():
-                s8 = self.metric(ref, quantize(adv), check=False)  # the saved 8-bit image
+                s8 = self.metric(ref, quantize(adv, u8), check=False)  # the saved 8-bit image
             self._finite(f"s_adv of {v}", s8, keys)
-            rmse = perturbation_stats(prey, quantize(adv))["rmse"]
+            rmse = perturbation_stats(prey, quantize(adv, u8))["rmse"]
             ok = torch.tensor([st == "ok" for st in status[v]], dtype=torch.bool, device=s8.device)
             flipped = (s8 > s_other) & ok
             variants[v] = {"s_adv": s8, "flipped": flipped, "rmse": rmse, "pass": flipped & (rmse <= self.rmse_max),
                            "status": status[v]}
-            images[v] = to_uint8(adv.cpu())
+            images[v] = to_uint8(adv.cpu(), u8)
         return TransferOutput(key=keys, category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1,
                               prey=prey_idx, s_other=s_other,
                               agreed=agrees_with_humans(batch["judge"], prey_idx, s0 == s1),
@@ -173,7 +209,7 @@ class TransferScorer(pl.LightningModule):
         if missing:
             raise KeyError(f"transfer target {self.metric.name}: the shards hold no images of {missing}")
         records = [json.loads(r) for r in batch["record"]]
-        return ScoredTransfer(key=list(batch["key"]), judge=batch["judge"],
+        return ScoredTransfer(key=list(batch["key"]), judge=batch["judge"], prey=[int(r["prey"]) for r in records],
                               source_agreed=[bool(r["agreed"]) for r in records],
                               s_other=self.metric(ref, other, check=False), s_prey=self.metric(ref, prey, check=False),
                               passed={v: [bool(r.get(f"{v}:pass", False)) for r in records] for v in variants},

@@ -16,7 +16,7 @@ from lit_attacks.datamodules.bapps import BappsDataModule
 
 NAMES = list_attacks()
 PER_SAMPLE = ("judge", "s0", "s1", "prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
-              "iterations", "queries", "eps", "rmse", "psnr", "linf")
+              "iterations", "queries", "eps", "rmse", "rmse_official", "psnr", "linf")
 COLUMNS = ["key", "category", *PER_SAMPLE, *FRACTION_COLUMNS, "status"]
 
 
@@ -60,15 +60,21 @@ def test_output_shapes_ranges_columns_and_rescored_flips(name, batch):
         s_adv8 = m(batch["ref"], to_uint8(out.adv).permute(0, 3, 1, 2).double() / 127.5 - 1)
         s0, s1 = m(batch["ref"], batch["p0"]), m(batch["ref"], batch["p1"])
     ok = torch.tensor([s == "ok" for s in out.status])
+    closer = (s0 > s1).long()  # the official rank: p1 when s0 > s1, p0 on a tie
+    beyond = (lambda a, b: a < b) if a.reverse else (lambda a, b: a > b)  # a reverse attack flips towards ref
     torch.testing.assert_close(out.s_adv, s_adv, rtol=1e-9, atol=1e-12)
-    assert torch.equal(out.flipped, (s_adv > out.s_other) & ok)
-    assert torch.equal(out.flipped_uint8, (s_adv8 > out.s_other) & ok)
-    assert torch.equal(out.s_other, torch.maximum(s0, s1)) and torch.equal(out.prey, (s0 > s1).long())
+    assert torch.equal(out.flipped, beyond(s_adv, out.s_other) & ok)
+    assert torch.equal(out.flipped_uint8, beyond(s_adv8, out.s_other) & ok)
+    assert torch.equal(out.prey, closer ^ int(a.reverse))
+    assert torch.equal(out.s_other, torch.where(out.prey.bool(), s0, s1))
     assert torch.equal(out.tied, s0 == s1)
-    assert torch.equal(out.agreed, ((batch["judge"] > 0.5) == out.prey.bool()) & ~out.tied)
+    assert torch.equal(out.agreed, ((batch["judge"] > 0.5) == closer.bool()) & ~out.tied)
     delta = (out.adv - prey_images(batch, out)).flatten(1)
     torch.testing.assert_close(out.linf, delta.abs().amax(1), rtol=0, atol=1e-12)
     torch.testing.assert_close(out.rmse, (delta * 127.5).pow(2).mean(1).sqrt(), rtol=1e-9, atol=1e-9)
+    trunc = lambda t: ((t.float() + 1) * 127.5).floor().double()  # noqa: E731  util.tensor2im of the official code
+    official = (trunc(out.adv) - trunc(prey_images(batch, out))).flatten(1).pow(2).mean(1).sqrt()
+    torch.testing.assert_close(out.rmse_official, official, rtol=1e-9, atol=1e-9)
     assert torch.equal(out.images["adv"], to_uint8(out.adv)) and out.images["ref"].dtype == torch.uint8
 
 

@@ -104,7 +104,7 @@ def test_random_backbone_is_labelled():
 
 def test_elpips_identity_member_equals_inner_lpips(seeded_batch):
     ref, x = seeded_batch
-    m = create_metric("elpips_alex", pretrained=False, n_transforms=1)
+    m = create_metric("elpips_style_alex", pretrained=False, n_transforms=1)
     m.offset_max = 0
     m.fixed = {"offset": torch.zeros(1, 2, dtype=torch.long), "flip": torch.tensor([3]),
                "perm": torch.tensor([[0, 1, 2]]), "color": torch.ones(1, 3), "scale_u": torch.zeros(1),
@@ -114,7 +114,7 @@ def test_elpips_identity_member_equals_inner_lpips(seeded_batch):
 
 def test_elpips_member_applies_flip_permutation_and_colour(seeded_batch):
     ref, x = seeded_batch
-    m = create_metric("elpips_alex", pretrained=False, n_transforms=1)
+    m = create_metric("elpips_style_alex", pretrained=False, n_transforms=1)
     m.offset_max = 0
     colour = torch.tensor([0.5, 0.9, 0.3])
     m.fixed = {"offset": torch.zeros(1, 2, dtype=torch.long), "flip": torch.tensor([2]),
@@ -130,12 +130,12 @@ def test_elpips_member_applies_flip_permutation_and_colour(seeded_batch):
 
 def test_elpips_seeded_and_deterministic_modes(seeded_batch):
     ref, x = seeded_batch
-    a = create_metric("elpips_alex", pretrained=False, seed=3)
-    b = create_metric("elpips_alex", pretrained=False, seed=3)
+    a = create_metric("elpips_style_alex", pretrained=False, seed=3)
+    b = create_metric("elpips_style_alex", pretrained=False, seed=3)
     torch.testing.assert_close(a(ref, x), a(ref, x))
     torch.testing.assert_close(a(ref, x), b(ref, x))
-    r1 = create_metric("elpips_alex", pretrained=False, seed=3, deterministic=False)
-    r2 = create_metric("elpips_alex", pretrained=False, seed=3, deterministic=False)
+    r1 = create_metric("elpips_style_alex", pretrained=False, seed=3, deterministic=False)
+    r2 = create_metric("elpips_style_alex", pretrained=False, seed=3, deterministic=False)
     first, second = r1(ref, x), r1(ref, x)
     assert not torch.allclose(first, second)  # a fresh ensemble each call
     torch.testing.assert_close(first, r2(ref, x))  # same seed, same sequence

@@ -4,7 +4,7 @@ from lit_attacks.metrics import METRICS, create_metric, list_metrics
 from lit_attacks.registry import Registry
 
 REQUIRED = ["l2", "ssim", "ms_ssim", "fsimc", "gmsd", "haarpsi", "lpips_alex", "lpips_vgg", "lpips_squeeze",
-            "dists", "elpips"]
+            "dists", "elpips_style"]
 
 
 def test_required_metrics_registered():

@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lit_attacks.attacks.objectives import (agrees_with_humans, choose_prey, perturbation_stats, quantize, split_prey,
-                                            to_uint8)
+from lit_attacks.attacks.objectives import (UINT8_MODES, agrees_with_humans, choose_prey, flipped, perturbation_stats,
+                                            quantize, split_prey, to_uint8)
 from lit_attacks.attacks.output import AttackOutput
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance, check_images, create_metric
@@ -33,6 +33,8 @@ class AttackResult:
         status: per-sample "ok" or the reason the sample failed (the run goes on).
         nonfinite: (B,) True where the metric's gradient was not finite at some step (gradient attacks); a
             sample that then does not flip gets the status "non-finite gradient" (it was not really attacked).
+        verdict: (B,) the attack's own flip decision, used instead of re-scoring the final image when the
+            attack counts as the official code does (PGD ``counting="official"``).
     """
 
     adv: Tensor
@@ -42,6 +44,7 @@ class AttackResult:
     extra: Dict[str, List[Any]] = field(default_factory=dict)
     status: Optional[List[str]] = None
     nonfinite: Optional[Tensor] = None
+    verdict: Optional[Tensor] = None
 
 
 class AttackModule(pl.LightningModule):
@@ -64,14 +67,23 @@ class AttackModule(pl.LightningModule):
             ``sign()`` in PGD/FGSM can turn that into a different (equally valid) adversarial image.
             In float64 that noise is ~1e-19, so every sample gets the result it gets alone (the tests
             check adv images to 1e-5). Off (default): float32, faster, same algorithm.
+        uint8: how an adversarial image becomes the 8-bit PNG it is saved as and re-scored as
+            (``s_adv_uint8``, ``flipped_uint8``, shards): "round" to the nearest level (default) or
+            "trunc" as the official code's ``util.tensor2im`` (for reproducing its numbers).
 
     Class attributes:
         name: the registry name.
         example_params: small settings that run in seconds on a CPU (quick runs, the contract tests).
+        reverse: the attack perturbs the image the metric finds *farther* until it becomes the closer
+            one (paper appendix F); a flip is then ``s_adv < s_other``.
+        clamp_output: adversarial images are clipped to [-1, 1] (off only for an attack whose paper
+            encoding leaves the valid range; its 8-bit image is what a real image could hold).
     """
 
     name: str = "attack"
     example_params: ClassVar[Dict[str, Any]] = {}
+    reverse: ClassVar[bool] = False
+    clamp_output: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -85,10 +97,12 @@ class AttackModule(pl.LightningModule):
         cls.__init__ = checked
 
     def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None,
-                 keep_images: bool = False, batch_invariant: bool = False) -> None:
+                 keep_images: bool = False, batch_invariant: bool = False, uint8: str = "round") -> None:
+        if uint8 not in UINT8_MODES:
+            raise ValueError(f"{type(self).name}: uint8 must be one of {', '.join(UINT8_MODES)}, got {uint8!r}")
         super().__init__()
         self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
-        self.keep_images, self.batch_invariant = keep_images, batch_invariant
+        self.keep_images, self.batch_invariant, self.uint8 = keep_images, batch_invariant, uint8
 
     @property
     def metric_name(self) -> str:
@@ -124,7 +138,7 @@ class AttackModule(pl.LightningModule):
         with torch.no_grad():
             s0, s1 = self.metric(ref, p0, check=False), self.metric(ref, p1, check=False)  # (B,), smaller = closer
             self._finite("s0", s0, keys), self._finite("s1", s1, keys)
-            prey, other, _, s_other = split_prey(p0, p1, s0, s1)
+            prey, other, _, s_other = split_prey(p0, p1, s0, s1, farther=self.reverse)
             bound = self.metric.bind(ref)
         return keys, ref, prey, other, s0, s1, s_other, bound
 
@@ -132,29 +146,30 @@ class AttackModule(pl.LightningModule):
         keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
         with torch.enable_grad():
             res = self.attack(bound, prey, s_other, keys)
-        adv = res.adv.detach().clamp(-1, 1)
+        adv = res.adv.detach().clamp(-1, 1) if self.clamp_output else res.adv.detach()
         with torch.no_grad():
             s_adv = self.metric(ref, adv, check=False)  # fresh forward pass on the final image
-            s_adv8 = self.metric(ref, quantize(adv), check=False)
+            s_adv8 = self.metric(ref, quantize(adv, self.uint8), check=False)
             self._finite("s_adv", s_adv, keys)
         status = list(res.status or ["ok"] * len(keys))
         ok = torch.tensor([s == "ok" for s in status], dtype=torch.bool, device=s_adv.device)
+        verdict = flipped(s_adv, s_other, self.reverse) if res.verdict is None else res.verdict.to(ok.device)
         if res.nonfinite is not None:  # a gradient attack that got no gradient and did not flip: failed, not robust
-            weakened = (res.nonfinite.to(ok.device) & ok & ~(s_adv > s_other)).tolist()
+            weakened = (res.nonfinite.to(ok.device) & ok & ~verdict).tolist()
             status = ["non-finite gradient" if w else st for w, st in zip(weakened, status)]
             ok = ok & ~torch.tensor(weakened, dtype=torch.bool, device=ok.device)
-        prey_idx = choose_prey(s0, s1)
+        closer = choose_prey(s0, s1)
+        prey_idx = closer ^ int(self.reverse)  # the attacked image
         tied = s0 == s1
         stats = perturbation_stats(prey, adv)
         images = None
         if self.keep_images:
-            images = {n: to_uint8(t.detach().cpu()) for n, t in (("ref", ref), ("other", other), ("prey", prey),
-                                                                  ("adv", adv))}
+            images = {n: to_uint8(t.detach().cpu(), self.uint8) for n, t in (("ref", ref), ("other", other),
+                                                                              ("prey", prey), ("adv", adv))}
         return AttackOutput(key=keys, category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1,
-                            prey=prey_idx, agreed=agrees_with_humans(batch["judge"], prey_idx, tied), tied=tied,
-                            s_other=s_other,
-                            s_adv=s_adv, flipped=ok & (s_adv > s_other), s_adv_uint8=s_adv8,
-                            flipped_uint8=ok & (s_adv8 > s_other), iterations=res.iterations, queries=res.queries,
+                            prey=prey_idx, agreed=agrees_with_humans(batch["judge"], closer, tied), tied=tied,
+                            s_other=s_other, s_adv=s_adv, flipped=ok & verdict, s_adv_uint8=s_adv8,
+                            flipped_uint8=ok & flipped(s_adv8, s_other, self.reverse), iterations=res.iterations, queries=res.queries,
                             eps=res.eps, status=status, extra=res.extra, adv=adv, images=images, **stats)
 
 

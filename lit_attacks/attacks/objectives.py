@@ -14,9 +14,11 @@ def choose_prey(s0: Tensor, s1: Tensor) -> Tensor:
     return (s0 > s1).long()
 
 
-def split_prey(p0: Tensor, p1: Tensor, s0: Tensor, s1: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(prey, other, s_prey, s_other) given the two images and their distances."""
-    idx = choose_prey(s0, s1).bool()
+def split_prey(p0: Tensor, p1: Tensor, s0: Tensor, s1: Tensor, farther: bool = False
+               ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(prey, other, s_prey, s_other) given the two images and their distances. The prey is the image the
+    metric finds closer, or with ``farther`` the other one (the reverse attack's target)."""
+    idx = choose_prey(s0, s1).bool() ^ farther
     m = idx.view(-1, 1, 1, 1)
     return torch.where(m, p1, p0), torch.where(m, p0, p1), torch.where(idx, s1, s0), torch.where(idx, s0, s1)
 
@@ -29,9 +31,10 @@ def agrees_with_humans(judge: Tensor, prey: Tensor, tied: Optional[Tensor] = Non
     return agreed if tied is None else agreed & ~tied
 
 
-def rank_loss(s_other: Tensor, s_adv: Tensor) -> Tensor:
-    """(B,) the official loss the white-box attacks ascend: MSE(s_other / (s_other + s_adv), 1) per sample."""
-    return (s_other / (s_other + s_adv) - 1) ** 2
+def rank_loss(s_other: Tensor, s_adv: Tensor, target: float = 1.0) -> Tensor:
+    """(B,) the official loss the white-box attacks ascend: MSE(s_other / (s_other + s_adv), target) per sample;
+    target 1 pushes the adversarial image away (a rank flip), 0 pulls it closer (the reverse attack)."""
+    return (s_other / (s_other + s_adv) - target) ** 2
 
 
 def project_linf(x: Tensor, centre: Tensor, eps: float) -> Tensor:
@@ -39,9 +42,10 @@ def project_linf(x: Tensor, centre: Tensor, eps: float) -> Tensor:
     return torch.clamp(centre + torch.clamp(x - centre, -eps, eps), -1, 1)
 
 
-def flipped(s_adv: Tensor, s_other: Tensor) -> Tensor:
-    """(B,) True where the adversarial prey is now farther than the other image: a rank flip."""
-    return s_adv > s_other
+def flipped(s_adv: Tensor, s_other: Tensor, reverse: bool = False) -> Tensor:
+    """(B,) True where the adversarial prey is now farther than the other image (a rank flip), or with
+    ``reverse`` closer (the reverse attack made the farther image the closer one)."""
+    return s_adv < s_other if reverse else s_adv > s_other
 
 
 def one_pixel_fitness(s_adv: Tensor, s_other: Tensor) -> Tensor:
@@ -49,24 +53,40 @@ def one_pixel_fitness(s_adv: Tensor, s_other: Tensor) -> Tensor:
     return 1 - s_adv / (s_adv + s_other)
 
 
-def quantize(x: Tensor) -> Tensor:
-    """[-1, 1] -> the nearest 8-bit value, back in [-1, 1]: what a saved PNG holds."""
-    return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+UINT8_MODES = ("round", "trunc")
 
 
-def to_uint8(x: Tensor) -> Tensor:
+def _levels(x: Tensor, mode: str = "round") -> Tensor:
+    """[-1, 1] -> 8-bit levels 0..255 (float): ``round`` to the nearest, or ``trunc`` as the official code's
+    ``util.tensor2im`` (``((x + 1) * 127.5).astype(np.uint8)``, computed in float32)."""
+    if mode == "round":
+        return torch.round((x.clamp(-1, 1) + 1) * 127.5)
+    if mode == "trunc":
+        return torch.trunc((x.clamp(-1, 1).float() + 1) * 127.5).to(x.dtype)
+    raise ValueError(f"uint8 mode must be one of {UINT8_MODES}, got {mode!r}")
+
+
+def quantize(x: Tensor, mode: str = "round") -> Tensor:
+    """[-1, 1] -> the 8-bit value a saved PNG holds (see :func:`_levels`), back in [-1, 1]."""
+    return _levels(x, mode) / 127.5 - 1
+
+
+def to_uint8(x: Tensor, mode: str = "round") -> Tensor:
     """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
-    return torch.round((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1)
+    return _levels(x, mode).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def perturbation_stats(prey: Tensor, adv: Tensor) -> Dict[str, Tensor]:
     """Per-sample RMSE and PSNR on the 0-255 scale, l_inf, and ``fractions`` (B, T) of values with |adv - prey| > t.
 
-    RMSE uses the float images scaled to 0-255 (the official script truncates to uint8 first, which
-    differs by well under one grey level); PSNR = 20 log10(255 / RMSE), inf for an unchanged image.
+    ``rmse`` uses the float images scaled to 0-255; ``rmse_official`` is the official script's: both
+    images truncated to uint8 first (``util.tensor2im``), which for small perturbations reads 5-27% higher.
+    PSNR = 20 log10(255 / RMSE), inf for an unchanged image.
     """
     delta = (adv - prey).flatten(1)  # (B, 3HW) on [-1, 1]
     rmse = torch.sqrt(((delta * 127.5) ** 2).mean(1))
+    d8 = (_levels(adv, "trunc") - _levels(prey, "trunc")).flatten(1)
     psnr = 20 * torch.log10(255.0 / rmse)
     fractions = torch.stack([(delta.abs() > t).float().mean(1) for t in PIXEL_THRESHOLDS], 1)
-    return {"rmse": rmse, "psnr": psnr, "linf": delta.abs().amax(1), "fractions": fractions}
+    return {"rmse": rmse, "rmse_official": torch.sqrt((d8 ** 2).mean(1)).to(rmse.dtype), "psnr": psnr,
+            "linf": delta.abs().amax(1), "fractions": fractions}

@@ -33,17 +33,28 @@ def apply_pixel(prey: Tensor, cand: Tensor) -> Tensor:
     return out
 
 
+ENCODINGS = ("valid", "paper")
+
+
+def decode_colour(values: Tensor, encoding: str) -> Tensor:
+    """The pixel values a candidate's colour genes stand for. ``valid``: the genes are the values, in [-1, 1].
+    ``paper`` (ICLR Algorithm 4): genes r in [0, 255] become ``(r / 255 - 0.5) / 0.1``, i.e. values in
+    [-5, 5], not clipped; such an image is valid only after its 8-bit rounding (``flipped_uint8``)."""
+    return values if encoding == "valid" else (values / 255 - 0.5) / 0.1
+
+
 def sample_seed(seed: int, key: str) -> int:
     """A per-sample seed: the same sample gets the same search whatever its batch."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
 
 
 def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, population: int = 400,
-                     generations: int = 100, mutation: float = 0.5, recombination: float = 1.0, seed: int = 0):
+                     generations: int = 100, mutation: float = 0.5, recombination: float = 1.0, seed: int = 0,
+                     encoding: str = "valid", strategy: str = "best1bin"):
     """Differential evolution over (x, y, r, g, b) for one sample; stops at the first flipping candidate.
 
     Each generation's population is scored in one batched metric call (scipy ``vectorized=True``).
-    Returns (candidate (5,) or None if no flip, queries, generations run).
+    Returns (candidate (5,) with decoded colour, or None if no flip; queries; generations run).
     """
     H, W = prey.shape[-2:]
     rep = bound.repeat_interleave(1)
@@ -51,6 +62,7 @@ def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, populat
 
     def fitness(X: np.ndarray) -> np.ndarray:  # X: (5, P)
         cand = torch.as_tensor(X.T, dtype=torch.float64, device=prey.device)
+        cand = torch.cat([cand[:, :2], decode_colour(cand[:, 2:], encoding)], 1)
         imgs = apply_pixel(prey, cand)
         with torch.no_grad():
             s = rep.repeat_interleave(imgs.shape[0])(imgs)
@@ -58,13 +70,15 @@ def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, populat
         state["calls"] += 1
         hit = (s > s_other).nonzero()
         if hit.numel():
-            raise _Found(X[:, int(hit[0])])
+            raise _Found(cand[int(hit[0])].cpu().numpy())
         return one_pixel_fitness(s, torch.full_like(s, s_other)).double().cpu().numpy()
 
-    bounds = [(0, W - 1e-6), (0, H - 1e-6), (-1, 1), (-1, 1), (-1, 1)]
+    colour = (-1, 1) if encoding == "valid" else (0, 255)
+    bounds = [(0, W - 1e-6), (0, H - 1e-6), colour, colour, colour]
     try:
         differential_evolution(fitness, bounds, popsize=max(1, population // 5), maxiter=generations,
-                               mutation=mutation, recombination=recombination, seed=seed, polish=False,
+                               strategy=strategy, mutation=mutation, recombination=recombination, seed=seed,
+                               polish=False,
                                init="random", tol=0, atol=0, vectorized=True, updating="deferred")
     except _Found as f:
         return f.candidate, state["queries"], state["calls"] - 1
@@ -84,22 +98,36 @@ class OnePixel(AttackModule):
         generations: maximum DE generations after the initial population.
         mutation, recombination: DE parameters.
         seed: combined with each sample's key into a per-sample seed.
+        encoding: "valid" (default): the pixel takes values in [-1, 1], a valid image; "paper" (ICLR
+            Algorithm 4): ``(r / 255 - 0.5) / 0.1`` for r in [0, 255], values in [-5, 5] without clipping
+            (the adversarial image is then not clipped either; ``flipped_uint8`` says whether the flip
+            survives as a real 8-bit image).
+        strategy: scipy's DE strategy: "best1bin" (default) or "rand1bin" (DE/rand/1, the paper's Eq. 12).
     """
 
     name = "onepixel"
     example_params = {"population": 20, "generations": 3}
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
-                 mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False) -> None:
+                 mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
+                 strategy: str = "best1bin", pretrained: bool = True,
+                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
+                 uint8: str = "round") -> None:
         if population < 5:
             raise ValueError(f"onepixel: population must be >= 5, got {population}")
         if generations < 1:
             raise ValueError(f"onepixel: generations must be >= 1, got {generations}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
+        if encoding not in ENCODINGS:
+            raise ValueError(f"onepixel: encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        if strategy not in ("best1bin", "rand1bin", "best2bin", "rand2bin", "currenttobest1bin", "randtobest1bin"):
+            raise ValueError(f"onepixel: strategy must be a binomial scipy DE strategy (best1bin, rand1bin, ...), "
+                             f"got {strategy!r}")
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
         self.save_hyperparameters()
         self.population, self.generations, self.seed = population, generations, seed
         self.mutation, self.recombination = mutation, recombination
+        self.encoding, self.strategy = encoding, strategy
+        self.clamp_output = encoding == "valid"
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         B = prey.shape[0]
@@ -110,7 +138,7 @@ class OnePixel(AttackModule):
         for i in range(B):
             cand, q, g = one_pixel_search(bound.select(torch.tensor([i])), prey[i:i + 1], float(s_other[i]),
                                           self.population, self.generations, self.mutation, self.recombination,
-                                          sample_seed(self.seed, keys[i]))
+                                          sample_seed(self.seed, keys[i]), self.encoding, self.strategy)
             queries[i], gens[i] = q, g
             if cand is not None:
                 c = torch.as_tensor(cand[None], dtype=torch.float64)

@@ -69,7 +69,8 @@ class AttackOutput(ScoreOutput):
     """What :class:`lit_attacks.attacks.base.AttackModule` returns for a batch.
 
     Attributes:
-        prey: (B,) 1 if the prey (the image the metric finds closer) is p1, else 0.
+        prey: (B,) 1 if the prey (the attacked image: the one the metric finds closer; the farther one for a
+            reverse attack) is p1, else 0.
         agreed: (B,) the metric ranked like the humans (the prey is the image people preferred); never for a tie.
         tied: (B,) s0 == s1: the metric ranks neither image closer (the prey is then p0).
         s_other, s_adv, s_adv_uint8: (B,) distances of the other image, the adversarial prey (fresh forward
@@ -78,6 +79,7 @@ class AttackOutput(ScoreOutput):
         iterations, queries: (B,) steps / generations taken (-1: not applicable) and metric evaluations.
         eps: (B,) epsilon found or the l_inf budget; nan where not applicable.
         rmse, psnr, linf: (B,) perturbation size (RMSE and PSNR on the 0-255 scale, l_inf on [-1, 1]).
+        rmse_official: (B,) RMSE as the official script computes it, on uint8-truncated images.
         fractions: (B, len(PIXEL_THRESHOLDS)) fraction of values with ``|adv - prey| > t``.
         status: B strings, "ok" or why the sample failed.
         extra: per-sample columns of one attack (column -> B values), after the common ones.
@@ -97,6 +99,7 @@ class AttackOutput(ScoreOutput):
     queries: Tensor
     eps: Tensor
     rmse: Tensor
+    rmse_official: Tensor
     psnr: Tensor
     linf: Tensor
     fractions: Tensor
@@ -108,7 +111,7 @@ class AttackOutput(ScoreOutput):
     def columns(self) -> Dict[str, List[Any]]:
         cols = super().columns()
         for name in ("prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8", "iterations",
-                     "queries", "eps", "rmse", "psnr", "linf"):
+                     "queries", "eps", "rmse", "rmse_official", "psnr", "linf"):
             cols[name] = as_list(getattr(self, name))
         fr = self.fractions.detach().cpu()
         cols.update({name: fr[:, j].tolist() for j, name in enumerate(FRACTION_COLUMNS)})

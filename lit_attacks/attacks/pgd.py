@@ -7,14 +7,14 @@ import torch
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
-from lit_attacks.attacks.objectives import project_linf, rank_loss
+from lit_attacks.attacks.objectives import flipped, project_linf, rank_loss
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 
 def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, alpha: float = 0.001,
         steps: int = 30, early_stop: bool = True, start: Optional[Tensor] = None,
-        nonfinite: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        nonfinite: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """Ascend ``rank_loss`` with signed gradients, projected to the l_inf ball of ``eps`` around ``prey`` and [-1, 1].
 
     With ``early_stop`` each sample's current image is scored before every step and the sample stops
@@ -29,6 +29,8 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
         nonfinite: optional (B,) bool, set True for samples whose gradient was non-finite at some step (a
             metric with an undefined gradient, e.g. FSIMc on flat regions); such entries count as zero (no
             step there), which the caller reports.
+        reverse: the reverse attack (paper appendix F): ``prey`` is the farther image, the loss
+            ``MSE(s_other / (s_other + s_adv), 0)`` pulls it closer, and a flip is ``s_adv < s_other``.
 
     Returns:
         adv (B, 3, H, W); iterations (B,): steps applied before the flip was seen (``steps`` if never
@@ -46,9 +48,9 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
         queries[active] += 1
         keep = torch.ones_like(s, dtype=torch.bool)
         if early_stop:
-            keep = ~(s.detach() > so)
+            keep = ~flipped(s.detach(), so, reverse)
             iters[active[~keep]] = i
-        loss = rank_loss(so[keep], s[keep]).sum()  # samples are independent: each row gets its own gradient
+        loss = rank_loss(so[keep], s[keep], 0.0 if reverse else 1.0).sum()  # samples are independent: each row gets its own gradient
         if not keep.any():
             break
         grad, = torch.autograd.grad(loss, x)
@@ -73,24 +75,37 @@ class PGD(AttackModule):
         alpha: step size.
         steps: maximum number of steps (40 in the ICLR text's setting).
         fixed_steps: run exactly ``steps`` steps without early stop (PGD(k) for transfer).
-        pretrained, weights_dir, keep_images: see :class:`AttackModule`.
+        counting: "final" (default): the final image is re-scored and counts when it flips, and
+            ``iterations`` is the steps applied; "official" (``whitebox_attack_pgd.py``): a flip counts only
+            when it is seen before a step, so the image after the last step is never checked, and an
+            unflipped sample reports ``steps - 1`` iterations. Both are recorded per sample
+            (``flipped_official``, ``iterations_official``); ``counting`` picks which ``flipped`` and
+            ``iterations`` hold.
+        pretrained, weights_dir, keep_images, batch_invariant, uint8: see :class:`AttackModule`.
     """
 
     name = "pgd"
     example_params = {"steps": 5}
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 0.03, alpha: float = 0.001, steps: int = 30,
-                 fixed_steps: bool = False, pretrained: bool = True, weights_dir: Optional[str] = None,
-                 keep_images: bool = False, batch_invariant: bool = False) -> None:
+                 fixed_steps: bool = False, counting: str = "final", pretrained: bool = True,
+                 weights_dir: Optional[str] = None,
+                 keep_images: bool = False, batch_invariant: bool = False,
+                 uint8: str = "round") -> None:
         if eps <= 0:
             raise ValueError(f"pgd: eps must be > 0, got {eps}")
         if alpha <= 0:
             raise ValueError(f"pgd: alpha must be > 0, got {alpha}")
         if steps < 1:
             raise ValueError(f"pgd: steps must be >= 1, got {steps}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
+        if counting not in ("final", "official"):
+            raise ValueError(f"{self.name}: counting must be 'final' or 'official', got {counting!r}")
+        if counting == "official" and fixed_steps:
+            raise ValueError(f"{self.name}: counting='official' counts flips seen before a step (early stop); "
+                             "it does not apply to fixed_steps")
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
         self.save_hyperparameters()
-        self.eps, self.alpha, self.steps, self.fixed_steps = eps, alpha, steps, fixed_steps
+        self.eps, self.alpha, self.steps, self.fixed_steps, self.counting = eps, alpha, steps, fixed_steps, counting
 
     @property
     def linf_budget(self) -> float:
@@ -99,6 +114,30 @@ class PGD(AttackModule):
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         nonfinite = torch.zeros(prey.shape[0], dtype=torch.bool, device=prey.device)
         adv, iters, queries = pgd(bound, prey, s_other, self.eps, self.alpha, self.steps, not self.fixed_steps,
-                                  nonfinite=nonfinite)
-        return AttackResult(adv, iters, queries, torch.full_like(s_other, self.eps, dtype=torch.float64),
-                            nonfinite=nonfinite)
+                                  nonfinite=nonfinite, reverse=self.reverse)
+        seen = iters < self.steps if not self.fixed_steps else torch.zeros_like(nonfinite)  # flip seen before a step
+        official_iters = torch.where(seen, iters, torch.full_like(iters, self.steps - 1))
+        official = self.counting == "official"
+        return AttackResult(adv, official_iters if official else iters, queries,
+                            torch.full_like(s_other, self.eps, dtype=torch.float64), nonfinite=nonfinite,
+                            verdict=seen if official else None,
+                            extra={"flipped_official": seen.tolist(), "iterations_official": official_iters.tolist()})
+
+
+@ATTACKS.register("pgd_reverse")
+class PGDReverse(PGD):
+    """The reverse attack (paper appendix F, ``whitebox_toMakeMoreSimilar_attack_pgd.py``): l_inf PGD on the image
+    the metric finds *farther*, ascending ``MSE(s_other / (s_other + s_adv), 0)`` until it becomes the closer
+    one (``s_adv < s_other``). Official settings: eps 0.1, alpha 0.001, 50 steps. Arguments as :class:`PGD`.
+    """
+
+    name = "pgd_reverse"
+    reverse = True
+    example_params = {"steps": 5}
+
+    def __init__(self, metric: str = "lpips_alex", eps: float = 0.1, alpha: float = 0.001, steps: int = 50,
+                 fixed_steps: bool = False, counting: str = "final", pretrained: bool = True,
+                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
+                 uint8: str = "round") -> None:
+        super().__init__(metric, eps, alpha, steps, fixed_steps, counting, pretrained, weights_dir, keep_images,
+                         batch_invariant, uint8)

@@ -134,12 +134,13 @@ class StAdv(SpatialAttack):
 
     def __init__(self, metric: str = "lpips_alex", iterations: int = 50, adv_weight: float = 50.0,
                  flow_weight: float = 0.05, flow_loss: str = "squared", history: int = 10, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False) -> None:
+                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
+                 uint8: str = "round") -> None:
         if iterations < 1:
             raise ValueError(f"stadv: iterations must be >= 1, got {iterations}")
         if flow_loss not in FLOW_LOSSES:
             raise ValueError(f"stadv: flow_loss must be one of {sorted(FLOW_LOSSES)}, got {flow_loss!r}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant)
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
         self.save_hyperparameters()
         self.kw = dict(iterations=iterations, adv_weight=adv_weight, flow_weight=flow_weight, flow_loss=flow_loss,
                        history=history)

@@ -13,6 +13,7 @@ from typing import Any, Dict
 
 import yaml
 
+from lit_attacks.attacks.objectives import UINT8_MODES
 from lit_attacks.configuration import ConfigError, as_name_list, check_keys, check_value
 from lit_attacks.metrics import METRICS
 from lit_attacks.tables import tables
@@ -38,6 +39,7 @@ RUN_KEYS: Dict[str, Any] = {
     "batch_size": 64,
     "num_workers": 0,
     "batch_invariant": False,
+    "uint8": "round",            # 8-bit images (PNGs, s_adv_uint8): round, or trunc as the official code
     "save_adv": False,
     "examples": 6,               # example triplets per attack cell in the image grid
     "gpus": None,                # None: 1 GPU if one is visible, else the CPU; 0: CPU; N: DDP on N GPUs
@@ -93,7 +95,8 @@ SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("st
           "split": ("str", None, False), "categories": ("names", None, True), "builtin_n": ("int", 1, False),
           "seed": ("int", None, False), "metrics": ("names", None, False), "pretrained": ("bool", None, False),
           "weights_dir": ("str", None, True), "batch_size": ("int", 1, False), "num_workers": ("int", 0, False),
-          "batch_invariant": ("bool", None, False), "save_adv": ("bool", None, False), "examples": ("int", 0, False),
+          "batch_invariant": ("bool", None, False), "uint8": ("str", None, False), "save_adv": ("bool", None, False),
+          "examples": ("int", 0, False),
           "gpus": ("int", 0, True), "accelerator": ("str", None, True), "devices": ("int", 1, True),
           "strategy": ("str", None, False), "num_nodes": ("int", 1, False), "wandb": ("str", None, False),
           "wandb_project": ("str", None, False)}
@@ -102,7 +105,8 @@ SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("st
 def validate(cfg: Dict[str, Any]) -> None:
     """Types, names, parameters and values; raises :class:`ConfigError` (one line) on the first problem."""
     for key, (kind, minimum, optional) in SCHEMA.items():
-        check_value(key, cfg[key], kind, minimum, optional, choices=MODES if key == "wandb" else None)
+        choices = MODES if key == "wandb" else UINT8_MODES if key == "uint8" else None
+        check_value(key, cfg[key], kind, minimum, optional, choices=choices)
     if not cfg["metrics"]:
         raise ConfigError("metrics is empty")
     for m in cfg["metrics"]:

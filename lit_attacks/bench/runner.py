@@ -44,7 +44,8 @@ class Bench:
         self.base = {"data": source.get("index_sha256"), "data_source": str(source.get("data")),
                      "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"],
                      "seed": cfg["seed"], "pretrained": cfg["pretrained"], "weights_dir": cfg["weights_dir"],
-                     "batch_invariant": cfg["batch_invariant"], "version": __version__, "code": code_fingerprint()}
+                     "batch_invariant": cfg["batch_invariant"], "uint8": cfg["uint8"], "version": __version__,
+                     "code": code_fingerprint()}
         self.produced: Set[str] = set()  # files (relative to out) of this run's cells
 
     # ---------------------------------------------------------------- what tables use (lit_attacks.tables.Run)
@@ -78,7 +79,7 @@ class Bench:
                 self.labels[m] = create_metric(m, **self.metric_options()).label
             except WeightsNotFoundError as e:
                 raise ConfigError(f"{e}\n(or run with --pretrained false to use random backbones)") from None
-            except CheckpointError as e:
+            except (CheckpointError, ImportError) as e:  # ImportError: an optional extra is not installed
                 raise ConfigError(str(e)) from None
 
     def run_all(self) -> None:

@@ -60,7 +60,11 @@ class DISTSDistance(Distance):
 
 
 class ELPIPSDistance(Distance):
-    """E-LPIPS (Kettunen et al. 2019): LPIPS averaged over an ensemble of random input transformations.
+    """E-LPIPS-style distance: LPIPS averaged over an ensemble of random input transformations, following
+    E-LPIPS (Kettunen et al. 2019) but **not** E-LPIPS itself: it uses the LPIPS v0.1 linear heads, not
+    E-LPIPS' retrained weights (``mkettune/elpips``, TensorFlow), and has neither its swap transform nor
+    its feature dropout. Registered as ``elpips_style`` / ``elpips_style_alex`` (the names ``elpips`` and
+    ``elpips_alex`` are retired so that no number is reported under E-LPIPS' name).
 
     Each ensemble member applies the same transformation to ``ref`` and ``x`` (on [0, 1] images):
     a box-filter downscale by a random level k with P(k) ~ 1/k^2 (levels up to min(H, W) // 64, so
@@ -155,13 +159,19 @@ def dists(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distanc
     return DISTSDistance(pretrained, weights_dir)
 
 
-@METRICS.register("elpips")
-def elpips(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS with the VGG backbone, as in the paper."""
+@METRICS.register("elpips_style")
+def elpips_style(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
+    """E-LPIPS-style with the VGG backbone (E-LPIPS' backbone): LPIPS v0.1 heads, not E-LPIPS' weights."""
     return ELPIPSDistance(net="vgg", pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 
-@METRICS.register("elpips_alex")
-def elpips_alex(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS with the AlexNet backbone (runs with the weights available offline)."""
+@METRICS.register("elpips_style_alex")
+def elpips_style_alex(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
+    """E-LPIPS-style with the AlexNet backbone."""
     return ELPIPSDistance(net="alex", pretrained=pretrained, weights_dir=weights_dir, **kw)
+
+
+_NOT_ELPIPS = ("it is E-LPIPS-style (LPIPS v0.1 heads with average pooling over a random-transform ensemble), not "
+               "E-LPIPS (Kettunen et al. 2019) with its retrained weights, swap transform and dropout")
+METRICS.retire("elpips", f"use 'elpips_style': {_NOT_ELPIPS}")
+METRICS.retire("elpips_alex", f"use 'elpips_style_alex': {_NOT_ELPIPS}")

@@ -41,6 +41,41 @@ class SSIMDistance(Distance):
         return (1 - s) / 2
 
 
+def official_ssim_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    """The 2-D Gaussian window of pytorch_ssim (Po-Hsun-Su/pytorch-ssim), built in float32 as it does."""
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2)).float()
+    g = g / g.sum()
+    return (g[:, None] @ g[None, :])[None, None]  # (1, 1, size, size)
+
+
+class OfficialSSIMDistance(Distance):
+    """(1 - SSIM) / 2 as the paper's official code computes it: ``pytorch_ssim.SSIM()`` on the [-1, 1] images.
+
+    Gaussian window 11x11, sigma 1.5, zero-padded "same" convolution (padding 5, so border windows
+    include zeros), C1 = 0.01^2 and C2 = 0.03^2 (constants for data range 1 applied to [-1, 1] inputs),
+    the SSIM map averaged over the RGB channels and all pixels. This is a different statistic from
+    :class:`SSIMDistance` (piq: valid convolution on [0, 1], per-channel mean): use ``ssim_official``
+    to reproduce the paper's numbers, ``ssim`` for the standard SSIM.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("window", official_ssim_window())
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        c = ref.shape[1]
+        w = self.window.to(ref.dtype).expand(c, 1, -1, -1)
+        pad = w.shape[-1] // 2
+        conv = lambda t: torch.nn.functional.conv2d(t, w, padding=pad, groups=c)  # noqa: E731
+        mu1, mu2 = conv(ref), conv(x)
+        mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+        s1, s2, s12 = conv(ref * ref) - mu1_sq, conv(x * x) - mu2_sq, conv(ref * x) - mu12
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        ssim_map = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
+        return (1 - ssim_map.mean(dim=(1, 2, 3))) / 2
+
+
 class MSSSIMDistance(Distance):
     """(1 - MS-SSIM) / 2 with piq's MS-SSIM, adapted to small images.
 
@@ -98,6 +133,11 @@ class HaarPSIDistance(Distance):
 @METRICS.register("ssim")
 def ssim(**kw) -> Distance:
     return SSIMDistance(**kw)
+
+
+@METRICS.register("ssim_official")
+def ssim_official() -> Distance:
+    return OfficialSSIMDistance()
 
 
 @METRICS.register("ms_ssim")

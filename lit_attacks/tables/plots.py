@@ -110,3 +110,24 @@ def example_grid(examples: Sequence[Dict[str, Any]], title: str, path: Path) -> 
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def difference_histograms(diffs: Dict[str, Sequence[float]], path: Path) -> Optional[Path]:
+    """One panel per comparison: histogram of |ours - official| on a log scale (exact zeros counted apart)."""
+    diffs = {k: np.abs(np.asarray(v, dtype=np.float64)) for k, v in diffs.items() if len(v)}
+    if not diffs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(diffs), figsize=(3.6 * len(diffs), 2.8), squeeze=False)
+    for ax, (name, d) in zip(axes[0], diffs.items()):
+        nz = d[d > 0]
+        if nz.size:
+            lo, hi = np.log10(nz.min()), np.log10(nz.max())
+            ax.hist(nz, bins=np.logspace(lo - 0.1, hi + 0.1, 25), color="tab:blue", alpha=0.85)
+            ax.set_xscale("log")
+        ax.set_title(f"{name}\n{(d == 0).sum()} of {d.size} exactly equal", fontsize=8)
+        ax.set_xlabel("|ours - official|", fontsize=8)
+        ax.set_ylabel("values", fontsize=8)
+    fig.suptitle("Differences from the official per-sample results", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

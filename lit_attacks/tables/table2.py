@@ -25,8 +25,9 @@ from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metri
 from lit_attacks.wandb_utils import finite, wandb_table
 
 COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flipped_uint8", "failed", "eps_mean",
-           "rmse_mean", "rmse_std", "psnr_mean", "queries_mean", "iterations_mean"] + FRACTION_COLUMNS
-RESERVED = {"metric", "pretrained", "weights_dir", "keep_images", "batch_invariant"}  # set by the bench, not by users
+           "rmse_mean", "rmse_std", "rmse_official_mean", "psnr_mean", "queries_mean", "iterations_mean"] \
+    + FRACTION_COLUMNS
+RESERVED = {"metric", "pretrained", "weights_dir", "keep_images", "batch_invariant", "uint8"}  # set by the bench
 
 
 def attack_cell(run: Run, ctx: CellContext, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str,
@@ -36,7 +37,7 @@ def attack_cell(run: Run, ctx: CellContext, attack: str, metric: str, params: Di
     (``adv/<cid>/``). Returns the payload {label, results}."""
     cfg = run.cfg
     module = create_attack(attack, metric, keep_images=examples or save_adv, batch_invariant=cfg["batch_invariant"],
-                           **run.metric_options(), **params)
+                           uint8=cfg["uint8"], **run.metric_options(), **params)
     rows, stats = SampleRows(), AttackMetrics()
     grid = ExampleCollector(cfg["examples"])
     callbacks = [rows, stats] + ([grid] if examples else [])
@@ -56,29 +57,29 @@ def attack_cell(run: Run, ctx: CellContext, attack: str, metric: str, params: Di
     return {"label": module.metric.label, "results": stats.results}
 
 
-def parse_param(item: str) -> Tuple[str, str, Any]:
+def parse_param(item: str, flag: str = "--param") -> Tuple[str, str, Any]:
     """``"pgd.steps=40"`` -> ("pgd", "steps", 40); the value is parsed as YAML."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
-        raise ConfigError(f"--param {item!r}: expected ATTACK.KEY=VALUE, e.g. pgd.steps=40")
+        raise ConfigError(f"{flag} {item!r}: expected ATTACK.KEY=VALUE, e.g. pgd.steps=40")
     lhs, value = item.split("=", 1)
     attack, key = lhs.split(".", 1)
     return attack, key, yaml.safe_load(value)
 
 
-def as_attacks(value: Any, where: str) -> Dict[str, Dict[str, Any]]:
+def as_attacks(value: Any, where: str, key: str = "attacks") -> Dict[str, Dict[str, Any]]:
     """``attacks`` as a mapping attack -> parameters (a list or comma-separated string of names is accepted)."""
     if value is None:
         return {}
     if isinstance(value, (str, list, tuple)):
-        return {a: {} for a in as_name_list("attacks", value, where)}
+        return {a: {} for a in as_name_list(key, value, where)}
     if isinstance(value, dict):
         out = {}
         for a, kw in value.items():
             if kw is not None and not isinstance(kw, dict):
-                raise ConfigError(f"{where}: attacks.{a} must be a mapping of parameters, got {kw!r}")
+                raise ConfigError(f"{where}: {key}.{a} must be a mapping of parameters, got {kw!r}")
             out[str(a)] = dict(kw or {})
         return out
-    raise ConfigError(f"{where}: attacks must be a mapping (attack -> parameters) or a list, got {value!r}")
+    raise ConfigError(f"{where}: {key} must be a mapping (attack -> parameters) or a list, got {value!r}")
 
 
 def attack_parameters(attack: str) -> set:
@@ -104,64 +105,76 @@ def validate_attack(attack: str, kw: Dict[str, Any]) -> None:
 
 @TABLES.register("table2")
 class Table2(Table):
-    """Every configured attack on every metric; per-sample rows in ``samples/<attack>-<metric>.csv``."""
+    """Every configured attack on every metric; per-sample rows in ``samples/<attack>-<metric>.csv``.
+
+    Subclasses reuse it for other attack tables by changing the class attributes (see ``reverse.py``).
+    """
 
     name = "table2"
     order = 20
+    key, flag, param_flag, reverse = "attacks", "--attacks", "--param", False
+    samples_dir, figure_prefix, log_prefix = "samples", "", "predict"
+    heading = "# Table 2: rank flips on samples where humans were unanimous"
+    title = "Table 2 (rank flips; agreed = the metric ranked like the humans; RMSE/PSNR over flipped)"
     config = {"attacks": {"fgsm": {}, "pgd": {}}}
 
     @classmethod
     def add_arguments(cls, parser) -> None:
-        parser.add_argument("--attacks", help=f"comma-separated attacks ({', '.join(ATTACKS.names())}; '' for none); "
-                                              "the config's parameters of these attacks are kept")
-        parser.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE",
+        names = [n for n in ATTACKS.names() if ATTACKS.get(n).reverse == cls.reverse]
+        parser.add_argument(cls.flag, dest=cls.key, help=f"comma-separated attacks ({', '.join(names)}; '' for "
+                                                         "none); the config's parameters of these attacks are kept")
+        parser.add_argument(cls.param_flag, dest=f"{cls.key}_param", action="append", metavar="ATTACK.KEY=VALUE",
                             help="attack parameter (repeatable)")
 
     @classmethod
     def normalise(cls, cfg: Dict[str, Any], where: str) -> None:
-        cfg["attacks"] = as_attacks(cfg["attacks"], where)
+        cfg[cls.key] = as_attacks(cfg[cls.key], where, cls.key)
 
     @classmethod
     def apply_flags(cls, cfg: Dict[str, Any], flags: Dict[str, Any]) -> None:
-        if "attacks" in flags:
-            chosen = as_name_list("attacks", flags.pop("attacks"), "--attacks") or []
-            cfg["attacks"] = {a: cfg["attacks"].get(a, {}) for a in chosen}
-        for item in flags.pop("param", []):
-            attack, key, value = parse_param(item)
-            if attack not in cfg["attacks"]:
-                raise ConfigError(f"--param {item!r}: attack {attack!r} is not among --attacks "
-                                  f"({','.join(cfg['attacks']) or 'none'})")
-            cfg["attacks"][attack][key] = value
+        if cls.key in flags:
+            chosen = as_name_list(cls.key, flags.pop(cls.key), cls.flag) or []
+            cfg[cls.key] = {a: cfg[cls.key].get(a, {}) for a in chosen}
+        for item in flags.pop(f"{cls.key}_param", []):
+            attack, key, value = parse_param(item, cls.param_flag)
+            if attack not in cfg[cls.key]:
+                raise ConfigError(f"{cls.param_flag} {item!r}: attack {attack!r} is not among {cls.flag} "
+                                  f"({','.join(cfg[cls.key]) or 'none'})")
+            cfg[cls.key][attack][key] = value
 
     @classmethod
     def validate(cls, cfg: Dict[str, Any]) -> None:
-        for attack, kw in cfg["attacks"].items():
+        for attack, kw in cfg[cls.key].items():
             validate_attack(attack, kw)
+            if ATTACKS.get(attack).reverse != cls.reverse:
+                kind = "a reverse attack" if cls.reverse else "a rank-flip attack"
+                raise ConfigError(f"{cls.key}: {attack} is not {kind}; "
+                                  f"{'reverse attacks go under reverse' if not cls.reverse else 'use attacks'}")
 
     @classmethod
     def enabled(cls, cfg: Dict[str, Any]) -> bool:
-        return bool(cfg["attacks"])
+        return bool(cfg[cls.key])
 
     @classmethod
     def count(cls, cfg: Dict[str, Any]) -> int:
-        return len(cfg["metrics"]) * len(cfg["attacks"])
+        return len(cfg["metrics"]) * len(cfg[cls.key])
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
             mfp = {"metric_file": metric_file_fingerprint(metric)}
-            for attack, params in run.cfg["attacks"].items():
+            for attack, params in run.cfg[self.key].items():
                 cid = f"{attack}-{slug(metric)}"
-                compute = partial(self.compute, run, attack, metric, params, cid)
+                csv = f"{self.samples_dir}/{cid}.csv"
+                compute = partial(self.compute, run, attack, metric, params, cid, csv)
                 yield Cell(cid, f"{attack} on {metric}", {"params": params, **mfp}, compute,
-                           info={"attack": attack, "metric": metric, "csv": f"samples/{cid}.csv"})
+                           info={"attack": attack, "metric": metric, "csv": csv})
 
-    def compute(self, run: Run, attack: str, metric: str, params: Dict[str, Any], cid: str,
+    def compute(self, run: Run, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str,
                 ctx: CellContext) -> Dict[str, Any]:
-        return attack_cell(run, ctx, attack, metric, params, cid, f"samples/{cid}.csv", examples=True,
-                           save_adv=run.cfg["save_adv"])
+        return attack_cell(run, ctx, attack, metric, params, cid, csv, examples=True, save_adv=run.cfg["save_adv"])
 
     def log_cell(self, run: Run, cell: Cell, payload: Dict[str, Any]) -> Dict[str, Any]:
-        prefix = f"predict/{cell.info['attack']}/{slug(cell.info['metric'])}"
+        prefix = f"{self.log_prefix}/{cell.info['attack']}/{slug(cell.info['metric'])}"
         flat = {f"{prefix}/{g}/{k}": v for g, res in payload["results"].items() for k, v in res.items()}
         if payload.get("samples_per_s"):
             flat[f"{prefix}/samples_per_s"] = payload["samples_per_s"]
@@ -178,18 +191,19 @@ class Table2(Table):
     def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
         if not rows:
             return None
-        write_csv(run.out / "table2.csv", rows, COLUMNS + ["samples_per_s"])
+        write_csv(run.out / f"{self.name}.csv", rows, COLUMNS + ["samples_per_s"])
         md = table2_markdown(rows)
-        atomic_write(run.out / "table2.md", "# Table 2: rank flips on samples where humans were unanimous\n\n" + md)
+        atomic_write(run.out / f"{self.name}.md", f"{self.heading}\n\n" + md)
         return md
 
     def console_title(self, cfg: Dict[str, Any]) -> str:
-        return "Table 2 (rank flips; agreed = the metric ranked like the humans; RMSE/PSNR over flipped)"
+        return self.title
 
     def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
-        figs = [plots.flip_rate_bars(rows, run.out / "plots" / "flip_rates.png"),
-                plots.rmse_histograms(self.samples(run), run.out / "plots" / "rmse_hist.png")]
-        grids = [run.out / "plots" / f"examples-{cid}.png" for cid in self.done]
+        plots_dir = run.out / "plots"
+        figs = [plots.flip_rate_bars(rows, plots_dir / f"{self.figure_prefix}flip_rates.png"),
+                plots.rmse_histograms(self.samples(run), plots_dir / f"{self.figure_prefix}rmse_hist.png")]
+        grids = [plots_dir / f"examples-{cid}.png" for cid in self.done]
         return [f for f in figs if f is not None] + sorted(p for p in grids if p.is_file())
 
     def wandb_panels(self, run: Run, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -204,8 +218,8 @@ class Table2(Table):
                 if r["group"] == "all" and finite(r["flip_rate"])]
         if bars:
             t = wandb.Table(columns=["attack / metric", "flip rate (%)"], data=bars)
-            panels["charts/flip_rate"] = wandb.plot.bar(t, "attack / metric", "flip rate (%)",
-                                                        title="Rank flips (% of unanimous samples)")
+            panels[f"charts/{self.figure_prefix}flip_rate"] = wandb.plot.bar(
+                t, "attack / metric", "flip rate (%)", title=f"{self.title.split(' (')[0]}: flips (% of unanimous samples)")
         for cid, recs in samples.items():
             vals = [float(r["rmse"]) for r in recs if r.get("flipped") is True]
             if vals:
@@ -223,7 +237,8 @@ def table2_markdown(rows: List[Dict[str, Any]]) -> str:
         v["flipped"] = f"{r['flipped']} ({100 * r['flip_rate']:.1f}%)" if r["total"] else "0"
         v["rmse"] = f"{r['rmse_mean']:.3f} +- {r['rmse_std']:.3f}" if r["flipped"] else "-"
         view.append(v)
-    cols = ["metric", "attack", "group", "total", "flipped", "eps_mean", "rmse", "psnr_mean", "frac>0.001",
-            "frac>0.01", "frac>0.03", "frac>0.1", "flipped_uint8", "failed", "samples_per_s"]
-    heads = {"eps_mean": "eps", "psnr_mean": "PSNR", "flipped_uint8": "flipped (8-bit)", "samples_per_s": "samples/s"}
+    cols = ["metric", "attack", "group", "total", "flipped", "eps_mean", "rmse", "rmse_official_mean", "psnr_mean",
+            "frac>0.001", "frac>0.01", "frac>0.03", "frac>0.1", "flipped_uint8", "failed", "samples_per_s"]
+    heads = {"eps_mean": "eps", "psnr_mean": "PSNR", "flipped_uint8": "flipped (8-bit)", "samples_per_s": "samples/s",
+             "rmse_official_mean": "RMSE (official)"}
     return markdown_table(view, cols, digits=3, headers=heads)

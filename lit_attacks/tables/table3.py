@@ -21,20 +21,34 @@ from lit_attacks.datamodules.adversarial import AdvShardDataModule
 from lit_attacks.metrics import METRICS
 from lit_attacks.report import atomic_write, fingerprint, write_csv
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, slug
-from lit_attacks.transfer import TransferGenerator, TransferScorer, variant_names
+from lit_attacks.transfer import TransferGenerator, TransferScorer, official_transfer_counts, variant_names
 
-COLUMNS = ["source", "target", "attack", "eligible", "flipped", "flip_rate"]
+COLUMNS = ["source", "target", "attack", "counting", "eligible", "flipped", "flip_rate"]
+COUNTINGS = ("strict", "official")
+LIST_VARIANT = "stadv"  # the official sample list: the samples whose stAdv attack on the source was kept
 
 
-def table3_rows(source: str, target: str, records: Sequence[Dict[str, Any]], variants: Sequence[str]) -> List[Dict]:
-    """One row per variant: eligible samples (passed, source agreed with humans, target ranks like humans) and
-    how many of them the adversarial image flips on the target."""
+def table3_rows(source: str, target: str, records: Sequence[Dict[str, Any]], variants: Sequence[str],
+                counting: str = "strict") -> List[Dict]:
+    """One row per variant with its eligible samples and how many of them the adversarial image flips on the
+    target, counted ``strict``-ly or as the ``official`` notebook does (see :mod:`lit_attacks.transfer`)."""
     rows = []
+    if counting == "official":
+        kept = [r for r in records if r.get(f"{LIST_VARIANT}:pass")]
+        d0 = [r["s_other"] if r["prey"] == 1 else r["s_prey"] for r in kept]  # the target's distances to p0, p1
+        d1 = [r["s_prey"] if r["prey"] == 1 else r["s_other"] for r in kept]
+        counts = official_transfer_counts(d0, d1, [r["judge"] for r in kept],
+                                          {v: [r[f"{v}:s_adv"] for r in kept] for v in variants})
+        for v in variants:
+            n, k = counts["accurate"], counts["flipped"][v]
+            rows.append({"source": source, "target": target, "attack": v, "counting": counting, "eligible": n,
+                         "flipped": k, "flip_rate": k / n if n else float("nan")})
+        return rows
     for v in variants:
         elig = [r for r in records if r.get(f"{v}:pass") and r["source_agreed"] and r["target_agrees"]]
         flipped = sum(r[f"{v}:transfers"] for r in elig)
-        rows.append({"source": source, "target": target, "attack": v, "eligible": len(elig), "flipped": flipped,
-                     "flip_rate": flipped / len(elig) if elig else float("nan")})
+        rows.append({"source": source, "target": target, "attack": v, "counting": counting, "eligible": len(elig),
+                     "flipped": flipped, "flip_rate": flipped / len(elig) if elig else float("nan")})
     return rows
 
 
@@ -54,7 +68,8 @@ def table3_markdown(rows: Sequence[Dict[str, Any]], variants: Sequence[str]) -> 
 class Table3(Table):
     name = "table3"
     order = 40
-    config = {"transfer": False, "source": ["lpips_alex"], "rmse_max": 8.0, "flowadv_width": None}
+    config = {"transfer": False, "source": ["lpips_alex"], "rmse_max": 8.0, "flowadv_width": None,
+              "transfer_counting": "strict"}
     list_keys = ("source",)
 
     @classmethod
@@ -64,6 +79,8 @@ class Table3(Table):
         parser.add_argument("--rmse-max", type=float, help="imperceptibility bound (RMSE, 0-255) for --transfer")
         parser.add_argument("--flowadv-width", type=int,
                             help="FlowAdv CNN width for --transfer (paper 256; CPU default 32)")
+        parser.add_argument("--transfer-counting", choices=COUNTINGS,
+                            help="Table 3 counting: strict (ours) or official (the official notebook)")
 
     @classmethod
     def validate(cls, cfg: Dict[str, Any]) -> None:
@@ -71,6 +88,7 @@ class Table3(Table):
         check_value("source", cfg["source"], "names")
         check_value("rmse_max", cfg["rmse_max"], "number")
         check_value("flowadv_width", cfg["flowadv_width"], "int", 1, optional=True)
+        check_value("transfer_counting", cfg["transfer_counting"], "str", choices=COUNTINGS)
         for m in cfg["source"] or []:
             try:
                 METRICS.get(m)
@@ -106,7 +124,7 @@ class Table3(Table):
             gen_fp = fingerprint(run.rows(gen.id, self.source_csv(src)))
             for target in cfg["metrics"]:
                 yield Cell(f"transfer-{slug(src)}-to-{slug(target)}", f"transfer: {src} -> {target}",
-                           {**spec, "gen": gen_fp},
+                           {**spec, "gen": gen_fp, "counting": cfg["transfer_counting"]},
                            partial(self.score, run, src, target, gen_payload["variants"]),
                            info={"source": src, "target": target})
 
@@ -120,7 +138,8 @@ class Table3(Table):
 
     def generate(self, run: Run, src: str, width: int, ctx: CellContext) -> Dict[str, Any]:
         gen = TransferGenerator(src, rmse_max=run.cfg["rmse_max"], spatial_params={"flowadv": {"width": width}},
-                                batch_invariant=run.cfg["batch_invariant"], **run.metric_options())
+                                batch_invariant=run.cfg["batch_invariant"], uint8=run.cfg["uint8"],
+                                **run.metric_options())
         shard_dir = self.shards(run, src)
         if run.is_zero and shard_dir.exists():
             shutil.rmtree(shard_dir)  # shards of an interrupted earlier attempt
@@ -136,7 +155,7 @@ class Table3(Table):
         rows = SampleRows()
         run.predict(scorer, [rows], AdvShardDataModule(str(self.shards(run, src)), run.cfg["batch_size"]))
         ctx.save_rows(f"transfer/{slug(src)}-to-{slug(target)}.csv", rows.rows, rows.columns)
-        return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants)}
+        return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants, run.cfg["transfer_counting"])}
 
     def rows(self, run: Run) -> List[Dict[str, Any]]:
         return [r for cell, payload in self.done.values() if "target" in cell.info for r in payload["rows"]]
@@ -151,5 +170,8 @@ class Table3(Table):
         return md
 
     def console_title(self, cfg: Dict[str, Any]) -> str:
+        if cfg["transfer_counting"] == "official":
+            return (f"Table 3 (transfer, official counting: samples whose stAdv passed on the source (RMSE <= "
+                    f"{cfg['rmse_max']}); eligible = the target ranks like the humans)")
         return (f"Table 3 (transfer; eligible = passed the source flip with RMSE <= {cfg['rmse_max']} "
                 "and both metrics ranked like the humans)")
