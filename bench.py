@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -36,6 +35,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--split")
     p.add_argument("--categories", help="comma-separated categories (default: all)")
     p.add_argument("--builtin-n", type=int, help="samples per category of the built-in set")
+    p.add_argument("--builtin", choices=["photos", "procedural"], help="which built-in set (default photos)")
     p.add_argument("--seed", type=int)
     p.add_argument("--metrics", help="comma-separated metric names")
     for table in tables():  # each result table adds its own flags (--attacks, --param, --sweep-eps, --transfer, ...)
@@ -114,14 +114,27 @@ def check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not ((out / "cells").is_dir() or (out / "summary.json").is_file()):
         fail(f"results folder {out} holds other files and no bench run (no cells/ or summary.json); "
              "choose a new or empty folder")
-    for d in [out] + [out / sub for sub in ("cells",) + MANAGED_DIRS if (out / sub).exists()]:
-        try:
+    created = [p for p in [out, *out.parents] if not p.exists()]  # made for the probe, removed after it:
+    for d in [out] + [out / sub for sub in ("cells",) + MANAGED_DIRS if (out / sub).exists()]:  # a run that
+        try:                                                                  # fails before any work leaves nothing
             d.mkdir(parents=True, exist_ok=True)
             probe = d / f".write-test-{os.getpid()}"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
             fail(f"results folder {d} is not writable: {e.strerror or e}")
+    for p in created:
+        p.rmdir()
+
+
+def end_distributed() -> None:
+    """Tear the DDP process group down once all ranks are past their last collective, so no process exits with
+    gloo's threads still running (which can abort it, and Lightning then kills the whole run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def quiet_lightning() -> None:
@@ -129,8 +142,6 @@ def quiet_lightning() -> None:
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*`pretrained` is deprecated.*|.*weight enum.*")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -154,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fresh = bool(flags.get("fresh"))
     cats = cfg["categories"]
     dm_kw = dict(data=cfg["data"], split=cfg["split"], categories=cats, batch_size=cfg["batch_size"],
-                 num_workers=cfg["num_workers"], builtin_n=cfg["builtin_n"], seed=cfg["seed"])
+                 num_workers=cfg["num_workers"], builtin_n=cfg["builtin_n"], seed=cfg["seed"], builtin=cfg["builtin"])
     # --fresh also rebuilds generated shards and re-hashes every shard (once, by rank 0, before the others start)
     dm_all = BappsDataModule(unanimous_only=False, refresh=fresh and is_zero, **dm_kw)
     dm_attack = BappsDataModule(unanimous_only=True, **dm_kw)
@@ -167,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"default ~/.cache/lit_attacks)")
     quiet = bool(flags.get("quiet"))
     if cfg["data"] is None and not quiet and is_zero:
-        print(f"Using the built-in synthetic 2AFC set ({source['shards']}); pass --data for BAPPS.")
+        print(f"Using the built-in {cfg['builtin']} 2AFC set, synthetic judges ({source['shards']}); pass --data for BAPPS.")
 
     import pytorch_lightning as pl
 
@@ -176,11 +187,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   quiet=quiet, is_zero=is_zero)
     try:
         bench.run_all()
+        end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
+        if bench.is_zero:
+            bench.finish()
     except (BappsDataError, ConfigError) as e:
         fail(str(e))
-    if not bench.is_zero:
-        return 0
-    bench.finish()
+    except KeyboardInterrupt:
+        if is_zero:
+            print(f"\nbench.py: interrupted. Completed cells are saved in {out / 'cells'}; run the same command "
+                  "again to resume from there.", file=sys.stderr)
+        return 130
     return 0
 
 

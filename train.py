@@ -13,12 +13,12 @@ argument is a flag (``--model.adversarial false``, ``--data.batch_size 32``, ``-
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import List, Optional
 
 from pytorch_lightning.cli import LightningCLI
 
 from lit_attacks.datamodules.bapps import BappsDataModule
+from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.robust.module import RobustLPIPS
 
 TRAINER_DEFAULTS = {"inference_mode": False, "max_epochs": 5}  # inference_mode off: validation runs PGD
@@ -27,7 +27,8 @@ PARSER_DEFAULTS = {
                        "init_args": {"project": "lit-attacks-train", "save_dir": "results/train"}},
     "trainer.callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                            "init_args": {"dirpath": "results/train/checkpoints", "filename": "best-{epoch}-{step}",
-                                         "monitor": "val/2afc", "mode": "max", "save_top_k": 1, "save_last": True}}],
+                                         "monitor": "val/2afc", "mode": "max", "save_top_k": 1, "save_last": True,
+                                         "enable_version_counter": False}}],  # a rerun replaces last.ckpt
 }
 
 
@@ -37,10 +38,9 @@ class TrainCLI(LightningCLI):
 
 
 def main(args: Optional[List[str]] = None) -> LightningCLI:
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*`pretrained` is deprecated.*|.*weight enum.*")
-    return TrainCLI(RobustLPIPS, BappsDataModule, trainer_defaults=TRAINER_DEFAULTS,
-                    save_config_kwargs={"overwrite": True}, args=args)
+    with third_party_warnings_silenced():  # known, understood third-party warnings only (lit_attacks.quiet)
+        return TrainCLI(RobustLPIPS, BappsDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                        save_config_kwargs={"overwrite": True}, args=args)
 
 
 if __name__ == "__main__":

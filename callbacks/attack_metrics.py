@@ -17,7 +17,8 @@ GROUPS = ("all", "agreed", "disagreed", "tied")
 # the means do not depend on the order of summation, i.e. on how DDP split the samples across ranks.
 MEANS = {"rmse": lambda o: o.rmse, "rmse_sq": lambda o: o.rmse.float().double() ** 2,
          "rmse_official": lambda o: o.rmse_official, "psnr": lambda o: o.psnr,
-         "eps": lambda o: o.eps, "queries": lambda o: o.queries, "iterations": lambda o: o.iterations,
+         "eps": lambda o: o.eps, "queries": lambda o: o.queries,
+         "iterations": lambda o: torch.where(o.iterations >= 0, o.iterations.double(), math.nan),  # -1: n/a
          **{name: (lambda o, j=j: o.fractions[:, j]) for j, name in enumerate(FRACTION_COLUMNS)}}
 
 
@@ -41,7 +42,7 @@ class FlipStats(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.counts = nn.ModuleDict({k: _sum() for k in ("total", "flipped", "flipped_uint8", "failed")})
-        self.means = nn.ModuleDict({k.replace(".", "_"): _mean(skip_nan=k == "eps") for k in MEANS})
+        self.means = nn.ModuleDict({k.replace(".", "_"): _mean(skip_nan=k in ("eps", "iterations")) for k in MEANS})
 
     def update(self, out: AttackOutput, mask: Tensor) -> None:
         """Add the samples of ``out`` selected by the (B,) boolean ``mask``."""
@@ -82,7 +83,7 @@ def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
            "rmse_std": math.sqrt(max(0.0, v["rmse_sq"] - v["rmse"] ** 2)) if k else math.nan,
            "rmse_official_mean": mean("rmse_official"),
            "psnr_mean": mean("psnr"), "eps_mean": v["eps"], "queries_mean": mean("queries"),
-           "iterations_mean": mean("iterations")}
+           "iterations_mean": v["iterations"]}
     out.update({name: mean(name) for name in FRACTION_COLUMNS})
     return out
 

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lit_attacks.datamodules.bapps import ShardStream, expected_keys, shard_urls
+from lit_attacks.datamodules.bapps import ShardLoader, ShardStream, expected_keys, shard_urls
 from lit_attacks.datamodules.shards import SkipLog, to_tensor
 from lit_attacks.datamodules.tree import BappsDataError, check_key, decode_png
 
@@ -70,4 +70,4 @@ class AdvShardDataModule(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         ds = ShardStream(urls, lambda s: True, self.hparams.load_size, rank, world, "sample",
                          validate=validate_adv, decode=decode_adv, expected=expected_keys(folder))
-        return DataLoader(ds, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        return ShardLoader(ds, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)

@@ -60,6 +60,7 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
     bar = tqdm(total=len(samples), desc=f"shards {out}", unit="sample", disable=not progress)
     for n, chunk in enumerate(chunks):
         name = f"{prefix}-{n:06d}.tar"
+        judges = []
         tmp = out / (name + ".tmp")
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for s in chunk:
@@ -70,11 +71,12 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
                 for m in ("ref", "p0", "p1"):
                     _add(tar, f"{s.key}.{m}.png", blobs[m])
                 _add(tar, f"{s.key}.judge.txt", repr(judge).encode())
+                judges.append(judge)
                 categories[s.category] = categories.get(s.category, 0) + 1
                 bar.update()
         os.replace(tmp, out / name)
-        shards.append({"name": name, "count": len(chunk), "keys": [s.key for s in chunk], "sha256": sha256(out / name),
-                       "size": (out / name).stat().st_size})
+        shards.append({"name": name, "count": len(chunk), "keys": [s.key for s in chunk], "judges": judges,
+                       "sha256": sha256(out / name), "size": (out / name).stat().st_size})
     bar.close()
     index = {"format": 1, "split": split, "count": len(samples), "categories": categories, "shards": shards}
     (out / INDEX).write_text(json.dumps(index, indent=1))
@@ -126,6 +128,9 @@ def read_index(folder: str | Path) -> dict:
         keys = entry.get("keys")
         if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
             raise BappsDataError(f"{p}: 'keys' of shard {name} must be a list of strings")
+        judges = entry.get("judges")
+        if judges is not None and (not isinstance(judges, list) or len(judges) != len(keys or [])):
+            raise BappsDataError(f"{p}: 'judges' of shard {name} must be a list with one judge per key")
         for k in keys or []:
             if k in owner:
                 raise BappsDataError(f"{p}: sample {k} is in two shards, {owner[k]} and {name}")

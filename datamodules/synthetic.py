@@ -1,11 +1,19 @@
-"""The built-in 2AFC set: deterministic, procedural, in the BAPPS layout and shard format.
+"""The built-in 2AFC sets: deterministic, in the BAPPS layout and shard format; their judges are synthetic.
 
-Each reference is a natural-looking image: 1/f^a coloured noise (the power spectrum of natural
-images) under a random colour mixing, plus sharp-edged shapes (rectangles, ellipses, stripes).
-p0 and p1 are the reference under one BAPPS-style traditional distortion family (the category:
-blur, noise, jpeg, color, contrast) at clearly different strengths; the judge says which is milder
-(1.0 when p1 is milder, 0.0 when p0 is). About 1 sample in 10 gets two similar strengths and a
-split judge (0.4 or 0.6) like a non-unanimous BAPPS sample.
+``photos`` (the default): each reference is a 64x64 crop, at a random scale, of one of the CC0 /
+public-domain photographs that scikit-image ships inside its wheel (:data:`PHOTOS`; nothing is
+downloaded). p0 and p1 are the reference under BAPPS-style traditional distortions (blur, noise, JPEG,
+colour, contrast) at one of five levels each, the levels of the families chosen to look alike in
+severity (as TID2013's levels); p0's family is the sample's category and p1's is the same family for
+half of the samples and another one otherwise. The judge prefers the lower level: 1.0 when p1's level
+is lower, 0.0 when p0's is (levels one or two apart); about 1 sample in 10 has equal levels and a split
+judge (0.4 or 0.6), like a non-unanimous BAPPS sample. Comparing a blur with a colour shift at
+neighbouring levels is where metrics and the (synthetic) judges disagree: l2, SSIM and LPIPS(Alex)
+rank 85-92% of the unanimous samples like the judges, in the range they reach on BAPPS.
+
+``procedural`` (version 1, for tests that measured floors on it): 1/f^a coloured-noise textures with
+sharp shapes, each distorted within one family at clearly different strengths (metrics agree with
+its judges on about 99% of the samples).
 
 Every sample is generated from its own seed (``seed``, split, category, index), so a sample does
 not depend on how many others are made.
@@ -22,7 +30,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CATEGORIES = ("blur", "noise", "jpeg", "color", "contrast")
-VERSION = 1
+VERSION = 1  # of the procedural set
+PHOTOS_VERSION = 1
+KINDS = ("photos", "procedural")
+# scikit-image's bundled photographs (skimage/data in its wheel) and their licences, from its docstrings.
+PHOTOS = {"astronaut": "public domain (NASA)", "chelsea": "CC0 (Stefan van der Walt)",
+          "coffee": "CC0 (Rachel Michetti)", "rocket": "public domain (SpaceX)",
+          "immunohistochemistry": "no known copyright restrictions",
+          "retina": "CC0 / public domain (Mikael Haggstrom)", "brick": "CC0", "grass": "CC0", "gravel": "CC0",
+          "camera": "CC0 (Lav Varshney)", "coins": "no known copyright restrictions"}
+# Five levels per family, chosen to look alike in severity across families (level 0 mildest).
+LEVELS = {"blur": (0.5, 0.8, 1.2, 1.7, 2.4),         # Gaussian sigma in pixels (at 64 px)
+          "noise": (0.02, 0.035, 0.055, 0.08, 0.11),  # Gaussian noise std on [0, 1]
+          "jpeg": (60.0, 35.0, 20.0, 12.0, 7.0),      # JPEG quality
+          "color": (0.03, 0.06, 0.1, 0.15, 0.21),     # per-channel gain/offset shift
+          "contrast": (0.08, 0.16, 0.26, 0.38, 0.5)}  # contrast reduction and brightness shift
 # (mild range, strong range) of each family's strength parameter
 STRENGTH = {
     "blur": ((0.4, 0.9), (1.6, 3.0)),        # Gaussian sigma in pixels (at 64 px)
@@ -92,8 +114,57 @@ def distort(img: np.ndarray, family: str, strength: float, rng: np.random.Genera
     return np.clip(out, 0, 1)
 
 
-def make_sample(seed: int, split: str, category: str, idx: int, size: int) -> Dict[str, object]:
-    """ref, p0, p1 as uint8 arrays and the judge for one synthetic triplet."""
+_PHOTO_CACHE: Dict[str, np.ndarray] = {}
+
+
+def photo(name: str) -> np.ndarray:
+    """One of :data:`PHOTOS` as (H, W, 3) uint8, from the scikit-image wheel (greyscale repeated to RGB)."""
+    if name not in _PHOTO_CACHE:
+        try:
+            import skimage.data
+        except ImportError as e:
+            raise ImportError("the built-in 'photos' set needs scikit-image (pip install scikit-image), or use "
+                              "builtin: procedural") from e
+        a = np.asarray(getattr(skimage.data, name)())
+        _PHOTO_CACHE[name] = np.repeat(a[..., None], 3, 2) if a.ndim == 2 else a[..., :3]
+    return _PHOTO_CACHE[name]
+
+
+def photo_crop(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float in [0, 1]: a random photograph, downscaled by a random factor, cropped."""
+    names = sorted(PHOTOS)
+    a = photo(names[rng.integers(len(names))])
+    h, w = a.shape[:2]
+    scale = rng.uniform(0.12, 0.45) if min(h, w) > 400 else rng.uniform(0.2, 0.6)
+    H, W = max(size, int(h * scale)), max(size, int(w * scale))
+    im = np.asarray(Image.fromarray(a).resize((W, H), Image.BILINEAR), np.float32) / 255
+    y, x = rng.integers(0, H - size + 1), rng.integers(0, W - size + 1)
+    return im[y:y + size, x:x + size]
+
+
+def make_photo_sample(seed: int, split: str, category: str, idx: int, size: int) -> Dict[str, object]:
+    """ref, p0, p1 (uint8) and the judge of one triplet of the ``photos`` set."""
+    rng = _rng(seed, "photos", split, category, idx)
+    ref = photo_crop(rng, size)
+    f0 = category
+    f1 = category if rng.random() < 0.5 else CATEGORIES[rng.integers(len(CATEGORIES))]
+    split_judge = rng.random() < 0.1
+    gap = 0 if split_judge else int(rng.integers(1, 3))
+    lo = int(rng.integers(0, len(LEVELS[f0]) - gap))
+    a, b = (lo, lo + gap) if rng.random() < 0.5 else (lo + gap, lo)
+    p0, p1 = distort(ref, f0, LEVELS[f0][a], rng), distort(ref, f1, LEVELS[f1][b], rng)
+    judge = float(rng.choice([0.4, 0.6])) if split_judge else (1.0 if b < a else 0.0)
+    to8 = lambda x: (np.clip(x, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
+    return {"ref": to8(ref), "p0": to8(p0), "p1": to8(p1), "judge": judge}
+
+
+def make_sample(seed: int, split: str, category: str, idx: int, size: int, kind: str = "procedural"
+                ) -> Dict[str, object]:
+    """ref, p0, p1 as uint8 arrays and the judge for one synthetic triplet of the ``kind`` set."""
+    if kind == "photos":
+        return make_photo_sample(seed, split, category, idx, size)
+    if kind != "procedural":
+        raise ValueError(f"unknown built-in set {kind!r}; choose one of {', '.join(KINDS)}")
     rng = _rng(seed, split, category, idx)
     ref = reference_image(rng, size)
     (m_lo, m_hi), (s_lo, s_hi) = STRENGTH[category]
@@ -109,8 +180,8 @@ def make_sample(seed: int, split: str, category: str, idx: int, size: int) -> Di
 
 
 def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: int = 64,
-               splits: Sequence[str] = ("val",), categories: Sequence[str] = CATEGORIES) -> Path:
-    """Write the synthetic set as a BAPPS tree under ``root/2afc/<split>/<category>/``."""
+               splits: Sequence[str] = ("val",), categories: Sequence[str] = CATEGORIES, kind: str = "photos") -> Path:
+    """Write the ``kind`` built-in set as a BAPPS tree under ``root/2afc/<split>/<category>/``."""
     root = Path(root)
     for split in splits:
         for cat in categories:
@@ -118,7 +189,7 @@ def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: 
             for sub in ("ref", "p0", "p1", "judge"):
                 (d / sub).mkdir(parents=True, exist_ok=True)
             for i in range(n_per_category):
-                s = make_sample(seed, split, cat, i, size)
+                s = make_sample(seed, split, cat, i, size, kind)
                 stem = f"{i:06d}"
                 for m in ("ref", "p0", "p1"):
                     Image.fromarray(s[m]).save(d / m / f"{stem}.png", compress_level=6)
@@ -127,20 +198,26 @@ def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: 
 
 
 def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int = 40, seed: int = 0, size: int = 64,
-                   split: str = "val", progress: bool = False, refresh: bool = False) -> Path:
-    """Shards of the built-in set for ``split``, generated once into the cache and reused (``refresh``: again)."""
+                   split: str = "val", progress: bool = False, refresh: bool = False, kind: str = "photos") -> Path:
+    """Shards of the ``kind`` built-in set for ``split``, generated once into the cache and reused
+    (``refresh``: again)."""
     from lit_attacks.datamodules.shards import INDEX, write_shards
     from lit_attacks.datamodules.tree import scan_tree
     from lit_attacks.datamodules.cache import cache_root
 
-    name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}"
+    if kind not in KINDS:
+        raise ValueError(f"unknown built-in set {kind!r}; choose one of {', '.join(KINDS)}")
+    name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}" if kind == "procedural" else \
+        f"photos-v{PHOTOS_VERSION}-n{n_per_category}-s{seed}-px{size}"
     base = (Path(cache_dir) if cache_dir else cache_root()) / name
     out = base / "shards" / split
     if (out / INDEX).is_file() and not refresh:
         return out
-    write_tree(base / "tree", n_per_category, seed, size, splits=(split,))
+    write_tree(base / "tree", n_per_category, seed, size, splits=(split,), kind=kind)
     write_shards(scan_tree(base / "tree", split), out, shard_size=max(1, n_per_category * len(CATEGORIES) // 4),
-                 prefix=f"synthetic-{split}", progress=progress)
-    (base / "README.json").write_text(json.dumps({"what": "lit_attacks built-in synthetic 2AFC set", "version": VERSION,
-                                                  "n_per_category": n_per_category, "seed": seed, "size": size}))
+                 prefix=f"{name.split('-')[0]}-{split}", progress=progress)
+    (base / "README.json").write_text(json.dumps({"what": f"lit_attacks built-in {kind} 2AFC set (synthetic judges)",
+                                                  "version": VERSION if kind == "procedural" else PHOTOS_VERSION,
+                                                  "n_per_category": n_per_category, "seed": seed, "size": size,
+                                                  "photos": PHOTOS if kind == "photos" else None}))
     return out

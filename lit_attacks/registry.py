@@ -63,10 +63,11 @@ class Registry:
                 raise KeyError(f"{self.kind} {name!r}: expected {prefix}:<argument>, e.g. {prefix}:path/to/last.ckpt")
             return functools.partial(self._prefixes[prefix], arg)
         if name not in self._factories:
-            close = difflib.get_close_matches(name, self._factories, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            same_case = [n for n in self._factories if n.lower() == name.lower()]
+            close = same_case or difflib.get_close_matches(name, self._factories, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
             known = self.names() + [f"{p}:<path>" for p in sorted(self._prefixes)]
-            raise KeyError(f"unknown {self.kind} {name!r}{hint} Known {self.kind}s: {', '.join(known)}")
+            raise KeyError(f"unknown {self.kind} {name!r}{hint} Known {self.kind}s: {', '.join(known)}.")
         return self._factories[name]
 
     def create(self, name: str, **kwargs: Any) -> Any:

@@ -61,8 +61,20 @@ def markdown_table(rows: Sequence[Dict[str, Any]], columns: List[str], digits: i
     return "\n".join(lines) + "\n"
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats (nan, inf) as None, so the file is standard JSON (``JSON.parse`` reads it)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """Standard JSON: non-finite numbers are written as null."""
+    atomic_write(path, json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def fingerprint(obj: Any) -> str:

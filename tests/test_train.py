@@ -30,7 +30,8 @@ def _trainer(tmp_path, **kw):
 
 
 def _fixed_batch(n=20):
-    dm = BappsDataModule(data=None, split="train", unanimous_only=False, builtin_n=4, batch_size=n)
+    dm = BappsDataModule(data=None, split="train", unanimous_only=False, builtin_n=4, batch_size=n,
+                         builtin="procedural")
     return next(iter(dm.val_dataloader()))
 
 
@@ -52,7 +53,7 @@ def test_training_lowers_the_loss_changes_only_intended_parameters_and_reloads(t
     batch = _fixed_batch()
     before_state = {k: v.clone() for k, v in module.state_dict().items()}
     before = _losses(module, batch)
-    dm = BappsDataModule(data=None, unanimous_only=False, builtin_n=4, batch_size=10)
+    dm = BappsDataModule(data=None, unanimous_only=False, builtin_n=4, batch_size=10, builtin="procedural")
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
     _trainer(tmp_path, max_steps=12, limit_val_batches=1, callbacks=[ckpt]).fit(module, dm)
     after = _losses(module, batch)
@@ -75,7 +76,7 @@ def test_training_lowers_the_loss_changes_only_intended_parameters_and_reloads(t
     with torch.no_grad():
         expected = module.distance(ref, x)
     assert torch.allclose(loaded(ref, x), expected, rtol=1e-6, atol=0)
-    assert loaded.label == f"rlpips:{path} [random backbone]"
+    assert loaded.label == "rlpips:ckpt/last.ckpt [random backbone]"  # short: the run folder and the file
     assert not any(p.requires_grad for p in loaded.parameters())
 
 
@@ -120,12 +121,14 @@ def test_every_train_config_parses_into_the_objects_it_describes(path):
     expected = cfg["trainer"]["callbacks"][0]["init_args"]
     assert Path(ckpt.dirpath) == Path(expected["dirpath"]).resolve() and ckpt.save_last == expected["save_last"]
     assert ckpt.monitor == expected.get("monitor", "val/2afc")
+    assert ckpt._enable_version_counter is False  # a rerun replaces last.ckpt instead of writing last-v1.ckpt
 
 
 def _fit_validate(tmp_path, adversarial: bool) -> dict:
     pl.seed_everything(0, verbose=False)
     module = RobustLPIPS(pretrained_backbone=False, adversarial=adversarial, lr=1e-2, val_attack_samples=64, seed=0)
-    dm = BappsDataModule(data=None, unanimous_only=False, builtin_n=40, batch_size=25)
+    dm = BappsDataModule(data=None, unanimous_only=False, builtin_n=40, batch_size=25,
+                         builtin="procedural")  # the margins below were measured on this set
     _trainer(tmp_path, max_epochs=3, enable_checkpointing=False, limit_val_batches=0).fit(module, dm)
     return _trainer(tmp_path, enable_checkpointing=False).validate(module, dm, verbose=False)[0]
 

@@ -30,6 +30,7 @@ DATA_KEYS: Dict[str, Any] = {
     "split": "val",
     "categories": None,          # list of categories (None: all)
     "builtin_n": 40,             # samples per category of the built-in set
+    "builtin": "photos",         # which built-in set: photos (as hard as BAPPS) or procedural
     "seed": 0,                   # seed of the built-in set, of random backbones and of Lightning
     "metrics": ["l2", "ssim", "lpips_alex"],
 }
@@ -93,6 +94,7 @@ def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "con
 # key -> (kind, minimum, optional) for the data and run keys (the tables check their own keys).
 SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("str", None, True),
           "split": ("str", None, False), "categories": ("names", None, True), "builtin_n": ("int", 1, False),
+          "builtin": ("str", None, False),
           "seed": ("int", None, False), "metrics": ("names", None, False), "pretrained": ("bool", None, False),
           "weights_dir": ("str", None, True), "batch_size": ("int", 1, False), "num_workers": ("int", 0, False),
           "batch_invariant": ("bool", None, False), "uint8": ("str", None, False), "save_adv": ("bool", None, False),
@@ -105,7 +107,7 @@ SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("st
 def validate(cfg: Dict[str, Any]) -> None:
     """Types, names, parameters and values; raises :class:`ConfigError` (one line) on the first problem."""
     for key, (kind, minimum, optional) in SCHEMA.items():
-        choices = MODES if key == "wandb" else UINT8_MODES if key == "uint8" else None
+        choices = {"wandb": MODES, "uint8": UINT8_MODES, "builtin": ("photos", "procedural")}.get(key)
         check_value(key, cfg[key], kind, minimum, optional, choices=choices)
     if not cfg["metrics"]:
         raise ConfigError("metrics is empty")

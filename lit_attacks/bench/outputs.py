@@ -1,10 +1,11 @@
-"""End of a bench run (rank 0): each table's files and figures, summary.json, the run README, the W&B run."""
+"""End of a bench run (rank 0): each table's files and figures, summary.json, index.html, the run README, W&B."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from lit_attacks.bench import index_page
 from lit_attacks.bench.run_readme import command_line, render
 from lit_attacks.metrics.weights import USED
 from lit_attacks.report import atomic_write, write_json
@@ -35,9 +36,16 @@ def write_outputs(bench) -> None:
             summary.update(t.wandb_summary(rows[name]))
     bench.wandb.log_final({name: r for name, r in rows.items() if r}, panels, figs, summary)
     wandb_dir = bench.wandb.finish()
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "wandb" not in p.parts
-                   and "cells" not in p.parts and not p.name.startswith("."))
+    listed = lambda: sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()  # noqa: E731
+                            and "wandb" not in p.parts and "cells" not in p.parts and not p.name.startswith("."))
+    notes = [] if cfg["pretrained"] else ["WARNING: random backbones (pretrained: false): the numbers are for testing "
+                                          "and timing only."]
+    page_tables = [(name, running[name].console_title(cfg), rows[name]) for name in running if rows[name]]
+    command = "python bench.py " + " ".join(command_line())
+    atomic_write(out / "index.html", index_page.render(out, f"Bench run {cfg['name']}", command, notes, page_tables,
+                                                       figs, listed() + ["README.md"]))
     dev = f"{bench.devices['devices']} x {bench.devices['accelerator']} ({bench.devices['strategy']})"
+    files = listed()
     atomic_write(out / "README.md", render(cfg, command_line(), bench.source, bench.labels, weights, files, seconds,
                                            dev, wandb_dir))
     report(bench, {name: (running[name].console_title(cfg), text) for name, text in md.items() if text},
@@ -54,4 +62,5 @@ def report(bench, md: Dict[str, Any], wandb_dir, seconds: float) -> None:
         print("WARNING: random backbones (--pretrained false): numbers are for testing and timing only.")
     if wandb_dir:
         print(f"W&B offline run in {wandb_dir}; upload with: wandb sync {wandb_dir}")
-    print(f"results in {bench.out}/ ({seconds:.1f} s; see {Path(bench.out) / 'README.md'})")
+    print(f"results in {bench.out}/ ({seconds:.1f} s; open {Path(bench.out) / 'index.html'} in a browser, "
+          f"or read {Path(bench.out) / 'README.md'})")

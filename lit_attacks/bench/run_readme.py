@@ -44,13 +44,16 @@ def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], label
     if not cfg["pretrained"]:
         lines += ["> **WARNING: random backbones** (`pretrained: false`). Learned metrics ran with randomly",
                   "> initialised networks: the numbers are for testing and timing only, not about LPIPS & co.", ""]
+    lines += ["All tables, plots and example grids on one page: [index.html](index.html).", ""]
     lines += ["## Command", "", "```bash", "python bench.py " + " ".join(argv), "```", "",
               f"Wall time {seconds:.1f} s on {devices}.", "", "## Data", ""]
     lines += [f"- source: {data.get('data')}", f"- shards: `{data.get('shards')}`",
               f"- shard index sha256 (first 16 hex): `{data.get('index_sha256')}`", f"- split: {cfg['split']}", ""]
     lines += ["## Metrics and weights", "", "| metric | label | weights |", "|---|---|---|"]
     for m, label in labels.items():
-        w = weights.get(m) or ("no learned weights" if cfg["pretrained"] else "random backbone")
+        prefix, sep, arg = m.partition(":")
+        w = weights.get(m) or (f"checkpoint {arg}" if sep else
+                               "no learned weights" if cfg["pretrained"] else "random backbone")
         lines.append(f"| {m} | {label} | `{w}` |")
     lines += ["", "## Versions", ""]
     commit = git_commit()

@@ -7,6 +7,7 @@ fingerprint and unchanged files is loaded instead. The Bench knows no table by n
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Set, Tuple
@@ -18,6 +19,7 @@ from lit_attacks.bench.cells import CellFiles, CellStore, Progress, read_rows
 from lit_attacks.bench.wandb_log import WandbRun
 from lit_attacks.configuration import ConfigError
 from lit_attacks.metrics import CheckpointError, WeightsNotFoundError, create_metric
+from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.report import fingerprint
 from lit_attacks.tables import Cell, Table, tables
 from lit_attacks.wandb_utils import resolve_mode
@@ -42,7 +44,7 @@ class Bench:
         self.wandb = WandbRun(resolve_mode(cfg["wandb"]), cfg["wandb_project"], cfg["name"], out,
                               dict(cfg), enabled=is_zero)
         self.base = {"data": source.get("index_sha256"), "data_source": str(source.get("data")),
-                     "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"],
+                     "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"], "builtin": cfg["builtin"],
                      "seed": cfg["seed"], "pretrained": cfg["pretrained"], "weights_dir": cfg["weights_dir"],
                      "batch_invariant": cfg["batch_invariant"], "uint8": cfg["uint8"], "version": __version__,
                      "code": code_fingerprint()}
@@ -50,10 +52,13 @@ class Bench:
 
     # ---------------------------------------------------------------- what tables use (lit_attacks.tables.Run)
     def predict(self, module, callbacks: list, datamodule) -> None:
-        trainer = pl.Trainer(**self.devices, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=not self.quiet, enable_model_summary=False, callbacks=callbacks,
-                             inference_mode=False)
-        trainer.predict(module, datamodule=datamodule, return_predictions=False)
+        """``trainer.predict``; Lightning's per-batch bar only on a terminal (in a log file the cell lines say
+        enough, without carriage-return noise)."""
+        bar = not self.quiet and sys.stdout.isatty()
+        with third_party_warnings_silenced():
+            trainer = pl.Trainer(**self.devices, logger=False, enable_checkpointing=False, enable_progress_bar=bar,
+                                 enable_model_summary=False, callbacks=callbacks, inference_mode=False)
+            trainer.predict(module, datamodule=datamodule, return_predictions=False)
 
     def datamodule(self, unanimous_only: bool):
         return self.dm_attack if unanimous_only else self.dm_all
@@ -78,12 +83,13 @@ class Bench:
             try:
                 self.labels[m] = create_metric(m, **self.metric_options()).label
             except WeightsNotFoundError as e:
-                raise ConfigError(f"{e}\n(or run with --pretrained false to use random backbones)") from None
+                raise ConfigError(f"{e}; or run with --pretrained false (random backbones)") from None
             except (CheckpointError, ImportError) as e:  # ImportError: an optional extra is not installed
                 raise ConfigError(str(e)) from None
 
     def run_all(self) -> None:
         self.preflight()
+        self.out.mkdir(parents=True, exist_ok=True)
         if self.is_zero:
             clear_run_files(self.out)
         for table in self.tables:
@@ -130,7 +136,7 @@ MANAGED_DIRS = ("samples", "scores", "plots", "transfer", "adv")
 
 def run_files(out: Path) -> List[Path]:
     """The run-level files bench writes at the end: summary.json, README.md and every table's .csv/.md."""
-    names = ["summary.json", "README.md"] + [f"{t.name}.{ext}" for t in tables() for ext in ("csv", "md")]
+    names = ["summary.json", "README.md", "index.html"] + [f"{t.name}.{ext}" for t in tables() for ext in ("csv", "md")]
     return [out / n for n in names]
 
 

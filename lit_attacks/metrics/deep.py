@@ -156,18 +156,28 @@ def _avg_pooling(module: nn.Module) -> None:
 
 @METRICS.register("dists")
 def dists(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+    """piq DISTS (VGG16 with L2 pooling, alpha/beta of DISTS).
+
+    Distance: as is (1 - similarity). Weights: VGG16 ImageNet + DISTS alpha/beta (MIT).
+    """
     return DISTSDistance(pretrained, weights_dir)
 
 
 @METRICS.register("elpips_style")
 def elpips_style(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-style with the VGG backbone (E-LPIPS' backbone): LPIPS v0.1 heads, not E-LPIPS' weights."""
+    """E-LPIPS-style (not E-LPIPS): LPIPS v0.1 heads on VGG16 with average pooling, averaged over a random-transform ensemble.
+
+    Distance: as is. Weights: VGG16 ImageNet.
+    """
     return ELPIPSDistance(net="vgg", pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 
 @METRICS.register("elpips_style_alex")
 def elpips_style_alex(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-style with the AlexNet backbone."""
+    """E-LPIPS-style (not E-LPIPS) on AlexNet.
+
+    Distance: as is. Weights: AlexNet ImageNet.
+    """
     return ELPIPSDistance(net="alex", pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lit_attacks.metrics.base import Distance
+from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import backbone_features, load_sliced_features
 
@@ -31,7 +32,8 @@ def build_lpips(net: str, pretrained: bool, weights_dir: Optional[str | os.PathL
     """An ``lpips.LPIPS`` with v0.1 heads (when ``heads``) and, when ``pretrained``, the ImageNet backbone."""
     if net not in ARCH:
         raise ValueError(f"{metric}: unknown LPIPS net {net!r}; choose from {sorted(ARCH)}")
-    model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    with third_party_warnings_silenced():  # torchvision's `pretrained` deprecation, from inside lpips
+        model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     if heads:
         sd = torch.load(lpips_head_file(net), map_location="cpu", weights_only=True)
         model.load_state_dict(sd, strict=False)
@@ -84,14 +86,26 @@ class LPIPSDistance(Distance):
 
 @METRICS.register("lpips_alex")
 def lpips_alex(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+    """LPIPS v0.1 (heads shipped in the lpips package) on the torchvision AlexNet.
+
+    Distance: as is. Weights: AlexNet ImageNet (torchvision, BSD-3).
+    """
     return LPIPSDistance("alex", pretrained, weights_dir)
 
 
 @METRICS.register("lpips_squeeze")
 def lpips_squeeze(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+    """LPIPS v0.1 on the torchvision SqueezeNet 1.1.
+
+    Distance: as is. Weights: SqueezeNet 1.1 ImageNet (torchvision, BSD-3).
+    """
     return LPIPSDistance("squeeze", pretrained, weights_dir)
 
 
 @METRICS.register("lpips_vgg")
 def lpips_vgg(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+    """LPIPS v0.1 on the torchvision VGG16.
+
+    Distance: as is. Weights: VGG16 ImageNet (torchvision, BSD-3).
+    """
     return LPIPSDistance("vgg", pretrained, weights_dir)

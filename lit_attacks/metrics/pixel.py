@@ -23,9 +23,17 @@ class L1Distance(Distance):
 
 @METRICS.register("l2")
 def l2(**kw) -> Distance:
+    """mean squared difference on [-1, 1], as the official code.
+
+    Distance: as is. Weights: none.
+    """
     return L2Distance(**kw)
 
 
 @METRICS.register("l1")
 def l1(**kw) -> Distance:
+    """mean absolute difference on [-1, 1].
+
+    Distance: as is. Weights: none.
+    """
     return L1Distance(**kw)

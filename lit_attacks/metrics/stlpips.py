@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lit_attacks.metrics.base import Distance
+from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.metrics.registry import METRICS
 
 EXTRA = 'pip install -e ".[stlpips]"  (or: pip install stlpips-pytorch)'
@@ -65,7 +66,8 @@ class STLPIPSDistance(Distance):
             raise ValueError(f"stlpips: net must be 'alex' or 'vgg', got {net!r}")
         st = import_stlpips()
         self.net, self.pretrained = net, pretrained
-        self.model = st.LPIPS(pretrained=False, net=net, variant="shift_tolerant", verbose=False)
+        with third_party_warnings_silenced():
+            self.model = st.LPIPS(pretrained=False, net=net, variant="shift_tolerant", verbose=False)
         path = weight_file(st, net)
         sd = torch.load(path, map_location="cpu", weights_only=True)
         if not pretrained:  # as LPIPS: the linear heads always, the backbone stays random
@@ -108,9 +110,17 @@ def weight_file(st, net: str) -> Path:
 
 @METRICS.register("stlpips_alex")
 def stlpips_alex(pretrained: bool = True) -> Distance:
+    """ST-LPIPS, shift-tolerant AlexNet (stlpips-pytorch; extra [stlpips]).
+
+    Distance: as is. Weights: shipped in the stlpips-pytorch wheel (BSD-2).
+    """
     return STLPIPSDistance("alex", pretrained)
 
 
 @METRICS.register("stlpips_vgg")
 def stlpips_vgg(pretrained: bool = True) -> Distance:
+    """ST-LPIPS, shift-tolerant VGG (stlpips-pytorch; extra [stlpips]).
+
+    Distance: as is. Weights: shipped in the stlpips-pytorch wheel (BSD-2).
+    """
     return STLPIPSDistance("vgg", pretrained)

@@ -132,29 +132,53 @@ class HaarPSIDistance(Distance):
 
 @METRICS.register("ssim")
 def ssim(**kw) -> Distance:
+    """piq SSIM (window 11, sigma 1.5, valid convolution on [0, 1], MATLAB-style automatic downsampling: none at 64 px).
+
+    Distance: (1 - SSIM) / 2. Weights: none.
+    """
     return SSIMDistance(**kw)
 
 
 @METRICS.register("ssim_official")
 def ssim_official() -> Distance:
+    """the official code's SSIM: pytorch_ssim on [-1, 1] (zero-padded same-size 11x11 Gaussian, C1 0.01^2, C2 0.03^2, mean over the RGB map).
+
+    Distance: (1 - SSIM) / 2. Weights: none.
+    """
     return OfficialSSIMDistance()
 
 
 @METRICS.register("ms_ssim")
 def ms_ssim(**kw) -> Distance:
+    """piq MS-SSIM with window 11 and 3 scales (piq's 5 need 161 px), Wang et al.'s first three weights renormalised.
+
+    Distance: (1 - MS-SSIM) / 2. Weights: none.
+    """
     return MSSSIMDistance(**kw)
 
 
 @METRICS.register("fsimc")
 def fsimc(**kw) -> Distance:
+    """piq FSIM, chromatic.
+
+    Distance: 1 - FSIMc. Weights: none.
+    """
     return FSIMcDistance(**kw)
 
 
 @METRICS.register("gmsd")
 def gmsd(**kw) -> Distance:
+    """piq GMSD.
+
+    Distance: as is (a deviation). Weights: none.
+    """
     return GMSDDistance(**kw)
 
 
 @METRICS.register("haarpsi")
 def haarpsi(**kw) -> Distance:
+    """piq HaarPSI (0 for images without any Haar structure, where piq returns -inf).
+
+    Distance: 1 - HaarPSI. Weights: none.
+    """
     return HaarPSIDistance(**kw)

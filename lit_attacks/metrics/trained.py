@@ -10,6 +10,7 @@ import torch
 from lit_attacks.metrics.base import Distance
 from lit_attacks.metrics.lpips import ARCH, LPIPSDistance
 from lit_attacks.metrics.registry import METRICS
+from lit_attacks.quiet import third_party_warnings_silenced
 
 CHECKPOINT_KIND = "lit_attacks.trainable_lpips"
 
@@ -30,6 +31,18 @@ class TrainedLPIPSDistance(LPIPSDistance):
     def __init__(self, model: lpips_pkg.LPIPS, net: str = "alex", pretrained: bool = True) -> None:
         Distance.__init__(self)
         self.net, self.pretrained, self.model = net, pretrained, model
+
+    @property
+    def label(self) -> str:
+        """``rlpips:<run>/<file>`` (``results/train/quick/checkpoints/last.ckpt`` -> ``rlpips:quick/last.ckpt``):
+        short enough for tables and plots; the full path is in the run README."""
+        prefix, sep, arg = self.name.partition(":")
+        short = self.name
+        if sep and arg:
+            p = Path(arg)
+            run = p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
+            short = f"{prefix}:{run}/{p.name}" if run else f"{prefix}:{p.name}"
+        return short if self.pretrained else f"{short} [random backbone]"
 
 
 def read_checkpoint(path: str | Path) -> Dict[str, Any]:
@@ -59,7 +72,8 @@ def load_trained_lpips(path: str | Path) -> TrainedLPIPSDistance:
     net = meta["net"]
     if net not in ARCH:
         raise CheckpointError(f"rlpips: {path}: unknown LPIPS net {net!r}")
-    model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    with third_party_warnings_silenced():  # torchvision's `pretrained` deprecation, from inside lpips
+        model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     prefix = "model."
     sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -71,5 +85,8 @@ def load_trained_lpips(path: str | Path) -> TrainedLPIPSDistance:
 
 @METRICS.register_prefix("rlpips")
 def rlpips(path: str) -> Distance:
-    """A metric trained by ``train.py`` (R-LPIPS style adversarial or clean training)."""
+    """an LPIPS trained by train.py (clean, or adversarially as R-LPIPS), from its checkpoint.
+
+    Distance: as is. Weights: the checkpoint (backbone included; loaded with weights_only=True).
+    """
     return load_trained_lpips(path)

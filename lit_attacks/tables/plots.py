@@ -19,6 +19,13 @@ def _plt():
     return plt
 
 
+def wrap(label: str, width: int = 18) -> str:
+    """A tick label broken into lines of at most ``width`` characters (long names such as rlpips:<run>/<file>)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width, break_on_hyphens=False, break_long_words=True)) or label
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -44,7 +51,7 @@ def flip_rate_bars(rows2: Sequence[Dict[str, Any]], path: Path) -> Optional[Path
         h = [rate.get((m, a), np.nan) for m in metrics]
         bars = ax.bar(x + (i - (len(attacks) - 1) / 2) * width, h, width, label=a)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(x, metrics, rotation=20, ha="right")
+    ax.set_xticks(x, [wrap(m) for m in metrics], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("rank flips (% of unanimous samples)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
@@ -53,21 +60,28 @@ def flip_rate_bars(rows2: Sequence[Dict[str, Any]], path: Path) -> Optional[Path
 
 
 def rmse_histograms(cells: Dict[str, List[Dict[str, Any]]], path: Path) -> Optional[Path]:
-    """One histogram per (attack, metric) cell of the RMSE (0-255) of its flipped samples."""
+    """One histogram per (attack, metric) cell of the RMSE (0-255) of its flipped samples, on one shared x range
+    and shared bins, so the cells compare at a glance."""
     data = {name: [float(r["rmse"]) for r in recs if r.get("flipped") in (True, "True")]
             for name, recs in cells.items()}
     data = {k: v for k, v in data.items() if v}
     if not data:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    hi = max(max(v) for v in data.values())
+    bins = np.linspace(0, hi * 1.05 if hi > 0 else 1, 21)
     n = len(data)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows), squeeze=False, sharex=True)
     for ax, (name, vals) in zip(axes.flat, data.items()):
-        ax.hist(vals, bins=20, color="tab:blue", alpha=0.8)
-        ax.set_title(f"{name} (n={len(vals)})", fontsize=8)
+        ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8)
+        ax.set_title(f"{wrap(name, 28)} (n={len(vals)})", fontsize=8)
         ax.set_xlabel("RMSE (0-255)", fontsize=8)
+        ax.set_ylabel("flipped samples", fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("RMSE of successful attacks", fontsize=10)
@@ -94,20 +108,52 @@ def robustness_curves(rows: Sequence[Dict[str, Any]], path: Path) -> Optional[Pa
 
 
 def example_grid(examples: Sequence[Dict[str, Any]], title: str, path: Path) -> Optional[Path]:
-    """Rows of (ref, other, prey, adversarial prey) uint8 images with their distances to ref."""
+    """Rows of (ref, other, prey, adversarial prey, amplified |adv - prey|) uint8 images; the captions give each
+    image's distance to the reference, d(ref, .), with enough digits to tell a flip."""
     if not examples:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(len(examples), 4, figsize=(6.4, 1.75 * len(examples)), squeeze=False)
+    fig, axes = plt.subplots(len(examples), 5, figsize=(8.2, 1.8 * len(examples)), squeeze=False)
     for row, ex in zip(axes, examples):
         im = ex["images"]
-        captions = [f"ref {ex['key'][-18:]}", f"other {ex['s_other']:.4f}", f"prey {ex['s_prey']:.4f}",
-                    f"adv {ex['s_adv']:.4f}" + (" flipped" if ex["flipped"] else "")]
-        for ax, name, cap in zip(row, ("ref", "other", "prey", "adv"), captions):
-            ax.imshow(im[name], interpolation="nearest")
+        diff = np.abs(im["adv"].astype(np.float64) - im["prey"].astype(np.float64))
+        gain = 255.0 / diff.max() if diff.max() > 0 else 1.0
+        captions = [f"ref {ex['key'].split('/', 1)[-1]}", f"other {ex['s_other']:.6g}", f"prey {ex['s_prey']:.6g}",
+                    f"adv {ex['s_adv']:.6g}" + (" flipped" if ex["flipped"] else ""), f"|adv - prey| x{gain:.0f}"]
+        shown = [im["ref"], im["other"], im["prey"], im["adv"], np.clip(diff * gain, 0, 255).astype(np.uint8)]
+        for ax, picture, cap in zip(row, shown, captions):
+            ax.imshow(picture, interpolation="nearest")
             ax.set_title(cap, fontsize=7)
             ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}: distances to the reference d(ref, .)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def transfer_heatmap(rows: Sequence[Dict[str, Any]], path: Path) -> Optional[Path]:
+    """Table 3 as a picture: per source, a grid target x attack of transfer rates (flipped / eligible)."""
+    rows = [r for r in rows if r["eligible"]]
+    if not rows:
+        return None
+    plt = _plt()
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    fig, axes = plt.subplots(len(sources), 1, figsize=(1 + 0.62 * len(attacks), 1.2 + 0.45 * len(
+        {r["target"] for r in rows}) * len(sources)), squeeze=False)
+    for ax, src in zip(axes[:, 0], sources):
+        sub = [r for r in rows if r["source"] == src]
+        targets = list(dict.fromkeys(r["target"] for r in sub))
+        grid = np.full((len(targets), len(attacks)), np.nan)
+        for r in sub:
+            grid[targets.index(r["target"]), attacks.index(r["attack"])] = 100 * r["flip_rate"]
+        img = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 60 else "k")
+        ax.set_xticks(range(len(attacks)), attacks, rotation=35, ha="right", fontsize=7)
+        ax.set_yticks(range(len(targets)), [wrap(t) for t in targets], fontsize=7)
+        ax.set_title(f"transfer from {src} (% of eligible samples flipped)", fontsize=9)
+        fig.colorbar(img, ax=ax, fraction=0.03)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -20,6 +20,7 @@ from lit_attacks.configuration import ConfigError, check_value
 from lit_attacks.datamodules.adversarial import AdvShardDataModule
 from lit_attacks.metrics import METRICS
 from lit_attacks.report import atomic_write, fingerprint, write_csv
+from lit_attacks.tables import plots
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, slug
 from lit_attacks.transfer import TransferGenerator, TransferScorer, official_transfer_counts, variant_names
 
@@ -168,6 +169,10 @@ class Table3(Table):
         md = table3_markdown(rows, variants)
         atomic_write(run.out / "table3.md", "# Table 3: transfer of adversarial examples (flipped / eligible)\n\n" + md)
         return md
+
+    def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
+        fig = plots.transfer_heatmap(rows, run.out / "plots" / "transfer.png")
+        return [fig] if fig is not None else []
 
     def console_title(self, cfg: Dict[str, Any]) -> str:
         if cfg["transfer_counting"] == "official":
