@@ -18,12 +18,20 @@ def metric(name):
     return _CACHE[name]
 
 
+def same_draw(m, fn):
+    """``fn()`` with a stochastic metric's generator reset first, so calls compared share one random draw (a
+    stochastic metric draws once per call for the whole batch); a deterministic metric is just called."""
+    if m.stochastic:
+        m.generator.manual_seed(1234)
+    return fn()
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_batch_equals_each_sample_alone(name, seeded_batch):
     ref, x = seeded_batch
     m = metric(name)
-    batch = m(ref, x)
-    alone = torch.cat([m(ref[i:i + 1], x[i:i + 1]) for i in range(len(x))])
+    batch = same_draw(m, lambda: m(ref, x))
+    alone = torch.cat([same_draw(m, lambda: m(ref[i:i + 1], x[i:i + 1])) for i in range(len(x))])
     assert batch.shape == (len(x),)
     torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-6)
 
@@ -139,6 +147,8 @@ def test_elpips_seeded_and_deterministic_modes(seeded_batch):
     first, second = r1(ref, x), r1(ref, x)
     assert not torch.allclose(first, second)  # a fresh ensemble each call
     torch.testing.assert_close(first, r2(ref, x))  # same seed, same sequence
+    assert r1.stochastic and not a.stochastic
+    assert create_metric("elpips_style_alex_random", pretrained=False, seed=3).stochastic
 
 
 def test_random_backbone_is_reproducible(seeded_batch):
@@ -159,8 +169,13 @@ def test_bound_distance_equals_plain_call_and_selects(name, seeded_batch):
     ref, x = seeded_batch
     m = metric(name)
     bound = m.bind(ref)
-    torch.testing.assert_close(bound(x), m(ref, x), rtol=1e-4, atol=1e-6)
+    d = lambda f: same_draw(m, f)  # noqa: E731
+    torch.testing.assert_close(d(lambda: bound(x)), d(lambda: m(ref, x)), rtol=1e-4, atol=1e-6)
     idx = torch.tensor([2, 0])
-    torch.testing.assert_close(bound.select(idx)(x[idx]), m(ref[idx], x[idx]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(d(lambda: bound.select(idx)(x[idx])), d(lambda: m(ref[idx], x[idx])), rtol=1e-4, atol=1e-6)
     rep = bound.repeat_interleave(2)
-    torch.testing.assert_close(rep(x.repeat_interleave(2, 0)), m(ref, x).repeat_interleave(2), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(d(lambda: rep(x.repeat_interleave(2, 0))), d(lambda: m(ref, x)).repeat_interleave(2),
+                               rtol=1e-4, atol=1e-6)
+    tiled = bound.tile(2)
+    torch.testing.assert_close(d(lambda: tiled(torch.cat([x, x.flip(0)]))),
+                               torch.cat([d(lambda: m(ref, x)), d(lambda: m(ref, x.flip(0)))]), rtol=1e-4, atol=1e-6)

@@ -7,7 +7,7 @@ import inspect
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -17,7 +17,8 @@ from lit_attacks.attacks.objectives import (UINT8_MODES, agrees_with_humans, cho
                                             quantize, split_prey, to_uint8)
 from lit_attacks.attacks.output import AttackOutput
 from lit_attacks.attacks.registry import ATTACKS
-from lit_attacks.metrics import BoundDistance, check_images, create_metric
+from lit_attacks.attacks.threat import TARGETS, Threat
+from lit_attacks.metrics import BoundDistance, check_images, create_metric, expected_distances
 
 
 @dataclass
@@ -78,12 +79,20 @@ class AttackModule(pl.LightningModule):
             one (paper appendix F); a flip is then ``s_adv < s_other``.
         clamp_output: adversarial images are clipped to [-1, 1] (off only for an attack whose paper
             encoding leaves the valid range; its 8-bit image is what a real image could hold).
+        targets: the images this attack can perturb (see :mod:`lit_attacks.attacks.threat`); attacks that
+            offer more than the prey take a ``target`` argument and implement :meth:`attack_threat`.
+        target: the image perturbed ("prey", "ref" or "both").
+        eot_eval: on a stochastic metric (``metric.stochastic``), the random draws averaged to estimate each
+            expected distance that decides the prey and a flip (common draws for the images compared).
     """
 
     name: str = "attack"
     example_params: ClassVar[Dict[str, Any]] = {}
     reverse: ClassVar[bool] = False
     clamp_output: bool = True
+    targets: ClassVar[Tuple[str, ...]] = ("prey",)
+    target: str = "prey"
+    eot_eval: int = 32
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -116,6 +125,21 @@ class AttackModule(pl.LightningModule):
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
         raise NotImplementedError
 
+    def attack_threat(self, threat: Threat, keys: Sequence[str]) -> AttackResult:
+        """The attack on any :class:`Threat`; ``res.adv`` is the perturbed variable (``threat.centre``'s shape).
+        By default, the prey-only :meth:`attack`."""
+        return self.attack(threat.bound, threat.prey, threat.s_other_clean, keys)
+
+    def set_target(self, target: str) -> None:
+        """Check and set :attr:`target` (called by the ``__init__`` of attacks that take one)."""
+        if target not in TARGETS:
+            raise ValueError(f"{self.name}: target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if target not in self.targets:
+            raise ValueError(f"{self.name}: target {target!r} is not supported; it perturbs {', '.join(self.targets)}")
+        if target != "prey" and self.reverse:
+            raise ValueError(f"{self.name}: the reverse attack perturbs the prey only")
+        self.target = target
+
     def _finite(self, what: str, values: Tensor, keys: Sequence[str]) -> None:
         bad = ~torch.isfinite(values)
         if bad.any():
@@ -136,7 +160,7 @@ class AttackModule(pl.LightningModule):
         check_images(ref, p0, f"{self.name} on {self.metric_name}", keys[0])
         check_images(ref, p1, f"{self.name} on {self.metric_name}", keys[0])
         with torch.no_grad():
-            s0, s1 = self.metric(ref, p0, check=False), self.metric(ref, p1, check=False)  # (B,), smaller = closer
+            s0, s1 = expected_distances(self.metric, ref, [p0, p1], self.eot_eval)  # (B,), smaller = closer
             self._finite("s0", s0, keys), self._finite("s1", s1, keys)
             prey, other, _, s_other = split_prey(p0, p1, s0, s1, farther=self.reverse)
             bound = self.metric.bind(ref)
@@ -144,16 +168,17 @@ class AttackModule(pl.LightningModule):
 
     def _predict(self, batch: Dict[str, Any]) -> AttackOutput:
         keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
+        threat = Threat(self.target, self.metric, ref, prey, other, s_other, bound=None if self.target == "ref" else bound)
         with torch.enable_grad():
-            res = self.attack(bound, prey, s_other, keys)
+            res = self.attack_threat(threat, keys)
         adv = res.adv.detach().clamp(-1, 1) if self.clamp_output else res.adv.detach()
-        with torch.no_grad():
-            s_adv = self.metric(ref, adv, check=False)  # fresh forward pass on the final image
-            s_adv8 = self.metric(ref, quantize(adv, self.uint8), check=False)
+        with torch.no_grad():  # fresh forward passes on the final images (and their 8-bit versions)
+            s_adv, s_oth = self._rescore(threat, adv, s_other, lambda t: t)
+            s_adv8, s_oth8 = self._rescore(threat, adv, s_other, lambda t: quantize(t, self.uint8))
             self._finite("s_adv", s_adv, keys)
         status = list(res.status or ["ok"] * len(keys))
         ok = torch.tensor([s == "ok" for s in status], dtype=torch.bool, device=s_adv.device)
-        verdict = flipped(s_adv, s_other, self.reverse) if res.verdict is None else res.verdict.to(ok.device)
+        verdict = flipped(s_adv, s_oth, self.reverse) if res.verdict is None else res.verdict.to(ok.device)
         if res.nonfinite is not None:  # a gradient attack that got no gradient and did not flip: failed, not robust
             weakened = (res.nonfinite.to(ok.device) & ok & ~verdict).tolist()
             status = ["non-finite gradient" if w else st for w, st in zip(weakened, status)]
@@ -161,16 +186,43 @@ class AttackModule(pl.LightningModule):
         closer = choose_prey(s0, s1)
         prey_idx = closer ^ int(self.reverse)  # the attacked image
         tied = s0 == s1
-        stats = perturbation_stats(prey, adv)
+        stats = perturbation_stats(threat.centre, adv)
+        extra = dict(res.extra)
+        if self.metric.stochastic:
+            extra["flip_rate_fresh"] = self._fresh_flip_rate(threat, adv).tolist()
+        adv_img = adv[:, :3]
         images = None
         if self.keep_images:
             images = {n: to_uint8(t.detach().cpu(), self.uint8) for n, t in (("ref", ref), ("other", other),
-                                                                              ("prey", prey), ("adv", adv))}
+                                                                              ("prey", prey), ("adv", adv_img))}
+            if self.target == "both":
+                images["adv_other"] = to_uint8(adv[:, 3:].detach().cpu(), self.uint8)
         return AttackOutput(key=keys, category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1,
                             prey=prey_idx, agreed=agrees_with_humans(batch["judge"], closer, tied), tied=tied,
-                            s_other=s_other, s_adv=s_adv, flipped=ok & verdict, s_adv_uint8=s_adv8,
-                            flipped_uint8=ok & flipped(s_adv8, s_other, self.reverse), iterations=res.iterations, queries=res.queries,
-                            eps=res.eps, status=status, extra=res.extra, adv=adv, images=images, **stats)
+                            s_other=s_oth, s_adv=s_adv, flipped=ok & verdict, s_adv_uint8=s_adv8,
+                            flipped_uint8=ok & flipped(s_adv8, s_oth8, self.reverse), iterations=res.iterations,
+                            queries=res.queries, eps=res.eps, status=status, extra=extra, adv=adv_img, images=images,
+                            **stats)
+
+    def _rescore(self, threat: Threat, adv: Tensor, s_other: Tensor, convert) -> Tuple[Tensor, Tensor]:
+        """(s_adv, s_other) of the perturbed images after ``convert`` (identity or 8-bit), by fresh forward passes;
+        the expectation over ``eot_eval`` draws on a stochastic metric."""
+        ref, prey, other = threat.images(convert(adv))
+        if self.target == "prey" and not self.metric.stochastic:
+            return self.metric(ref, prey, check=False), s_other
+        s_adv, s_oth = expected_distances(self.metric, ref, [prey, other], self.eot_eval)  # common draws
+        return s_adv, s_oth
+
+    def _fresh_flip_rate(self, threat: Threat, adv: Tensor) -> Tensor:
+        """(B,) fraction of ``eot_eval`` single fresh draws of the stochastic metric under which the rank is flipped
+        (each draw scores both images of a sample with the same randomness; the prey's "other" distance is the
+        draw's, not the expectation)."""
+        ref, prey, other = threat.images(adv)
+        hits = torch.zeros(len(adv), dtype=torch.float64, device=adv.device)
+        for _ in range(self.eot_eval):
+            s_adv, s_oth = expected_distances(self.metric, ref, [prey, other], 1)
+            hits += flipped(s_adv, s_oth, self.reverse).double()
+        return hits / self.eot_eval
 
 
 class SpatialAttack(AttackModule):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -10,6 +10,7 @@ from torch import Tensor
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import rank_loss
 from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.attacks.threat import Threat
 from lit_attacks.metrics import BoundDistance
 
 
@@ -19,17 +20,26 @@ def eps_grid(step: float = 1e-4, max_eps: float = 0.05) -> Tensor:
     return torch.arange(1, n + 1, dtype=torch.float64) * step
 
 
-def fgsm_direction(bound: BoundDistance, prey: Tensor, s_other: Tensor) -> Tuple[Tensor, Tensor]:
-    """(B, 3, H, W) sign of the rank-loss gradient at ``prey`` (0 where the gradient is not finite), and (B,)
-    True for samples whose gradient had non-finite entries."""
-    x = prey.detach().clone().requires_grad_(True)
-    grad, = torch.autograd.grad(rank_loss(s_other, bound(x)).sum(), x)
+def as_threat(bound: Union[BoundDistance, Threat], prey: Optional[Tensor], s_other: Optional[Tensor]) -> Threat:
+    """``bound`` if it is a :class:`Threat`, else the paper's threat on ``prey``."""
+    return bound if isinstance(bound, Threat) else Threat.on_prey(bound, prey, s_other)
+
+
+def fgsm_direction(bound: Union[BoundDistance, Threat], prey: Optional[Tensor] = None, s_other: Optional[Tensor] = None
+                   ) -> Tuple[Tensor, Tensor]:
+    """(B, C, H, W) sign of the rank-loss gradient at the clean point (0 where the gradient is not finite), and
+    (B,) True for samples whose gradient had non-finite entries. ``bound`` is a bound metric (with ``prey`` and
+    ``s_other``) or a :class:`Threat`."""
+    t = as_threat(bound, prey, s_other)
+    x = t.centre.detach().clone().requires_grad_(True)
+    s_adv, s_oth = t(x)
+    grad, = torch.autograd.grad(rank_loss(s_oth, s_adv).sum(), x)
     nonfinite = ~torch.isfinite(grad).flatten(1).all(1)
     return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0).sign(), nonfinite
 
 
-def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Tensor, grid: Tensor,
-              eps_chunk: int = 8) -> Tuple[Tensor, Tensor]:
+def fgsm_scan(bound: Union[BoundDistance, Threat], prey: Optional[Tensor], s_other: Optional[Tensor], direction: Tensor,
+              grid: Tensor, eps_chunk: int = 8) -> Tuple[Tensor, Tensor]:
     """Index of the first grid epsilon whose ``clamp(prey + eps * direction)`` flips, or -1; and queries.
 
     The grid is scanned in chunks of ``eps_chunk`` epsilons; the chunk's candidates of all active
@@ -37,6 +47,8 @@ def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Te
     leaves once its first flip is found. The answer is the sequential scan's; ``queries`` (candidates
     evaluated) depends only on the sample and ``eps_chunk``, never on its batch.
     """
+    t = as_threat(bound, prey, s_other)
+    prey = t.centre
     B, n = prey.shape[0], grid.numel()
     first = torch.full((B,), -1, dtype=torch.long, device=prey.device)
     queries = torch.zeros(B, dtype=torch.long, device=prey.device)
@@ -45,10 +57,10 @@ def fgsm_scan(bound: BoundDistance, prey: Tensor, s_other: Tensor, direction: Te
     while active.numel() and start < n:
         k = min(n - start, eps_chunk)
         eps = grid[start:start + k].view(1, k, 1, 1, 1)
-        cand = (prey[active, None] + eps * direction[active, None]).clamp(-1, 1)  # (A, k, 3, H, W)
+        cand = (prey[active, None] + eps * direction[active, None]).clamp(-1, 1)  # (A, k, C, H, W)
         with torch.no_grad():
-            s = bound.select(active).repeat_interleave(k)(cand.flatten(0, 1)).view(-1, k)
-        hit = s > s_other[active, None]
+            s, so = t.select(active).repeat_interleave(k)(cand.flatten(0, 1))
+        hit = s.view(-1, k) > so.view(-1, k)
         found = hit.any(1)
         queries[active] += k
         first[active[found]] = start + hit.float().argmax(1)[found]
@@ -65,13 +77,16 @@ class FGSM(AttackModule):
         step: grid step (1e-4) and first epsilon.
         max_eps: last epsilon tried (0.05).
         eps_chunk: epsilons per sample evaluated in one forward pass (memory: batch * eps_chunk images).
+        target: the image perturbed: "prey" (the paper), "ref" or "both" distorted images; see
+            :mod:`lit_attacks.attacks.threat`.
     """
 
     name = "fgsm"
+    targets = ("prey", "ref", "both")
     example_params = {"step": 0.002, "max_eps": 0.03}
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
-                 eps_chunk: int = 8, pretrained: bool = True, weights_dir: Optional[str] = None,
+                 eps_chunk: int = 8, target: str = "prey", pretrained: bool = True, weights_dir: Optional[str] = None,
                  keep_images: bool = False, batch_invariant: bool = False,
                  uint8: str = "round") -> None:
         if step <= 0 or max_eps <= 0:
@@ -82,15 +97,17 @@ class FGSM(AttackModule):
             raise ValueError(f"fgsm: max_eps ({max_eps}) is below the first epsilon ({step})")
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
         self.save_hyperparameters()
+        self.set_target(target)
         self.grid, self.eps_chunk = eps_grid(step, max_eps), eps_chunk
 
     @property
     def linf_budget(self) -> float:
         return float(self.grid[-1])
 
-    def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
-        direction, nonfinite = fgsm_direction(bound, prey, s_other)
-        first, queries = fgsm_scan(bound, prey, s_other, direction, self.grid, self.eps_chunk)
+    def attack_threat(self, threat: Threat, keys: Sequence[str]) -> AttackResult:
+        prey = threat.centre
+        direction, nonfinite = fgsm_direction(threat)
+        first, queries = fgsm_scan(threat, None, None, direction, self.grid, self.eps_chunk)
         grid = self.grid.to(prey.device)
         eps = torch.where(first >= 0, grid[first.clamp(min=0)], torch.full_like(grid[:1], math.nan).expand_as(first))
         use = torch.where(first >= 0, grid[first.clamp(min=0)], grid[-1]).to(prey.dtype)  # unflipped: max_eps image

@@ -8,7 +8,6 @@ gradient averaging is involved). Finished samples leave the active set (compacti
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -18,6 +17,7 @@ from torch import Tensor
 
 from lit_attacks.attacks.base import AttackResult, SpatialAttack
 from lit_attacks.attacks.flow import backward_warp, flow_charbonnier
+from lit_attacks.attacks.objectives import sample_generator
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
@@ -35,11 +35,6 @@ def flops_per_sample(h: int, w: int, width: int = 256, depth: int = 5, head: int
     """Multiply-adds x 2 of one forward pass of the flow CNN, times 3 for forward + backward, per iteration."""
     macs = sum(cin * cout * k * k * h * w for cin, cout, k in layer_shapes(width, depth, head))
     return 2 * macs * 3 * iterations
-
-
-def sample_generator(seed: int, key: str, restart: int) -> torch.Generator:
-    h = hashlib.sha256(f"{seed}:{key}:{restart}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little"))
 
 
 def init_params(shapes, keys: Sequence[str], seed: int, restart: int, device, dtype, out_scale: float) -> List[Tensor]:

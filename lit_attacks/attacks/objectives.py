@@ -1,9 +1,11 @@
 """Pure tensor functions shared by the attacks: prey choice, losses, flips, perturbation statistics."""
 from __future__ import annotations
 
+import hashlib
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lit_attacks.attacks.output import PIXEL_THRESHOLDS
@@ -35,6 +37,34 @@ def rank_loss(s_other: Tensor, s_adv: Tensor, target: float = 1.0) -> Tensor:
     """(B,) the official loss the white-box attacks ascend: MSE(s_other / (s_other + s_adv), target) per sample;
     target 1 pushes the adversarial image away (a rank flip), 0 pulls it closer (the reverse attack)."""
     return (s_other / (s_other + s_adv) - target) ** 2
+
+
+LOSSES = ("rank", "margin", "ce")
+
+
+def attack_loss(kind: str, s_adv: Tensor, s_other: Tensor) -> Tensor:
+    """(B,) the loss an attack ascends towards a rank flip (``s_adv > s_other``).
+
+    - ``rank``: the paper's ``MSE(s_other / (s_other + s_adv), 1)`` (:func:`rank_loss`); it saturates near the flip
+      and its scale depends on the metric's.
+    - ``margin``: ``s_adv - s_other``, positive exactly when the rank is flipped (the 2AFC margin; AutoAttack's
+      margin losses and robust CLIP metrics' ``binary_margin_loss`` on the logits ``(-d0, -d1)``).
+    - ``ce``: ``softplus(s_adv - s_other)``, the cross-entropy of the logits ``(-s_adv, -s_other)`` against
+      "the prey is closer" (the default loss of the robust-CLIP evaluation, ``fra31/perceptual-metrics``).
+    """
+    if kind == "rank":
+        return rank_loss(s_other, s_adv)
+    if kind == "margin":
+        return s_adv - s_other
+    if kind == "ce":
+        return F.softplus(s_adv - s_other)
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+
+
+def sample_generator(seed: int, key: str, restart: int = 0) -> torch.Generator:
+    """A CPU generator for one sample and restart: a sample gets the same random draws whatever its batch."""
+    h = hashlib.sha256(f"{seed}:{key}:{restart}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little"))
 
 
 def project_linf(x: Tensor, centre: Tensor, eps: float) -> Tensor:

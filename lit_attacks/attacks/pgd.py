@@ -1,7 +1,7 @@
 """PGD (l_inf, no random start) as in the official ``whitebox_attack_pgd.py``, batched with compaction."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -9,6 +9,7 @@ from torch import Tensor
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import flipped, project_linf, rank_loss
 from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.attacks.threat import Threat, per_sample
 from lit_attacks.metrics import BoundDistance
 
 
@@ -36,19 +37,29 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
         adv (B, 3, H, W); iterations (B,): steps applied before the flip was seen (``steps`` if never
         seen); queries (B,): forward passes spent.
     """
-    B = prey.shape[0]
-    adv = (prey if start is None else start).detach().clone()
-    iters = torch.full((B,), steps, dtype=torch.long, device=prey.device)
-    queries = torch.zeros(B, dtype=torch.long, device=prey.device)
-    active = torch.arange(B, device=prey.device)
-    b, so, centre = bound, s_other, prey
+    return pgd_threat(Threat.on_prey(bound, prey, s_other), eps, alpha, steps, early_stop, start, nonfinite, reverse)
+
+
+def pgd_threat(threat: Threat, eps: Union[float, Tensor] = 0.03, alpha: float = 0.001, steps: int = 30, early_stop: bool = True,
+               start: Optional[Tensor] = None, nonfinite: Optional[Tensor] = None, reverse: bool = False
+               ) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`pgd` on any :class:`Threat` (the prey, the reference or both distorted images), around ``threat.centre``;
+    ``eps`` is one budget or (B,) budgets, one per sample."""
+    centre = threat.centre
+    B = centre.shape[0]
+    eps = per_sample(eps, B, centre)
+    adv = (centre if start is None else start).detach().clone()
+    iters = torch.full((B,), steps, dtype=torch.long, device=centre.device)
+    queries = torch.zeros(B, dtype=torch.long, device=centre.device)
+    active = torch.arange(B, device=centre.device)
+    t = threat
     for i in range(steps):
         x = adv[active].requires_grad_(True)
-        s = b(x)  # (A,)
+        s, so = t(x)  # (A,), (A,)
         queries[active] += 1
         keep = torch.ones_like(s, dtype=torch.bool)
         if early_stop:
-            keep = ~flipped(s.detach(), so, reverse)
+            keep = ~flipped(s.detach(), so.detach(), reverse)
             iters[active[~keep]] = i
         loss = rank_loss(so[keep], s[keep], 0.0 if reverse else 1.0).sum()  # samples are independent: each row gets its own gradient
         if not keep.any():
@@ -59,9 +70,9 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         x, grad = x.detach()[keep], grad[keep]
         if not keep.all():
-            active, b, so, centre = active[keep], b.select(keep.nonzero().flatten()), so[keep], centre[keep]
+            active, t = active[keep], t.select(keep.nonzero().flatten())
         stepped = x + alpha * grad.sign()
-        adv[active] = project_linf(stepped, centre, eps)
+        adv[active] = project_linf(stepped, t.centre, eps[active].view(-1, *[1] * (x.ndim - 1)))
     return adv, iters, queries
 
 
@@ -81,14 +92,17 @@ class PGD(AttackModule):
             unflipped sample reports ``steps - 1`` iterations. Both are recorded per sample
             (``flipped_official``, ``iterations_official``); ``counting`` picks which ``flipped`` and
             ``iterations`` hold.
+        target: the image perturbed: "prey" (the paper), "ref" or "both" distorted images (each in its own
+            ball); see :mod:`lit_attacks.attacks.threat`.
         pretrained, weights_dir, keep_images, batch_invariant, uint8: see :class:`AttackModule`.
     """
 
     name = "pgd"
+    targets = ("prey", "ref", "both")
     example_params = {"steps": 5}
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 0.03, alpha: float = 0.001, steps: int = 30,
-                 fixed_steps: bool = False, counting: str = "final", pretrained: bool = True,
+                 fixed_steps: bool = False, counting: str = "final", target: str = "prey", pretrained: bool = True,
                  weights_dir: Optional[str] = None,
                  keep_images: bool = False, batch_invariant: bool = False,
                  uint8: str = "round") -> None:
@@ -105,21 +119,28 @@ class PGD(AttackModule):
                              "it does not apply to fixed_steps")
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
         self.save_hyperparameters()
+        self.set_target(target)
         self.eps, self.alpha, self.steps, self.fixed_steps, self.counting = eps, alpha, steps, fixed_steps, counting
 
     @property
     def linf_budget(self) -> float:
         return self.eps
 
-    def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
-        nonfinite = torch.zeros(prey.shape[0], dtype=torch.bool, device=prey.device)
-        adv, iters, queries = pgd(bound, prey, s_other, self.eps, self.alpha, self.steps, not self.fixed_steps,
-                                  nonfinite=nonfinite, reverse=self.reverse)
+    def attack_threat(self, threat: Threat, keys: Sequence[str]) -> AttackResult:
+        return self.attack_at(threat, keys, self.eps)
+
+    def attack_at(self, threat: Threat, keys: Sequence[str], eps: Union[float, Tensor]) -> AttackResult:
+        """The attack with budget ``eps`` (a number or (B,) per sample), e.g. for a minimum-epsilon search."""
+        s_other = threat.s_other_clean
+        nonfinite = torch.zeros(len(threat), dtype=torch.bool, device=s_other.device)
+        eps_col = per_sample(torch.as_tensor(eps, dtype=torch.float64), len(threat), threat.centre.new_zeros(0, dtype=torch.float64))
+        eps = per_sample(eps, len(threat), threat.centre)
+        adv, iters, queries = pgd_threat(threat, eps, self.alpha, self.steps, not self.fixed_steps,
+                                         nonfinite=nonfinite, reverse=self.reverse)
         seen = iters < self.steps if not self.fixed_steps else torch.zeros_like(nonfinite)  # flip seen before a step
         official_iters = torch.where(seen, iters, torch.full_like(iters, self.steps - 1))
         official = self.counting == "official"
-        return AttackResult(adv, official_iters if official else iters, queries,
-                            torch.full_like(s_other, self.eps, dtype=torch.float64), nonfinite=nonfinite,
+        return AttackResult(adv, official_iters if official else iters, queries, eps_col, nonfinite=nonfinite,
                             verdict=seen if official else None,
                             extra={"flipped_official": seen.tolist(), "iterations_official": official_iters.tolist()})
 
@@ -132,6 +153,7 @@ class PGDReverse(PGD):
     """
 
     name = "pgd_reverse"
+    targets = ("prey",)
     reverse = True
     example_params = {"steps": 5}
 
@@ -139,5 +161,5 @@ class PGDReverse(PGD):
                  fixed_steps: bool = False, counting: str = "final", pretrained: bool = True,
                  weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
                  uint8: str = "round") -> None:
-        super().__init__(metric, eps, alpha, steps, fixed_steps, counting, pretrained, weights_dir, keep_images,
+        super().__init__(metric, eps, alpha, steps, fixed_steps, counting, "prey", pretrained, weights_dir, keep_images,
                          batch_invariant, uint8)

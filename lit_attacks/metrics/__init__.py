@@ -6,7 +6,7 @@ import inspect
 import torch
 from typing import Any, List, Optional
 
-from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, to01
+from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, expected_distances, to01
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import WeightsNotFoundError
 from lit_attacks.metrics import pixel, structural, lpips, deep, stlpips, trained  # noqa: F401  (registration)
@@ -39,5 +39,5 @@ def list_metrics(pattern: str = "*") -> List[str]:
     return METRICS.names(pattern)
 
 
-__all__ = ["BoundDistance", "CheckpointError", "Distance", "METRICS", "MetricInputError", "WeightsNotFoundError", "check_images", "create_metric",
+__all__ = ["BoundDistance", "CheckpointError", "Distance", "METRICS", "MetricInputError", "WeightsNotFoundError", "check_images", "create_metric", "expected_distances",
            "list_metrics", "to01"]

@@ -25,10 +25,13 @@ class Distance(nn.Module):
     Attributes:
         name: registry name, set by :func:`lit_attacks.metrics.create_metric`.
         pretrained: False when the metric runs on a random backbone (tests and timing only).
+        stochastic: every call draws fresh randomness shared by the batch (so ``d(ref, x)`` is a random
+            variable); attacks then score by the expectation (:func:`expected_distances`) and ascend it (EOT).
     """
 
     name: str = "distance"
     pretrained: bool = True
+    stochastic: bool = False  # a fresh random draw every call (E-LPIPS' random transformations): attacks use EOT
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -97,6 +100,17 @@ class Distance(nn.Module):
         return self._distance(ctx, x)
 
 
+def expected_distances(metric: Distance, ref: Tensor, xs, draws: int) -> list:
+    """[(B,) mean over ``draws`` calls of ``d(ref, x)`` for each x in ``xs``]. All images of one call share the
+    metric's random draw (common random numbers), so differences between the xs are estimated with less
+    variance than independent means; a deterministic metric is called once."""
+    n = draws if metric.stochastic else 1
+    B, k = ref.shape[0], len(xs)
+    refs, imgs = torch.cat([ref] * k), torch.cat(list(xs))
+    total = sum(metric(refs, imgs, check=False) for _ in range(n)) / n
+    return list(total.view(k, B))
+
+
 class BoundDistance:
     """A metric bound to a batch of references; :meth:`select` keeps a subset (for compaction)."""
 
@@ -113,6 +127,11 @@ class BoundDistance:
     def repeat_interleave(self, k: int) -> "BoundDistance":
         """Each reference repeated ``k`` times in a row (to score k candidates per sample at once)."""
         idx = torch.arange(self.ref.shape[0], device=self.ref.device).repeat_interleave(k)
+        return self.select(idx)
+
+    def tile(self, k: int) -> "BoundDistance":
+        """The references repeated ``k`` times as blocks (to score k images of every sample in one call)."""
+        idx = torch.arange(self.ref.shape[0], device=self.ref.device).repeat(k)
         return self.select(idx)
 
     def __len__(self) -> int:

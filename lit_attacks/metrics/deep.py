@@ -89,7 +89,7 @@ class ELPIPSDistance(Distance):
         if n_transforms < 1:
             raise ValueError(f"elpips: n_transforms must be >= 1, got {n_transforms}")
         self.pretrained, self.n_transforms, self.offset_max = pretrained, n_transforms, offset_max
-        self.deterministic = deterministic
+        self.deterministic, self.stochastic = deterministic, not deterministic
         self.model = build_lpips(net, pretrained, weights_dir, metric=f"elpips[{net}]")
         _avg_pooling(self.model.net)
         self.generator = torch.Generator().manual_seed(seed)
@@ -179,6 +179,24 @@ def elpips_style_alex(pretrained: bool = True, weights_dir: Optional[str] = None
     Distance: as is. Weights: AlexNet ImageNet.
     """
     return ELPIPSDistance(net="alex", pretrained=pretrained, weights_dir=weights_dir, **kw)
+
+
+@METRICS.register("elpips_style_random")
+def elpips_style_random(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
+    """E-LPIPS-style on VGG16 with a fresh random-transform ensemble every call (the stochastic metric; attack it with EOT).
+
+    Distance: as is. Weights: VGG16 ImageNet.
+    """
+    return ELPIPSDistance(net="vgg", deterministic=False, pretrained=pretrained, weights_dir=weights_dir, **kw)
+
+
+@METRICS.register("elpips_style_alex_random")
+def elpips_style_alex_random(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
+    """E-LPIPS-style on AlexNet with a fresh random-transform ensemble every call (attack it with EOT).
+
+    Distance: as is. Weights: AlexNet ImageNet.
+    """
+    return ELPIPSDistance(net="alex", deterministic=False, pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 
 _NOT_ELPIPS = ("it is E-LPIPS-style (LPIPS v0.1 heads with average pooling over a random-transform ensemble), not "

@@ -1,0 +1,234 @@
+"""APGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks"), l_inf and l_2, on the 2AFC rank flip, batched with per-sample early stop.
+
+The algorithm follows AutoAttack's ``APGDAttack.attack_single_run`` (``fra31/auto-attack``, read, not
+copied): step size ``2 eps``; a momentum step ``x + 0.75 (z - x) + 0.25 (x - x_prev)`` (plain step at
+the first iteration) with ``z`` the projected gradient step (sign for l_inf, l_2-normalised gradient for
+l_2); checkpoints after ``0.22 n`` iterations, then shorter by ``0.03 n`` down to ``0.06 n``; at a
+checkpoint a sample's step size halves and it restarts from its best point when the loss increased in at
+most ``rho = 0.75`` of the steps since the last checkpoint, or when the step size was not reduced at the
+last checkpoint and the best loss has not improved since. Restarts start from a random point of the ball
+and attack only the samples not yet flipped. Differences: a sample stops as soon as it flips (AutoAttack
+runs the whole batch for ``n`` iterations and keeps its last flipping point); the loss history of the first
+checkpoint includes the starting point's loss (AutoAttack reads an unset row there); random starts come
+from per-sample generators, so a sample's attack does not depend on its batch.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.objectives import LOSSES, attack_loss, sample_generator
+from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.attacks.threat import NORMS, Threat, lp_norm, normalize, per_sample, project, random_start
+
+
+def loss_and_grad(threat: Threat, x: Tensor, loss: str, eot: int = 1) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss (B,), s_adv (B,), s_other (B,), grad of the loss wrt ``x``), each averaged over ``eot`` calls (EOT:
+    on a stochastic metric each call is a fresh random draw; 1 for a deterministic one)."""
+    x = x.detach().requires_grad_(True)
+    total_l = total_a = total_o = total_g = 0
+    for _ in range(eot):
+        s_adv, s_other = threat(x)
+        l = attack_loss(loss, s_adv, s_other)
+        g, = torch.autograd.grad(l.sum(), x)  # samples are independent: each row gets its own gradient
+        total_l, total_a, total_o, total_g = total_l + l.detach(), total_a + s_adv.detach(), total_o + s_other.detach(), total_g + g
+    return total_l / eot, total_a / eot, total_o / eot, total_g / eot
+
+
+def checkpoints(steps: int) -> List[int]:
+    """The iterations (0-based, after which the check runs) of APGD's step-size checkpoints for ``steps``."""
+    k, size_decr, k_min = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, i = [], k - 1
+    while i < steps:
+        out.append(i)
+        k = max(k - size_decr, k_min)
+        i += k
+    return out
+
+
+def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = "linf", steps: int = 100, loss: str = "margin",
+             rho: float = 0.75, eot: int = 1, nonfinite: Optional[Tensor] = None
+             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One APGD run from ``x0``; a sample stops at its first flip (``s_adv > s_other``). ``eps`` is one budget or
+    (B,) budgets, one per sample.
+
+    Returns:
+        adv (B, C, H, W): the first flipping point, else the point of highest loss; flipped (B,) bool;
+        iterations (B,): gradient steps taken; queries (B,): metric calls (``eot`` per evaluation).
+    """
+    B, dev = len(threat), x0.device
+    centre, parts = threat.centre, threat.parts
+    eps = per_sample(eps, B, x0)
+    out = x0.detach().clone()
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    iters = torch.full((B,), steps, dtype=torch.long, device=dev)
+    queries = torch.full((B,), eot, dtype=torch.long, device=dev)
+    lval, s_a, s_o, grad = loss_and_grad(threat, x0, loss, eot)
+    grad = _finite(grad, nonfinite, torch.arange(B, device=dev))
+    hit = s_a > s_o
+    done |= hit
+    iters[hit] = 0
+    act = (~hit).nonzero().flatten()  # indices into the batch of the samples still running
+    t, c, e = threat.select(act), centre[act], eps[act]
+    x, x_old, grad = x0[act].detach(), x0[act].detach(), grad[act]
+    x_best, g_best, l_best = x.clone(), grad.clone(), lval[act].clone()
+    history = [lval[act]]  # losses since the last checkpoint, starting point first
+    l_best_check, reduced_check = l_best.clone(), torch.ones_like(l_best, dtype=torch.bool)
+    step = 2 * e
+    checks = set(checkpoints(steps))
+    for i in range(steps):
+        if not len(act):
+            break
+        a = 0.75 if i > 0 else 1.0
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        direction = grad.sign() if norm == "linf" else normalize(grad, "l2", parts)
+        z = project(x + step.view(shape) * direction, c, e, norm, parts)
+        x_new = project(x + a * (z - x) + (1 - a) * (x - x_old), c, e, norm, parts)
+        x_old, x = x, x_new
+        lval, s_a, s_o, grad = loss_and_grad(t, x, loss, eot)
+        grad = _finite(grad, nonfinite, act)
+        queries[act] += eot
+        history.append(lval)
+        better = lval > l_best
+        x_best, g_best, l_best = (torch.where(better.view(shape), x, x_best), torch.where(better.view(shape), grad, g_best),
+                                  torch.where(better, lval, l_best))
+        hit = s_a > s_o
+        if hit.any():  # flipped samples keep the point that flipped and leave
+            out[act[hit]], done[act[hit]], iters[act[hit]] = x[hit], True, i + 1
+            keep = ~hit
+            act, t, c, e = act[keep], t.select(keep.nonzero().flatten()), c[keep], e[keep]
+            x, x_old, grad, x_best, g_best, l_best = x[keep], x_old[keep], grad[keep], x_best[keep], g_best[keep], l_best[keep]
+            l_best_check, reduced_check, step = l_best_check[keep], reduced_check[keep], step[keep]
+            history = [h[keep] for h in history]
+        if i in checks:  # AutoAttack's step-size checkpoint
+            h = torch.stack(history)  # (k + 1, A): losses since the last checkpoint
+            oscillates = (h[1:] > h[:-1]).sum(0) <= (len(h) - 1) * rho
+            stalled = ~reduced_check & (l_best_check >= l_best)
+            reduce = oscillates | stalled
+            reduced_check, l_best_check = reduce, l_best.clone()
+            step = torch.where(reduce, step / 2, step)
+            x = torch.where(reduce.view(shape), x_best, x)
+            grad = torch.where(reduce.view(shape), g_best, grad)
+            history = [h[-1]]
+    if len(act):
+        out[act] = x_best
+    return out, done, iters, queries
+
+
+def _finite(grad: Tensor, nonfinite: Optional[Tensor], idx: Tensor) -> Tensor:
+    """``grad`` with non-finite entries zeroed; marks those samples (``idx`` into the batch) in ``nonfinite``."""
+    if nonfinite is not None:
+        nonfinite[idx] |= ~torch.isfinite(grad).flatten(1).all(1)
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def apgd(threat: Threat, keys: Sequence[str], eps: Union[float, Tensor], norm: str = "linf", steps: int = 100, restarts: int = 1,
+         loss: str = "margin", rho: float = 0.75, seed: int = 0, random_init: bool = True, eot: int = 1,
+         nonfinite: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """APGD with restarts: each restart attacks only the samples not flipped yet, from a random point of the
+    ball drawn from the sample's own generator (``seed``, its key, the restart); with ``random_init=False`` the
+    first run starts at the clean point.
+
+    Returns:
+        adv (B, C, H, W), flipped (B,), iterations (B,): gradient steps over all runs, queries (B,).
+    """
+    B, dev = len(threat), threat.centre.device
+    eps = per_sample(eps, B, threat.centre)
+    adv = threat.centre.detach().clone()
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    queries = torch.zeros(B, dtype=torch.long, device=dev)
+    for r in range(restarts):
+        todo = (~done).nonzero().flatten()
+        if not len(todo):
+            break
+        t = threat.select(todo)
+        if random_init or r > 0:
+            x0 = random_start(t.centre, eps[todo], norm, t.parts, [sample_generator(seed, keys[int(i)], r) for i in todo])
+        else:
+            x0 = t.centre
+        sub_nf = None if nonfinite is None else torch.zeros(len(todo), dtype=torch.bool, device=dev)
+        x, hit, it, q = apgd_run(t, x0, eps[todo], norm, steps, loss, rho, eot, sub_nf)
+        if sub_nf is not None:
+            nonfinite[todo] |= sub_nf
+        adv[todo], done[todo] = x, hit
+        iters[todo] += it
+        queries[todo] += q
+    return adv, done, iters, queries
+
+
+@ATTACKS.register("apgd")
+class APGD(AttackModule):
+    """APGD (AutoAttack's l_inf / l_2 attack) on the 2AFC rank flip.
+
+    Args:
+        metric: victim metric name.
+        eps: budget on [-1, 1] images (twice the [0, 1] value: l_inf 8/255 on [0, 1] is 16/255 here; l_2 scales
+            the same way), per perturbed image.
+        norm: "linf" or "l2".
+        steps: iterations per run (AutoAttack: 100).
+        restarts: runs; each later run starts at a random point and attacks only unflipped samples.
+        loss: "margin" (``s_adv - s_other``), "ce" (robust-CLIP's loss) or "rank" (the paper's); see
+            :func:`lit_attacks.attacks.objectives.attack_loss`.
+        rho: oscillation threshold of the step-size checkpoints (0.75).
+        random_init: start the first run at a random point of the ball (AutoAttack) instead of the clean point.
+        target: the image perturbed: "prey" (the paper), "ref" (robust CLIP metrics) or "both" distorted images
+            (R-LPIPS' ``x_0_x_1``, each in its own ball).
+        eot: gradient samples averaged per step (Expectation over Transformation) on a stochastic metric.
+        eot_eval: draws averaged to decide prey and flips on a stochastic metric.
+        seed: combined with each sample's key into per-sample random starts.
+        pretrained, weights_dir, keep_images, batch_invariant, uint8: see :class:`AttackModule`.
+    """
+
+    name = "apgd"
+    targets = ("prey", "ref", "both")
+    example_params = {"steps": 5, "eps": 0.03}
+
+    def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf", steps: int = 100,
+                 restarts: int = 1, loss: str = "margin", rho: float = 0.75, random_init: bool = True,
+                 target: str = "prey", eot: int = 1, eot_eval: int = 32, seed: int = 0, pretrained: bool = True,
+                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
+                 uint8: str = "round") -> None:
+        check_lp(self.name, eps, norm, loss)
+        if steps < 1 or restarts < 1 or eot < 1 or eot_eval < 1:
+            raise ValueError(f"{self.name}: steps, restarts, eot and eot_eval must be >= 1; got steps={steps}, "
+                             f"restarts={restarts}, eot={eot}, eot_eval={eot_eval}")
+        if not 0 < rho <= 1:
+            raise ValueError(f"{self.name}: rho must be in (0, 1], got {rho}")
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        self.save_hyperparameters()
+        self.set_target(target)
+        self.eps, self.norm, self.steps, self.restarts, self.loss, self.rho = eps, norm, steps, restarts, loss, rho
+        self.random_init, self.eot, self.eot_eval, self.seed = random_init, eot, eot_eval, seed
+
+    @property
+    def linf_budget(self) -> Optional[float]:
+        return self.eps if self.norm == "linf" else None
+
+    def attack_threat(self, threat: Threat, keys: Sequence[str]) -> AttackResult:
+        return self.attack_at(threat, keys, self.eps)
+
+    def attack_at(self, threat: Threat, keys: Sequence[str], eps: Union[float, Tensor]) -> AttackResult:
+        """The attack with budget ``eps`` (a number or (B,) per sample), e.g. for a minimum-epsilon search."""
+        nonfinite = torch.zeros(len(threat), dtype=torch.bool, device=threat.centre.device)
+        eps_col = per_sample(torch.as_tensor(eps, dtype=torch.float64), len(threat), threat.centre.new_zeros(0, dtype=torch.float64))
+        eps = per_sample(eps, len(threat), threat.centre)
+        adv, _, iters, queries = apgd(threat, keys, eps, self.norm, self.steps, self.restarts, self.loss, self.rho,
+                                      self.seed, self.random_init, self.eot, nonfinite)
+        l2 = lp_norm(adv.clamp(-1, 1) - threat.centre, "l2", threat.parts).amax(1)
+        return AttackResult(adv, iters, queries, eps_col, nonfinite=nonfinite,
+                            extra={"l2": l2.tolist()})
+
+
+def check_lp(attack: str, eps: float, norm: str, loss: Optional[str] = None) -> None:
+    """One-line errors for the arguments every l_p attack shares."""
+    if eps <= 0:
+        raise ValueError(f"{attack}: eps must be > 0, got {eps}")
+    if norm not in NORMS:
+        raise ValueError(f"{attack}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if loss is not None and loss not in LOSSES:
+        raise ValueError(f"{attack}: loss must be one of {', '.join(LOSSES)}, got {loss!r}")

@@ -1,0 +1,220 @@
+"""Square attack (Andriushchenko et al. 2020), l_inf and l_2: a black-box random search on the 2AFC rank flip.
+
+It follows AutoAttack's ``SquareAttack`` (``fra31/auto-attack``, read, not copied): l_inf starts from
+vertical stripes of +-eps and proposes, at each query, a square window of side ``sqrt(p h w)`` set to +-2 eps per
+channel (then projected); l_2 starts from a grid of ``eta`` patterns and moves the perturbation mass of one
+window into another. ``p`` follows AutoAttack's schedule (``p_init`` halved at 10, 50, 200, 500, 1000, 2000,
+4000, 6000, 8000 of 10,000, rescaled to the query budget). A proposal is kept when it raises the loss or
+flips the rank. Differences: every sample draws its windows and signs from its own generator (AutoAttack
+shares one window position across the batch), so a sample's search does not depend on its batch; the
+search stops per sample at its first flip.
+
+No gradient is ever taken: the metric is only called under ``torch.no_grad()``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from lit_attacks.attacks.apgd import check_lp
+from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.objectives import attack_loss, sample_generator
+from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.attacks.threat import Threat, lp_norm, normalize, project
+
+
+def p_schedule(i: int, queries: int, p_init: float) -> float:
+    """AutoAttack's fraction of pixels changed at query ``i`` of ``queries`` (schedule rescaled to 10,000)."""
+    it = int(i / queries * 10000)
+    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
+        if it <= bound:
+            return p_init / div
+    return p_init / 512
+
+
+@functools.lru_cache(maxsize=64)
+def _eta(s: int) -> Tensor:
+    """(s, s) float64 l_2 pattern of the l_2 Square attack: two opposite-signed stacks of nested rectangles,
+    unit norm (its transpose is the other orientation)."""
+    def rectangles(x: int, y: int) -> Tensor:
+        d = torch.zeros(x, y, dtype=torch.float64)
+        cx, cy = x // 2, y // 2
+        for k in range(max(x // 2 + 1, y // 2 + 1)):
+            d[max(cx - k, 0):min(cx - k + 2 * k + 1, x), max(cy - k, 0):min(cy - k + 2 * k + 1, y)] += 1.0 / (k + 1) ** 2
+        return d / d.pow(2).sum().sqrt()
+    d = torch.cat([rectangles(s // 2, s), -rectangles(s - s // 2, s)])
+    return d / d.pow(2).sum().sqrt()
+
+
+def _signs(g: torch.Generator, n: int) -> Tensor:
+    return torch.where(torch.rand(n, generator=g, dtype=torch.float64) > 0.5, 1.0, -1.0)
+
+
+def _window(x: Tensor, rows: Tensor, cols: Tensor, s: int) -> Tuple[Tensor, ...]:
+    """Index tensors selecting each sample's (C, s, s) window at (rows[a], cols[a]) of (A, C, H, W)."""
+    A, C = x.shape[:2]
+    r = rows.view(A, 1) + torch.arange(s, device=x.device)
+    c = cols.view(A, 1) + torch.arange(s, device=x.device)
+    return (torch.arange(A, device=x.device).view(A, 1, 1, 1), torch.arange(C, device=x.device).view(1, C, 1, 1),
+            r.view(A, 1, s, 1), c.view(A, 1, 1, s))
+
+
+def linf_init(centre: Tensor, eps: float, gens: List[torch.Generator]) -> Tensor:
+    """Vertical stripes: +-eps per (channel, column), per sample."""
+    A, C, H, W = centre.shape
+    stripes = torch.stack([_signs(g, C * W).view(C, 1, W) for g in gens]).to(centre)
+    return (centre + eps * stripes).clamp(-1, 1)
+
+
+def linf_propose(x_best: Tensor, centre: Tensor, eps: float, p: float, gens: List[torch.Generator]) -> Tensor:
+    """Each sample's window of side ``round(sqrt(p H W))`` set to +-2 eps per channel, projected."""
+    A, C, H, W = centre.shape
+    s = min(max(int(round(math.sqrt(p * H * W))), 1), H - 1, W - 1)
+    pos = torch.tensor([[int(torch.randint(0, H - s, (1,), generator=g)), int(torch.randint(0, W - s, (1,), generator=g))]
+                        for g in gens], device=centre.device)
+    signs = torch.stack([_signs(g, C) for g in gens]).to(centre).view(A, C, 1, 1)
+    new = x_best.clone()
+    idx = _window(new, pos[:, 0], pos[:, 1], s)
+    new[idx] = new[idx] + 2 * eps * signs
+    return project(new, centre, eps, "linf")
+
+
+def l2_init(centre: Tensor, eps: float, gens: List[torch.Generator]) -> Tensor:
+    """A grid of (H // 5)-sized ``eta`` patterns with random signs per (sample, channel, tile), scaled to norm eps."""
+    A, C, H, W = centre.shape
+    s = max(H // 5, 1)
+    start = (H - s * 5) // 2
+    delta = torch.zeros(A, C, H, W, dtype=torch.float64)
+    for a, g in enumerate(gens):
+        for vh in range(start, start + s * (H // s), s):
+            for vw in range(start, start + s * (W // s), s):
+                if vh + s > H or vw + s > W:
+                    continue
+                eta = _eta(s).t() if torch.rand(1, generator=g).item() > 0.5 else _eta(s)
+                delta[a, :, vh:vh + s, vw:vw + s] += eta * _signs(g, C).view(C, 1, 1)
+    return (centre + normalize(delta.to(centre), "l2") * eps).clamp(-1, 1)
+
+
+def l2_propose(x_best: Tensor, centre: Tensor, eps: float, p: float, gens: List[torch.Generator]) -> Tensor:
+    """Move the perturbation of a second random window into a first one, refilled with a random ``eta`` pattern."""
+    A, C, H, W = centre.shape
+    s = min(max(int(round(math.sqrt(p * H * W))), 3), H - 1, W - 1)
+    s += 1 if s % 2 == 0 and s + 1 < min(H, W) else 0
+    draws = []
+    for g in gens:
+        vh, vw, vh2, vw2 = (int(torch.randint(0, n - s, (1,), generator=g)) for n in (H, W, H, W))
+        eta = _eta(s).t() if torch.rand(1, generator=g).item() > 0.5 else _eta(s)
+        draws.append((vh, vw, vh2, vw2, eta, _signs(g, C)))
+    pos = torch.tensor([d[:4] for d in draws], device=centre.device)
+    eta = torch.stack([d[4] for d in draws]).to(centre).view(A, 1, s, s)
+    signs = torch.stack([d[5] for d in draws]).to(centre).view(A, C, 1, 1)
+    delta = x_best - centre
+    w1, w2 = _window(delta, pos[:, 0], pos[:, 1], s), _window(delta, pos[:, 2], pos[:, 3], s)
+    norm_w1 = delta[w1].pow(2).sum((-2, -1), keepdim=True).sqrt()  # (A, C, 1, 1)
+    norm_img = lp_norm(delta, "l2").view(A, 1, 1, 1)
+    mask = torch.zeros_like(delta)
+    mask[w1], mask[w2] = 1.0, 1.0
+    norm_windows = lp_norm(delta * mask, "l2").view(A, 1, 1, 1)
+    new = eta * signs + delta[w1] / (1e-12 + norm_w1)
+    budget = (torch.clamp(eps ** 2 - norm_img ** 2, min=0) / C + norm_windows ** 2).sqrt()
+    new = new / (1e-12 + new.pow(2).sum((-2, -1), keepdim=True).sqrt()) * budget
+    delta[w2] = 0.0
+    delta[w1] = new
+    return (centre + normalize(delta, "l2") * eps).clamp(-1, 1)
+
+
+@torch.no_grad()
+def square(threat: Threat, keys: Sequence[str], eps: float, norm: str = "linf", queries: int = 1000,
+           p_init: float = 0.8, loss: str = "margin", seed: int = 0, restart: int = 0
+           ) -> Tuple[Tensor, Tensor, Tensor]:
+    """Square attack with a budget of ``queries`` metric evaluations per sample (the start point included).
+
+    Returns:
+        adv (B, C, H, W): the first flipping point, else the best; flipped (B,); queries (B,): evaluations spent
+        (the index of the flipping query, or ``queries``).
+    """
+    centre = threat.centre
+    B = len(threat)
+    gens = [sample_generator(seed, keys[i], restart) for i in range(B)]
+    init, propose = (linf_init, linf_propose) if norm == "linf" else (l2_init, l2_propose)
+    x_best = init(centre, eps, gens)
+    s_adv, s_oth = threat(x_best)
+    best = attack_loss(loss, s_adv, s_oth)
+    done = s_adv > s_oth
+    used = torch.ones(B, dtype=torch.long, device=centre.device)
+    for i in range(1, queries):
+        act = (~done).nonzero().flatten()
+        if not len(act):
+            break
+        t = threat.select(act)
+        x_new = propose(x_best[act], centre[act], eps, p_schedule(i - 1, queries - 1, p_init), [gens[int(a)] for a in act])
+        s_adv, s_oth = t(x_new)
+        lval = attack_loss(loss, s_adv, s_oth)
+        hit = s_adv > s_oth
+        keep = (lval > best[act]) | hit
+        x_best[act[keep]] = x_new[keep]
+        best[act[keep]] = lval[keep]
+        done[act[hit]] = True
+        used[act] += 1
+    return x_best, done, used
+
+
+@ATTACKS.register("square")
+class Square(AttackModule):
+    """Square attack (black box, l_inf or l_2) on the 2AFC rank flip; ``queries`` counts every metric evaluation.
+
+    Args:
+        metric: victim metric name.
+        eps: budget on [-1, 1] images (twice the [0, 1] value).
+        norm: "linf" or "l2".
+        queries: metric evaluations per sample and restart (AutoAttack: 5000).
+        p_init: initial fraction of pixels changed per proposal (0.8).
+        loss: "margin", "ce" or "rank" (see :func:`lit_attacks.attacks.objectives.attack_loss`).
+        restarts: independent searches for the samples not flipped yet.
+        target: "prey" or "ref".
+        seed: combined with each sample's key into its generator.
+        pretrained, weights_dir, keep_images, batch_invariant, uint8: see :class:`AttackModule`.
+    """
+
+    name = "square"
+    targets = ("prey", "ref")
+    example_params = {"queries": 20, "eps": 0.03}
+
+    def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf", queries: int = 1000,
+                 p_init: float = 0.8, loss: str = "margin", restarts: int = 1, target: str = "prey", seed: int = 0,
+                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = False,
+                 batch_invariant: bool = False, uint8: str = "round") -> None:
+        check_lp(self.name, eps, norm, loss)
+        if queries < 1 or restarts < 1:
+            raise ValueError(f"{self.name}: queries and restarts must be >= 1, got queries={queries}, restarts={restarts}")
+        if not 0 < p_init <= 1:
+            raise ValueError(f"{self.name}: p_init must be in (0, 1], got {p_init}")
+        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        self.save_hyperparameters()
+        self.set_target(target)
+        self.eps, self.norm, self.queries, self.p_init, self.loss = eps, norm, queries, p_init, loss
+        self.restarts, self.seed = restarts, seed
+
+    @property
+    def linf_budget(self) -> Optional[float]:
+        return self.eps if self.norm == "linf" else None
+
+    def attack_threat(self, threat: Threat, keys: Sequence[str]) -> AttackResult:
+        B, dev = len(threat), threat.centre.device
+        adv, done = threat.centre.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
+        used = torch.zeros(B, dtype=torch.long, device=dev)
+        for r in range(self.restarts):
+            todo = (~done).nonzero().flatten()
+            if not len(todo):
+                break
+            x, hit, q = square(threat.select(todo), [keys[int(i)] for i in todo], self.eps, self.norm, self.queries,
+                               self.p_init, self.loss, self.seed, r)
+            adv[todo], done[todo] = x, hit
+            used[todo] += q
+        l2 = lp_norm(adv - threat.centre, "l2", threat.parts).amax(1)
+        return AttackResult(adv, torch.full_like(used, -1), used,
+                            torch.full((B,), self.eps, dtype=torch.float64, device=dev), extra={"l2": l2.tolist()})
