@@ -63,11 +63,21 @@ def certified_accuracy(radius: Sequence[float], correct: Sequence[bool], r: floa
 
 @torch.no_grad()
 def vote(metric, ref: Tensor, preferred: Tensor, other: Tensor, target: str, sigma: float, draws: int,
-         generators: List[torch.Generator], chunk: int = 64) -> Tensor:
-    """(B,) number of ``draws`` Gaussian draws under which the base classifier says "preferred is closer"."""
+         generators: List[torch.Generator], chunk: int = 64, max_images: int = 256) -> Tensor:
+    """(B,) number of ``draws`` Gaussian draws under which the base classifier says "preferred is closer".
+
+    Each sample's draws come from its own generator, ``chunk`` at a time; the samples are scored in groups small
+    enough that one metric call sees at most ``max_images`` image pairs (memory is bounded whatever the batch),
+    and since the draws are per sample the grouping does not change the votes."""
+    group = max(1, max_images // (2 * min(chunk, draws)))  # both distances of k draws are scored in one call
+    if ref.shape[0] > group:
+        return torch.cat([vote(metric, ref[i:i + group], preferred[i:i + group], other[i:i + group], target, sigma,
+                               draws, generators[i:i + group], chunk, max_images)
+                          for i in range(0, ref.shape[0], group)])
     B = ref.shape[0]
     votes = torch.zeros(B, dtype=torch.long, device=ref.device)
     parts = 2 if target == "both" else 1
+    bound = metric.bind(ref) if target == "both" else None  # the reference's features, computed once
     done = 0
     while done < draws:
         k = min(chunk, draws - done)
@@ -77,7 +87,8 @@ def vote(metric, ref: Tensor, preferred: Tensor, other: Tensor, target: str, sig
         if target == "both":
             a = (rep(preferred) + sigma * noise[:, 0]).clamp(-1, 1)
             b = (rep(other) + sigma * noise[:, 1]).clamp(-1, 1)
-            d_pref, d_oth = expected_distances(metric, rep(ref), [a, b], 1)  # one call: one draw of a stochastic metric
+            d = bound.repeat_interleave(k).tile(2)(torch.cat([a, b]))  # one call: one draw of a stochastic metric
+            d_pref, d_oth = d[:B * k], d[B * k:]
         else:
             r = (rep(ref) + sigma * noise[:, 0]).clamp(-1, 1)
             d = metric(torch.cat([r, r]), torch.cat([rep(preferred), rep(other)]), check=False)
@@ -120,15 +131,17 @@ class CertifyModule(pl.LightningModule):
         target: the noised images: "both" distorted images (covers perturbing the prey) or "ref".
         seed: combined with each sample's key into its generator.
         chunk: noise draws per sample scored in one metric call.
+        max_images: most image pairs in one metric call (bounds memory: DISTS on 64 x 64 needs ~4 MB per pair).
         pretrained, weights_dir: as for attacks.
         batch_invariant: compute in float64.
     """
 
     def __init__(self, metric: str = "lpips_alex", sigma: float = 0.5, n0: int = 100, n: int = 1000,
-                 alpha: float = 0.001, target: str = "both", seed: int = 0, chunk: int = 64, pretrained: bool = True,
+                 alpha: float = 0.001, target: str = "both", seed: int = 0, chunk: int = 64, max_images: int = 256,
+                 pretrained: bool = True,
                  weights_dir: Optional[str] = None, batch_invariant: bool = False) -> None:
         super().__init__()
-        check_certify(sigma, n0, n, alpha, target, chunk)
+        check_certify(sigma, n0, n, alpha, target, chunk, max_images)
         self.save_hyperparameters()
         self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
 
@@ -146,8 +159,8 @@ class CertifyModule(pl.LightningModule):
         preferred, other = torch.where(m, p1, p0), torch.where(m, p0, p1)
         g_sel = [sample_generator(h.seed, k, 0) for k in keys]
         g_est = [sample_generator(h.seed, k, 1) for k in keys]
-        sel = vote(self.metric, ref, preferred, other, h.target, h.sigma, h.n0, g_sel, h.chunk)
-        est = vote(self.metric, ref, preferred, other, h.target, h.sigma, h.n, g_est, h.chunk)
+        sel = vote(self.metric, ref, preferred, other, h.target, h.sigma, h.n0, g_sel, h.chunk, h.max_images)
+        est = vote(self.metric, ref, preferred, other, h.target, h.sigma, h.n, g_est, h.chunk, h.max_images)
         choose_pref = sel * 2 > h.n0  # a tie in the selection picks "other": the conservative side
         votes = torch.where(choose_pref, est, h.n - est)
         p_lower = [clopper_pearson_lower(int(k), h.n, h.alpha) for k in votes.tolist()]
@@ -158,12 +171,14 @@ class CertifyModule(pl.LightningModule):
                              votes=votes, predicted=predicted, p_lower=p_lower, radius=radius, correct=predicted == 1)
 
 
-def check_certify(sigma: float, n0: int, n: int, alpha: float, target: str, chunk: int = 64) -> None:
+def check_certify(sigma: float, n0: int, n: int, alpha: float, target: str, chunk: int = 64,
+                  max_images: int = 256) -> None:
     """One-line errors for certification settings."""
     if not sigma > 0:
         raise ValueError(f"certify: sigma must be > 0, got {sigma}")
-    if n0 < 1 or n < 1 or chunk < 1:
-        raise ValueError(f"certify: n0, n and chunk must be >= 1, got n0={n0}, n={n}, chunk={chunk}")
+    if n0 < 1 or n < 1 or chunk < 1 or max_images < 1:
+        raise ValueError(f"certify: n0, n, chunk and max_images must be >= 1, got n0={n0}, n={n}, chunk={chunk}, "
+                         f"max_images={max_images}")
     if not 0 < alpha < 1:
         raise ValueError(f"certify: alpha must be in (0, 1), got {alpha}")
     if target not in TARGETS:

@@ -281,3 +281,6 @@ def test_certificates_do_not_depend_on_the_batch(batch):
     half = {k: v[:3] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
     part = m.predict_step(half)
     assert torch.equal(full.votes[:3], part.votes) and full.radius[:3] == part.radius
+    one_at_a_time = CertifyModule("lpips_alex", sigma=0.1, n0=8, n=24, target="both", chunk=8, max_images=16,
+                                  pretrained=False, batch_invariant=True)  # 16 pairs per call: one sample per call
+    assert torch.equal(one_at_a_time.predict_step(batch).votes, full.votes)

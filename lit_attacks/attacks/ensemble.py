@@ -37,7 +37,10 @@ class Composite(AttackModule):
         if not isinstance(entry, dict) or "attack" not in entry or set(entry) - {"attack", "params", "label"}:
             raise ValueError(f"{self.name}: each attack must be a mapping with 'attack' and optional 'params', "
                              f"'label'; got {entry!r}")
-        cls = ATTACKS.get(entry["attack"])
+        try:
+            cls = ATTACKS.get(entry["attack"])
+        except KeyError as e:
+            raise ValueError(f"{self.name}: {e.args[0]}") from None
         if isinstance(cls, type) and issubclass(cls, Composite):
             raise ValueError(f"{self.name}: {entry['attack']!r} is itself a composite attack")
         if need and not hasattr(cls, need):

@@ -107,6 +107,28 @@ def robustness_curves(rows: Sequence[Dict[str, Any]], path: Path) -> Optional[Pa
     return _save(fig, path)
 
 
+def min_eps_curves(rows: Sequence[Dict[str, Any]], path: Path) -> Optional[Path]:
+    """Robust accuracy against the budget from the minimum-epsilon search, one panel per norm, one line per metric
+    (rows: metric, norm, eps, robust_accuracy; eps on [0, 1] images, l_inf in 1/255)."""
+    norms = list(dict.fromkeys(r["norm"] for r in rows))
+    if not norms:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(norms), figsize=(5.0 * len(norms), 3.6), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        sub = [r for r in rows if r["norm"] == norm]
+        for metric in dict.fromkeys(r["metric"] for r in sub):
+            pts = sorted((r["eps"], 100 * r["robust_accuracy"]) for r in sub if r["metric"] == metric)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=metric)
+        ax.set_xlabel("l_inf budget (1/255, images in [0, 1])" if norm == "linf" else "l_2 budget (images in [0, 1])")
+        ax.set_ylabel("robust 2AFC accuracy (%)")
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"Minimum-epsilon curves ({norm})")
+    return _save(fig, path)
+
+
 def example_grid(examples: Sequence[Dict[str, Any]], title: str, path: Path) -> Optional[Path]:
     """Rows of (ref, other, prey, adversarial prey, amplified |adv - prey|) uint8 images; the captions give each
     image's distance to the reference, d(ref, .), with enough digits to tell a flip."""

@@ -1,0 +1,277 @@
+"""Robust 2AFC: clean, robust (worst case over an attack ensemble), minimum-epsilon and certified accuracy.
+
+Config key ``robust`` (None: off)::
+
+    robust:
+      linf: [2, 4, 8]            # l_inf radii in 1/255 of [0, 1] images (x 2 / 255 on the [-1, 1] images attacked)
+      l2: [0.5, 1.0, 2.0]        # l_2 radii on [0, 1] images (x 2 on [-1, 1])
+      target: prey               # the perturbed image: prey (the paper), ref (robust CLIP), both (R-LPIPS)
+      ensemble: null             # worst_case attacks (default: APGD-CE, APGD-margin, Square; AutoAttack's)
+      min_eps: {attack: apgd, params: {}, linf_max: 16, l2_max: 4.0, bisections: 8}   # or null
+      certify: {sigma: 0.25, n0: 100, n: 1000, alpha: 0.001, radii: [0.125, 0.25, 0.5]}  # [0, 1] units, or null
+
+All accuracies are over the unanimous samples. *clean*: the metric ranks like the humans. *robust at e*: it does
+and the worst case over the ensemble (each attack run only on samples no earlier one flipped, each flip re-scored
+by a fresh forward pass) does not flip it within e; samples whose attack failed (non-finite gradients) are not
+robust and are counted in ``failed``. *AUC*: the area under robust accuracy against eps in [0, max], divided by
+max, from the minimum-epsilon search. *certified at r*: randomized smoothing (:mod:`lit_attacks.certify`) returns
+"the preferred image is closer" with an l_2 radius of at least r.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from lit_attacks.attacks.ensemble import STANDARD
+from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.callbacks.samples import SampleRows
+from lit_attacks.certify import CertifyModule, certified_accuracy, check_certify
+from lit_attacks.configuration import ConfigError, check_keys
+from lit_attacks.report import atomic_write, markdown_table, write_csv
+from lit_attacks.tables import plots
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, slug
+from lit_attacks.tables.table2 import attack_cell, validate_attack
+
+DEFAULTS: Dict[str, Any] = {
+    "linf": [2, 4, 8], "l2": [0.5, 1.0, 2.0], "target": "prey", "ensemble": None,
+    "min_eps": {"attack": "apgd", "params": {}, "linf_max": 16, "l2_max": 4.0, "bisections": 8},
+    "certify": {"sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "radii": [0.125, 0.25, 0.5]},
+}
+MIN_EPS_KEYS = ("attack", "params", "linf_max", "l2_max", "bisections")
+CERTIFY_KEYS = ("sigma", "n0", "n", "alpha", "radii", "chunk", "max_images")
+CURVE_POINTS = 41
+
+
+def settings(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``robust`` mapping with defaults filled in (None: the table is off)."""
+    r = cfg.get("robust")
+    if r is None:
+        return {}
+    out = {**DEFAULTS, **r}
+    for key in ("min_eps", "certify"):
+        if key in r and r[key] is not None:
+            out[key] = {**DEFAULTS[key], **r[key]}
+    return out
+
+
+def radius_label(norm: str, r: float) -> str:
+    return f"linf {r:g}/255" if norm == "linf" else f"l2 {r:g}"
+
+
+def to_attacked(norm: str, r: float) -> float:
+    """A radius on [0, 1] images (l_inf in 1/255) -> the budget on the [-1, 1] images the attacks see."""
+    return 2 * r / 255 if norm == "linf" else 2 * r
+
+
+def curve(agreed: Sequence[bool], eps: Sequence[float], grid: Sequence[float]) -> List[float]:
+    """Robust accuracy at each budget of ``grid``: agreed and the minimum flipping eps larger (nan: never flipped)."""
+    n = len(agreed)
+    return [sum(a and not (e <= g) for a, e in zip(agreed, eps)) / n if n else math.nan for g in grid]
+
+
+@TABLES.register("robust")
+class Robust(Table):
+    """Per metric: worst-case cells per radius, minimum-epsilon cells per norm and a certification cell."""
+
+    name = "robust"
+    order = 60
+    config = {"robust": None}
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--robust-target", choices=("prey", "ref", "both"),
+                            help="the image the robust table's attacks perturb (turns the table on with its defaults)")
+
+    @classmethod
+    def apply_flags(cls, cfg: Dict[str, Any], flags: Dict[str, Any]) -> None:
+        if "robust_target" in flags:
+            cfg["robust"] = {**(cfg["robust"] or {}), "target": flags.pop("robust_target")}
+
+    @classmethod
+    def validate(cls, cfg: Dict[str, Any]) -> None:
+        r = cfg["robust"]
+        if r is None:
+            return
+        if not isinstance(r, dict):
+            raise ConfigError(f"robust must be a mapping ({', '.join(DEFAULTS)}) or null, got {r!r}")
+        check_keys(r, list(DEFAULTS), "robust: ")
+        s = settings(cfg)
+        for norm in ("linf", "l2"):
+            v = s[norm]
+            if not isinstance(v, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                                                  and math.isfinite(e) and e > 0 for e in v):
+                raise ConfigError(f"robust.{norm} must be a list of positive numbers, got {v!r}")
+        if s["target"] not in ("prey", "ref", "both"):
+            raise ConfigError(f"robust.target must be prey, ref or both, got {s['target']!r}")
+        for norm, e in [("linf", e) for e in s["linf"]] + [("l2", e) for e in s["l2"]]:
+            validate_attack("worst_case", cls.worst_case_params(s, norm, e))
+        if s["min_eps"] is not None:
+            check_keys(s["min_eps"], MIN_EPS_KEYS, "robust.min_eps: ")
+            for norm in ("linf", "l2"):
+                validate_attack("min_eps", cls.min_eps_params(s, norm))
+        if s["certify"] is not None:
+            c = s["certify"]
+            check_keys(c, CERTIFY_KEYS, "robust.certify: ")
+            try:
+                check_certify(c["sigma"], c["n0"], c["n"], c["alpha"], "ref" if s["target"] == "ref" else "both",
+                              c.get("chunk", 64), c.get("max_images", 256))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"robust.{e}") from None
+            if not isinstance(c["radii"], list) or not all(isinstance(x, (int, float)) and x >= 0 for x in c["radii"]):
+                raise ConfigError(f"robust.certify.radii must be a list of numbers >= 0, got {c['radii']!r}")
+
+    @staticmethod
+    def worst_case_params(s: Dict[str, Any], norm: str, r: float) -> Dict[str, Any]:
+        """The worst_case parameters at radius ``r``. The default ensemble keeps the attacks that can perturb the
+        target (Square perturbs one image: with target "both" the default is APGD-CE and APGD-margin)."""
+        ens = s["ensemble"] if s["ensemble"] is not None else \
+            [dict(e) for e in STANDARD if s["target"] in ATTACKS.get(e["attack"]).targets]
+        return {"eps": to_attacked(norm, r), "norm": norm, "attacks": ens, "target": s["target"]}
+
+    @staticmethod
+    def min_eps_params(s: Dict[str, Any], norm: str) -> Dict[str, Any]:
+        m = s["min_eps"]
+        return {"attack": m["attack"], "params": dict(m["params"] or {}), "norm": norm, "target": s["target"],
+                "eps_max": to_attacked(norm, m[f"{norm}_max"]), "bisections": m["bisections"]}
+
+    @classmethod
+    def enabled(cls, cfg: Dict[str, Any]) -> bool:
+        return cfg["robust"] is not None
+
+    @classmethod
+    def count(cls, cfg: Dict[str, Any]) -> int:
+        s = settings(cfg)
+        per = len(s["linf"]) + len(s["l2"]) + (2 if s["min_eps"] else 0) + (1 if s["certify"] else 0)
+        return len(cfg["metrics"]) * per
+
+    # ------------------------------------------------------------------ cells
+    def cells(self, run: Run) -> Iterator[Cell]:
+        s = settings(run.cfg)
+        for metric in run.cfg["metrics"]:
+            mfp = {"metric_file": metric_file_fingerprint(metric)}
+            for norm in ("linf", "l2"):
+                for r in s[norm]:
+                    cid = f"robust-{norm}-{r:g}-{slug(metric)}"
+                    params = self.worst_case_params(s, norm, r)
+                    yield self._attack(run, cid, f"worst case {radius_label(norm, r)} on {metric}", "worst_case",
+                                       metric, params, mfp, {"kind": "worst_case", "norm": norm, "radius": r})
+            if s["min_eps"]:
+                for norm in ("linf", "l2"):
+                    cid = f"robust-min_eps-{norm}-{slug(metric)}"
+                    yield self._attack(run, cid, f"minimum {norm} eps on {metric}", "min_eps", metric,
+                                       self.min_eps_params(s, norm), mfp,
+                                       {"kind": "min_eps", "norm": norm, "max": s["min_eps"][f"{norm}_max"]})
+            if s["certify"]:
+                cid, csv = f"robust-certify-{slug(metric)}", f"samples/robust/certify-{slug(metric)}.csv"
+                c = {**s["certify"], "target": "ref" if s["target"] == "ref" else "both"}
+                yield Cell(cid, f"certify (sigma {c['sigma']:g}) {metric}", {"params": c, **mfp},
+                           partial(self.certify, run, metric, c, csv),
+                           info={"kind": "certify", "metric": metric, "csv": csv})
+
+    def _attack(self, run: Run, cid: str, what: str, attack: str, metric: str, params: Dict[str, Any],
+                mfp: Dict[str, Any], info: Dict[str, Any]) -> Cell:
+        csv = f"samples/robust/{cid[len('robust-'):]}.csv"
+        compute = partial(attack_cell, run, attack=attack, metric=metric, params=params, cid=cid, csv=csv,
+                          examples=False, save_adv=False)
+        return Cell(cid, what, {"params": params, **mfp}, compute,
+                    info={**info, "metric": metric, "csv": csv})
+
+    @staticmethod
+    def certify(run: Run, metric: str, c: Dict[str, Any], csv: str, ctx: CellContext) -> Dict[str, Any]:
+        module = CertifyModule(metric, sigma=2 * c["sigma"], n0=c["n0"], n=c["n"], alpha=c["alpha"], target=c["target"],
+                               chunk=c.get("chunk", 64), max_images=c.get("max_images", 256),
+                               batch_invariant=run.cfg["batch_invariant"],
+                               **run.metric_options())
+        rows = SampleRows()
+        run.predict(module, [rows], run.datamodule(unanimous_only=True))
+        ctx.save_rows(csv, rows.rows, rows.columns)
+        return {"label": module.metric.label}
+
+    # ------------------------------------------------------------------ results
+    def metric_rows(self, run: Run) -> Dict[str, Dict[str, Any]]:
+        """metric -> {label, samples, clean, failed, per-radius robust, auc, certified} from the saved rows."""
+        s = settings(run.cfg)
+        out: Dict[str, Dict[str, Any]] = {}
+        for cell, payload in self.done.values():
+            info = cell.info
+            row = out.setdefault(info["metric"], {"metric": payload["label"], "failed": 0})
+            recs = run.rows(cell.id, info["csv"])
+            if info["kind"] == "certify":
+                radius01 = [float(r["radius"]) / 2 for r in recs]  # [-1, 1] -> [0, 1] images
+                correct = [bool(r["correct"]) for r in recs]
+                row["certified clean"] = certified_accuracy(radius01, correct, 0.0)
+                for rad in s["certify"]["radii"]:
+                    row[f"certified l2 {rad:g}"] = certified_accuracy(radius01, correct, rad)
+                continue
+            agreed = [bool(r["agreed"]) for r in recs]
+            row["samples"], row["clean"] = len(recs), (sum(agreed) / len(recs) if recs else math.nan)
+            ok = [r["status"] == "ok" for r in recs]
+            row["failed"] = max(row["failed"], sum(not o for o in ok))
+            if info["kind"] == "worst_case":
+                robust = [a and o and not bool(r["flipped"]) for a, o, r in zip(agreed, ok, recs)]
+                row[radius_label(info["norm"], info["radius"])] = sum(robust) / len(recs) if recs else math.nan
+            else:
+                scale = 255 / 2 if info["norm"] == "linf" else 0.5  # back to the radius units of the table
+                eps = [float(r["eps"]) * scale if o else -math.inf for r, o in zip(recs, ok)]
+                grid = np.linspace(0, info["max"], CURVE_POINTS).tolist()
+                acc = curve(agreed, eps, grid)
+                row[f"auc {info['norm']}"] = float(np.trapezoid(acc, grid) / info["max"])
+                flipped = [e for a, e in zip(agreed, eps) if a and math.isfinite(e)]
+                row[f"median min eps {info['norm']}"] = float(np.median(flipped)) if flipped else math.nan
+                row.setdefault("_curves", {})[info["norm"]] = (grid, acc)
+        return out
+
+    def columns(self, run: Run) -> List[str]:
+        s = settings(run.cfg)
+        cols = ["metric", "samples", "clean"] + [radius_label("linf", r) for r in s["linf"]] \
+            + [radius_label("l2", r) for r in s["l2"]]
+        if s["min_eps"]:
+            cols += ["auc linf", "auc l2", "median min eps linf", "median min eps l2"]
+        if s["certify"]:
+            cols += ["certified clean"] + [f"certified l2 {r:g}" for r in s["certify"]["radii"]]
+        return cols + ["failed"]
+
+    def rows(self, run: Run) -> List[Dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "_curves"} for r in self.metric_rows(run).values()]
+
+    def curve_rows(self, run: Run) -> List[Dict[str, Any]]:
+        return [{"metric": r["metric"], "norm": norm, "eps": g, "robust_accuracy": a}
+                for r in self.metric_rows(run).values() for norm, (grid, acc) in r.get("_curves", {}).items()
+                for g, a in zip(grid, acc)]
+
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+        if not rows:
+            return None
+        cols = self.columns(run)
+        write_csv(run.out / "robust.csv", rows, cols)
+        curves = self.curve_rows(run)
+        if curves:
+            write_csv(run.out / "robust_curves.csv", curves, ["metric", "norm", "eps", "robust_accuracy"])
+        md = markdown_table(rows, cols, digits=3)
+        s = settings(run.cfg)
+        atomic_write(run.out / "robust.md", "# Robust 2AFC accuracy (unanimous samples)\n\n"
+                     f"Radii on [0, 1] images (l_inf in 1/255); perturbed image: {s['target']}. Robust = ranked like "
+                     "the humans and not flipped by any attack of the ensemble; certified = randomized smoothing "
+                     "(Cohen et al. 2019) certifies the preferred image closer within the l_2 radius.\n\n" + md)
+        return md
+
+    def console_title(self, cfg: Dict[str, Any]) -> str:
+        return f"Robust 2AFC accuracy (unanimous samples; perturbed: {settings(cfg)['target']})"
+
+    def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
+        curves = self.curve_rows(run)
+        fig = plots.min_eps_curves(curves, run.out / "plots" / "robust-min-eps.png") if curves else None
+        return [fig] if fig is not None else []
+
+    def log_cell(self, run: Run, cell: Cell, payload: Dict[str, Any]) -> Dict[str, Any]:
+        res = payload.get("results", {}).get("all")
+        if not res:
+            return {}
+        return {f"robust/{slug(cell.info['metric'])}/{cell.id}/flip_rate": res["flip_rate"]}
+
+    def wandb_summary(self, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {f"robust/{r['metric']}/{k}": v for r in rows for k, v in r.items()
+                if k not in ("metric", "samples") and isinstance(v, (int, float))}
