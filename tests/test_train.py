@@ -80,6 +80,57 @@ def test_training_lowers_the_loss_changes_only_intended_parameters_and_reloads(t
     assert not any(p.requires_grad for p in loaded.parameters())
 
 
+@pytest.mark.parametrize("attack,norm,eps", [("pgd", "linf", 8 / 255), ("pgd", "l2", 1.0), ("apgd", "linf", 8 / 255),
+                                              ("apgd", "l2", 1.0)])
+@pytest.mark.parametrize("perturb", ["x1", "ref", "both"])
+def test_training_attacks_raise_the_ranking_loss_within_each_images_budget(attack, norm, eps, perturb):
+    module = RobustLPIPS(pretrained_backbone=False, attack=attack, attack_norm=norm, eps=eps, perturb=perturb,
+                         attack_steps=4)
+    batch = _fixed_batch()
+    flags = [p.requires_grad for p in module.parameters()]
+    module.train()
+    adv = module.perturb_batch(batch)
+    assert module.model.training and [p.requires_grad for p in module.parameters()] == flags  # still trainable
+    module.eval()
+    judge = batch["judge"].float()
+    with torch.no_grad():
+        clean = module.triplet_loss(batch["ref"], batch["p0"], batch["p1"], judge, reduction="none")
+    with torch.no_grad():
+        attacked = module.triplet_loss(adv["ref"], adv["p0"], adv["p1"], judge, reduction="none")
+    assert attacked.mean() > clean.mean() + 1e-4
+    if attack == "apgd":  # APGD returns its best point, which includes the start: never below the clean loss
+        assert (attacked >= clean - 1e-6).all()
+    moved = {"x1": {"p1"}, "ref": {"ref"}, "both": {"p0", "p1"}}[perturb]
+    for name in ("ref", "p0", "p1"):
+        delta = (adv[name] - batch[name]).flatten(1)
+        if name not in moved:
+            assert torch.equal(adv[name], batch[name]), name
+            continue
+        size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+        assert (size <= eps * (1 + 1e-5)).all() and size.max() > eps / 2, (name, size.max())
+        assert adv[name].min() >= -1 and adv[name].max() <= 1
+    with pytest.raises(ValueError, match="attack must be one of pgd, apgd"):
+        RobustLPIPS(pretrained_backbone=False, attack="fgsm")
+    with pytest.raises(ValueError, match="attack_norm and val_robust_norm"):
+        RobustLPIPS(pretrained_backbone=False, attack_norm="l1")
+
+
+def test_validation_robust_accuracy_is_clean_accuracy_at_zero_budget_and_zero_at_full_budget(tmp_path):
+    dm = BappsDataModule(data=None, unanimous_only=False, builtin_n=4, batch_size=10, builtin="procedural")
+    results = {}
+    for eps in (1e-7, 2.0):
+        module = RobustLPIPS(pretrained_backbone=False, val_attack_samples=1000, val_steps=1, val_robust_eps=eps,
+                             val_robust_steps=5, val_robust_queries=10)
+        results[eps] = _trainer(tmp_path, enable_checkpointing=False).validate(module, dm, verbose=False)[0]
+    tiny, full = results[1e-7], results[2.0]
+    # every unanimous sample is attacked (1000 > their number): robust at ~0 budget = ranked like the humans
+    assert tiny["val/robust_accuracy"] == pytest.approx(tiny["val/accuracy"], abs=1e-6)
+    assert 0.5 < tiny["val/accuracy"] < 1
+    assert full["val/robust_accuracy"] == 0.0  # the whole [-1, 1] cube: every ranking can be flipped
+    assert "val/robust_accuracy" not in _trainer(tmp_path, enable_checkpointing=False).validate(
+        RobustLPIPS(pretrained_backbone=False, val_attack_samples=4, val_steps=1), dm, verbose=False)[0]
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not found; train one with"):
         load_trained_lpips(tmp_path / "missing.ckpt")

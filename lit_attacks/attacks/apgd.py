@@ -15,7 +15,7 @@ from per-sample generators, so a sample's attack does not depend on its batch.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -26,14 +26,24 @@ from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.attacks.threat import NORMS, Threat, lp_norm, normalize, per_sample, project, random_start
 
 
-def loss_and_grad(threat: Threat, x: Tensor, loss: str, eot: int = 1) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+Loss = Union[str, Callable[[Tensor, Tensor, Tensor], Tensor]]
+
+
+def loss_and_grad(threat: Threat, x: Tensor, loss: Loss, eot: int = 1, idx: Optional[Tensor] = None
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss (B,), s_adv (B,), s_other (B,), grad of the loss wrt ``x``), each averaged over ``eot`` calls (EOT:
-    on a stochastic metric each call is a fresh random draw; 1 for a deterministic one)."""
+    on a stochastic metric each call is a fresh random draw; 1 for a deterministic one).
+
+    ``loss``: a name of :data:`LOSSES`, or a callable ``loss(s_adv, s_other, idx) -> (B,)`` with ``idx`` the
+    positions of the rows in the batch the attack started with (rows leave as they flip), e.g. a training loss
+    that needs each sample's human judgement."""
     x = x.detach().requires_grad_(True)
+    if idx is None:
+        idx = torch.arange(len(x), device=x.device)
     total_l = total_a = total_o = total_g = 0
     for _ in range(eot):
         s_adv, s_other = threat(x)
-        l = attack_loss(loss, s_adv, s_other)
+        l = attack_loss(loss, s_adv, s_other) if isinstance(loss, str) else loss(s_adv, s_other, idx)
         g, = torch.autograd.grad(l.sum(), x)  # samples are independent: each row gets its own gradient
         total_l, total_a, total_o, total_g = total_l + l.detach(), total_a + s_adv.detach(), total_o + s_other.detach(), total_g + g
     return total_l / eot, total_a / eot, total_o / eot, total_g / eot
@@ -50,11 +60,14 @@ def checkpoints(steps: int) -> List[int]:
     return out
 
 
-def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = "linf", steps: int = 100, loss: str = "margin",
-             rho: float = 0.75, eot: int = 1, nonfinite: Optional[Tensor] = None
-             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = "linf", steps: int = 100,
+             loss: Loss = "margin", rho: float = 0.75, eot: int = 1, nonfinite: Optional[Tensor] = None,
+             stop_at_flip: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """One APGD run from ``x0``; a sample stops at its first flip (``s_adv > s_other``). ``eps`` is one budget or
-    (B,) budgets, one per sample.
+    (B,) budgets, one per sample. ``loss``: see :func:`loss_and_grad`.
+
+    With ``stop_at_flip=False`` every sample runs all ``steps`` and the point of highest loss is returned
+    (adversarial training maximises its loss; no sample counts as flipped).
 
     Returns:
         adv (B, C, H, W): the first flipping point, else the point of highest loss; flipped (B,) bool;
@@ -69,7 +82,7 @@ def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = 
     queries = torch.full((B,), eot, dtype=torch.long, device=dev)
     lval, s_a, s_o, grad = loss_and_grad(threat, x0, loss, eot)
     grad = _finite(grad, nonfinite, torch.arange(B, device=dev))
-    hit = s_a > s_o
+    hit = (s_a > s_o) & stop_at_flip
     done |= hit
     iters[hit] = 0
     act = (~hit).nonzero().flatten()  # indices into the batch of the samples still running
@@ -89,14 +102,14 @@ def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = 
         z = project(x + step.view(shape) * direction, c, e, norm, parts)
         x_new = project(x + a * (z - x) + (1 - a) * (x - x_old), c, e, norm, parts)
         x_old, x = x, x_new
-        lval, s_a, s_o, grad = loss_and_grad(t, x, loss, eot)
+        lval, s_a, s_o, grad = loss_and_grad(t, x, loss, eot, act)
         grad = _finite(grad, nonfinite, act)
         queries[act] += eot
         history.append(lval)
         better = lval > l_best
         x_best, g_best, l_best = (torch.where(better.view(shape), x, x_best), torch.where(better.view(shape), grad, g_best),
                                   torch.where(better, lval, l_best))
-        hit = s_a > s_o
+        hit = (s_a > s_o) & stop_at_flip
         if hit.any():  # flipped samples keep the point that flipped and leave
             out[act[hit]], done[act[hit]], iters[act[hit]] = x[hit], True, i + 1
             keep = ~hit
