@@ -119,7 +119,7 @@ def test_summary_is_standard_json_and_fgsm_has_no_iteration_placeholder(run):
 
 
 def test_misspelled_names_get_a_suggestion_and_punctuation():
-    with pytest.raises(KeyError, match=r"unknown attack 'PGD'; did you mean 'pgd'\? Known attacks: .*stadv\."):
+    with pytest.raises(KeyError, match=r"unknown attack 'PGD'; did you mean 'pgd'\? Known attacks: .*, stadv, worst_case\."):
         create_attack("PGD", "l2")
     with pytest.raises(KeyError, match=r"unknown metric 'zzzz'\. Known metrics: "):
         create_metric("zzzz")

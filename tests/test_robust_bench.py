@@ -15,7 +15,7 @@ from lit_attacks.certify import certified_radius, clopper_pearson_lower
 from lit_attacks.report import read_csv
 
 from conftest import ROOT
-from helpers import assert_same_rows, run_one_and_two_processes
+from helpers import assert_same_rows, read_wandb_offline, run_one_and_two_processes
 
 ROBUST = {
     "linf": [8], "l2": [1.0], "target": "prey",
@@ -44,7 +44,7 @@ def _b(v):
 
 def test_robust_table_is_recomputed_from_its_per_sample_rows(tmp_path):
     out = tmp_path / "run"
-    assert bench.main(["--config", str(_config(tmp_path)), "--pretrained", "false", "--quiet", "--wandb", "disabled",
+    assert bench.main(["--config", str(_config(tmp_path)), "--pretrained", "false", "--quiet", "--wandb", "offline",
                        "--out", str(out)]) == 0
     table = {r["metric"]: r for r in read_csv(out / "robust.csv")}
     assert len(table) == 2
@@ -87,6 +87,12 @@ def test_robust_table_is_recomputed_from_its_per_sample_rows(tmp_path):
         for rad in (0.05, 0.1):
             want = np.mean([_b(r["correct"]) and _f(r["radius"]) / 2 >= rad for r in recs])
             assert float(row[f"certified l2 {rad:g}"]) == pytest.approx(want)
+    (run_dir,) = (out / "wandb").glob("offline-run-*")  # the W&B run holds the table's numbers and the plot
+    summary = read_wandb_offline(run_dir)["summary"]
+    for label, row in table.items():
+        for col in ("clean", "linf 8/255", "l2 1", "auc linf", "certified l2 0.1"):
+            assert summary[f"robust/{label}/{col}"] == pytest.approx(float(row[col]))
+    assert any(k.startswith("figures/") and "min-eps" in k for k in summary), sorted(summary)
     curves = read_csv(out / "robust_curves.csv")
     assert len(curves) == 2 * 2 * 41
     assert (out / "robust.md").read_text().count("|") > 10
@@ -96,11 +102,12 @@ def test_robust_table_is_recomputed_from_its_per_sample_rows(tmp_path):
 @pytest.mark.ddp
 def test_two_process_robust_table_equals_one_process(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
-    cmd = [sys.executable, str(ROOT / "bench.py"), "--config", str(_config(tmp_path, metrics="lpips_alex")),
+    cmd = [sys.executable, str(ROOT / "bench.py"), "--config",
+           str(_config(tmp_path, metrics="lpips_alex", l2=[], min_eps=None)),  # one worst-case cell, certification
            "--pretrained", "false", "--quiet", "--batch-invariant", "--wandb", "disabled"]
     one, two = run_one_and_two_processes(cmd, tmp_path, env)
     files = sorted(str(p.relative_to(one)) for p in one.rglob("*.csv"))
-    assert "robust.csv" in files and "samples/robust/certify-lpips_alex.csv" in files
+    assert {"robust.csv", "samples/robust/linf-8-lpips_alex.csv", "samples/robust/certify-lpips_alex.csv"} <= set(files)
     assert files == sorted(str(p.relative_to(two)) for p in two.rglob("*.csv"))
     for rel in files:
         a, b = read_csv(one / rel), read_csv(two / rel)
