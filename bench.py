@@ -67,6 +67,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def fail(msg: str) -> None:
     print(f"bench.py: error: {msg}", file=sys.stderr)
+    release_lock()
     sys.exit(2)
 
 
@@ -106,12 +107,60 @@ def resolve_devices(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {"accelerator": acc, "devices": dev, "strategy": strategy, "num_nodes": cfg["num_nodes"]}
 
 
+LOCK_NAME = ".bench.lock"
+_LOCK: Dict[str, Any] = {}  # the open, locked file of this process's run, its folder and the folders made for it
+
+
+def lock_out(out: Path) -> None:
+    """One bench run at a time per results folder: the run's first process (rank 0; its DDP ranks share the
+    run) holds an exclusive lock on ``out/.bench.lock`` until it exits or its next run starts. A second run on
+    the same folder would interleave cells and, at its end, remove the files the first one's cells produced.
+    Folders made only to hold the lock are removed again by :func:`release_lock` if the run does nothing."""
+    import atexit
+    import fcntl
+
+    release_lock()  # an earlier main() of this process (tests, notebooks) is over
+    created = [p for p in [out, *out.parents] if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK_NAME, "a+")
+    _LOCK.update(file=f, out=out, created=created)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        _LOCK.clear()
+        f.close()
+        fail(f"results folder {out} is in use by another bench run (pid {holder}); wait for it to finish or "
+             "choose another --out")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    atexit.register(release_lock)
+
+
+def release_lock() -> None:
+    """Release this process's results-folder lock; a folder made for it that holds nothing else is removed."""
+    f = _LOCK.pop("file", None)
+    if f is None:
+        return
+    out, created = _LOCK.pop("out"), _LOCK.pop("created")
+    if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:  # the run did nothing: leave nothing
+        (out / LOCK_NAME).unlink()
+        for p in created:
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+    f.close()
+
+
 def check_out(out: Path) -> None:
     """The results folder (and the subfolders a run writes into) must be writable, and a folder that already
     holds files must be a bench results folder: a run removes the earlier run's outputs it replaces."""
     from lit_attacks.bench.runner import MANAGED_DIRS
 
-    if out.is_dir() and any(out.iterdir()) and not ((out / "cells").is_dir() or (out / "summary.json").is_file()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) \
+            and not ((out / "cells").is_dir() or (out / "summary.json").is_file()):
         fail(f"results folder {out} holds other files and no bench run (no cells/ or summary.json); "
              "choose a new or empty folder")
     created = [p for p in [out, *out.parents] if not p.exists()]  # made for the probe, removed after it:
@@ -162,6 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lit_attacks.bench.runner import Bench
 
     is_zero = rank_zero_only.rank == 0
+    if is_zero and os.environ.get("NODE_RANK", "0") == "0":  # the run's first process only
+        lock_out(out)
     fresh = bool(flags.get("fresh"))
     cats = cfg["categories"]
     dm_kw = dict(data=cfg["data"], split=cfg["split"], categories=cats, batch_size=cfg["batch_size"],

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import shlex
+import sys
 import tarfile
 
 import numpy as np
@@ -386,3 +387,36 @@ def test_names_that_cannot_be_shard_keys_are_refused_at_conversion(tmp_path, cat
     add_sample(tmp_path, "val", category, stem, flat(0), flat(1), flat(2), 1.0)
     with pytest.raises(BappsDataError, match="may hold only letters, digits, '_' and '-'"):
         scan_tree(tmp_path, "val")
+
+
+def test_a_second_bench_run_on_the_same_results_folder_is_refused_while_the_first_runs(tmp_path, capsys):
+    """Two runs writing one folder would interleave cells and delete each other's files at their ends."""
+    import fcntl
+    import subprocess
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f.fileno(), fcntl.LOCK_EX); "
+        "f.write('4242\\n'); f.flush(); print('locked', flush=True); time.sleep(60)"), str(out / bench.LOCK_NAME)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--metrics", "l2", "--attacks", "", "--sweep-eps", "", "--builtin-n", "1", "--quiet",
+                        "--wandb", "disabled", "--out", str(out)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"bench.py: error: results folder {out} is in use by another bench run (pid 4242); wait for it " \
+                      "to finish or choose another --out"
+        assert [p.name for p in out.iterdir()] == [bench.LOCK_NAME]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the first run is gone the folder is free again, and the lock file does not make it "foreign"
+    assert bench.main(["--metrics", "l2", "--attacks", "", "--sweep-eps", "", "--builtin-n", "1", "--quiet",
+                       "--wandb", "disabled", "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file()
+    with open(out / bench.LOCK_NAME) as f:  # this process still holds it until its next run or exit
+        with pytest.raises(OSError):
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
