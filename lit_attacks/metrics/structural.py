@@ -130,6 +130,27 @@ class HaarPSIDistance(Distance):
         return torch.where(torch.isfinite(d), d, torch.zeros_like(d))
 
 
+class PiqSimilarityDistance(Distance):
+    """``1 - s`` for a piq similarity in [0, 1] (1 for identical images), or a piq deviation as is.
+
+    ``per_sample``: call piq one sample at a time, for measures whose piq implementation normalises over the
+    whole batch (SR-SIM's spectral-residual saliency map), so that a sample's distance does not depend on its
+    batch. Non-finite values (degenerate, e.g. constant, images) become 0: the measure sees no difference."""
+
+    def __init__(self, fn, similarity: bool = True, per_sample: bool = False) -> None:
+        super().__init__()
+        self.fn, self.similarity, self.per_sample = fn, similarity, per_sample
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        a, b = to01(x), to01(ref)
+        if self.per_sample:
+            v = torch.cat([self.fn(a[i:i + 1], b[i:i + 1], data_range=1.0, reduction="none") for i in range(len(a))])
+        else:
+            v = self.fn(a, b, data_range=1.0, reduction="none")
+        d = 1 - v if self.similarity else v
+        return torch.where(torch.isfinite(d), d, torch.zeros_like(d))
+
+
 @METRICS.register("ssim")
 def ssim(**kw) -> Distance:
     """piq SSIM (window 11, sigma 1.5, valid convolution on [0, 1], MATLAB-style automatic downsampling: none at 64 px).
@@ -182,3 +203,57 @@ def haarpsi(**kw) -> Distance:
     Distance: 1 - HaarPSI. Weights: none.
     """
     return HaarPSIDistance(**kw)
+
+
+@METRICS.register("vif_p")
+def vif_p() -> Distance:
+    """piq VIF-p (pixel-domain visual information fidelity, Sheikh & Bovik 2006), on the luminance.
+
+    Distance: 1 - VIF-p (VIF-p can exceed 1 for contrast-enhanced images: the distance is then negative). Weights: none.
+    """
+    return PiqSimilarityDistance(piq.vif_p)
+
+
+@METRICS.register("vsi")
+def vsi() -> Distance:
+    """piq VSI (visual saliency-induced index, Zhang et al. 2014).
+
+    Distance: 1 - VSI. Weights: none.
+    """
+    return PiqSimilarityDistance(piq.vsi)
+
+
+@METRICS.register("mdsi")
+def mdsi() -> Distance:
+    """piq MDSI (mean deviation similarity index, Nafchi et al. 2016), a deviation: 0 for identical images.
+
+    Distance: as is. Weights: none.
+    """
+    return PiqSimilarityDistance(piq.mdsi, similarity=False)
+
+
+@METRICS.register("srsim")
+def srsim() -> Distance:
+    """piq SR-SIM (spectral residual similarity, Zhang & Li 2012), one sample per call (piq normalises its saliency over the batch).
+
+    Distance: 1 - SR-SIM. Weights: none.
+    """
+    return PiqSimilarityDistance(piq.srsim, per_sample=True)
+
+
+@METRICS.register("dss")
+def dss() -> Distance:
+    """piq DSS (DCT subband similarity, Balanis et al. 2015).
+
+    Distance: 1 - DSS. Weights: none.
+    """
+    return PiqSimilarityDistance(piq.dss)
+
+
+@METRICS.register("ms_gmsd")
+def ms_gmsd() -> Distance:
+    """piq MS-GMSD, chromatic (multi-scale gradient magnitude similarity deviation, Zhang et al. 2017), a deviation.
+
+    Distance: as is. Weights: none.
+    """
+    return PiqSimilarityDistance(lambda a, b, **kw: piq.multi_scale_gmsd(a, b, chromatic=True, **kw), similarity=False)
