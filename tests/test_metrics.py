@@ -99,6 +99,17 @@ def test_ssim_matches_matlab_baseline_on_goldhill():
     assert s == pytest.approx(0.8202, abs=5e-4)
 
 
+@pytest.mark.parametrize("pair,mode,baseline", [
+    (("goldhill.gif", "goldhill_jpeg.gif"), "L", 0.2665),  # MATLAB vifvec of Sheikh & Bovik, grey
+    (("I01.BMP", "i01_01_5.bmp"), "RGB", 0.3147),  # the same on the YIQ luminance
+])
+def test_vif_p_matches_matlab_baselines(pair, mode, baseline):
+    """piq's MATLAB baselines for VIF-p (its tests, v0.8): our distance is 1 - VIF-p on the same images."""
+    ref = load_image(shared_file(f"images/piq_assets/{pair[0]}"), mode=mode)
+    x = load_image(shared_file(f"images/piq_assets/{pair[1]}"), mode=mode)
+    assert 1 - metric("vif_p")(ref, x).item() == pytest.approx(baseline, abs=1e-4)  # measured: 2.5e-5, 1.2e-5
+
+
 def test_ms_ssim_rejects_too_small_images():
     ref = torch.zeros(1, 3, 32, 32)
     with pytest.raises(ValueError, match="ms_ssim: images of .* too small"):
