@@ -23,7 +23,7 @@ from torch import Tensor
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import LOSSES, attack_loss, sample_generator
 from lit_attacks.attacks.registry import ATTACKS
-from lit_attacks.attacks.threat import NORMS, Threat, lp_norm, normalize, per_sample, project, random_start
+from lit_attacks.attacks.threat import NORMS, Threat, eps_column, l2_column, normalize, per_sample, project, random_start
 
 
 Loss = Union[str, Callable[[Tensor, Tensor, Tensor], Tensor]]
@@ -228,13 +228,11 @@ class APGD(AttackModule):
     def attack_at(self, threat: Threat, keys: Sequence[str], eps: Union[float, Tensor]) -> AttackResult:
         """The attack with budget ``eps`` (a number or (B,) per sample), e.g. for a minimum-epsilon search."""
         nonfinite = torch.zeros(len(threat), dtype=torch.bool, device=threat.centre.device)
-        eps_col = per_sample(torch.as_tensor(eps, dtype=torch.float64), len(threat), threat.centre.new_zeros(0, dtype=torch.float64))
+        eps_col = eps_column(eps, len(threat), threat.centre.device)
         eps = per_sample(eps, len(threat), threat.centre)
         adv, _, iters, queries = apgd(threat, keys, eps, self.norm, self.steps, self.restarts, self.loss, self.rho,
                                       self.seed, self.random_init, self.eot, nonfinite)
-        l2 = lp_norm(adv.clamp(-1, 1) - threat.centre, "l2", threat.parts).amax(1)
-        return AttackResult(adv, iters, queries, eps_col, nonfinite=nonfinite,
-                            extra={"l2": l2.tolist()})
+        return AttackResult(adv, iters, queries, eps_col, nonfinite=nonfinite, extra={"l2": l2_column(threat, adv)})
 
 
 def check_lp(attack: str, eps: float, norm: str, loss: Optional[str] = None) -> None:

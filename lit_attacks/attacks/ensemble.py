@@ -15,7 +15,7 @@ from torch import Tensor
 from lit_attacks.attacks.apgd import check_lp
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.registry import ATTACKS
-from lit_attacks.attacks.threat import Threat, lp_norm
+from lit_attacks.attacks.threat import Threat, eps_column, l2_column
 
 # AutoAttack's standard ensemble minus its targeted attacks (2AFC has two classes: the untargeted attack is
 # the only one): APGD on two losses, then the black-box Square attack.
@@ -139,9 +139,8 @@ class WorstCase(Composite):
                 if res.status and res.status[j] != "ok" and status[i] == "ok":
                     status[i] = res.status[j]
         status = ["ok" if done[i] else s for i, s in enumerate(status)]
-        l2 = lp_norm(adv.clamp(-1, 1) - threat.centre, "l2", threat.parts).amax(1)
-        return AttackResult(adv, iters, queries, torch.full((B,), self.eps, dtype=torch.float64, device=dev),
-                            status=status, nonfinite=nonfinite & ~done, extra={"flipped_by": by, "l2": l2.tolist()})
+        return AttackResult(adv, iters, queries, eps_column(self.eps, B, dev), status=status,
+                            nonfinite=nonfinite & ~done, extra={"flipped_by": by, "l2": l2_column(threat, adv)})
 
 
 @ATTACKS.register("min_eps")
@@ -217,7 +216,6 @@ class MinEps(Composite):
             iters[act] += r.iterations.clamp(min=0)
             queries[act] += r.queries
         eps = torch.where(found, hi, torch.full_like(hi, math.nan))
-        l2 = lp_norm(adv.clamp(-1, 1) - threat.centre, "l2", threat.parts).amax(1)
         return AttackResult(adv, iters, queries, eps, nonfinite=nonfinite & ~found,
                             extra={"eps_lo": torch.where(found, lo, torch.full_like(lo, self.eps_max)).tolist(),
-                                   "l2": l2.tolist()})
+                                   "l2": l2_column(threat, adv)})

@@ -9,7 +9,7 @@ from torch import Tensor
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import flipped, project_linf, rank_loss
 from lit_attacks.attacks.registry import ATTACKS
-from lit_attacks.attacks.threat import Threat, per_sample
+from lit_attacks.attacks.threat import Threat, eps_column, per_sample
 from lit_attacks.metrics import BoundDistance
 
 
@@ -133,7 +133,7 @@ class PGD(AttackModule):
         """The attack with budget ``eps`` (a number or (B,) per sample), e.g. for a minimum-epsilon search."""
         s_other = threat.s_other_clean
         nonfinite = torch.zeros(len(threat), dtype=torch.bool, device=s_other.device)
-        eps_col = per_sample(torch.as_tensor(eps, dtype=torch.float64), len(threat), threat.centre.new_zeros(0, dtype=torch.float64))
+        eps_col = eps_column(eps, len(threat), threat.centre.device)
         eps = per_sample(eps, len(threat), threat.centre)
         adv, iters, queries = pgd_threat(threat, eps, self.alpha, self.steps, not self.fixed_steps,
                                          nonfinite=nonfinite, reverse=self.reverse)

@@ -24,7 +24,7 @@ from lit_attacks.attacks.apgd import check_lp
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import attack_loss, sample_generator
 from lit_attacks.attacks.registry import ATTACKS
-from lit_attacks.attacks.threat import Threat, lp_norm, normalize, project
+from lit_attacks.attacks.threat import Threat, eps_column, l2_column, lp_norm, normalize, project
 
 
 def p_schedule(i: int, queries: int, p_init: float) -> float:
@@ -215,6 +215,5 @@ class Square(AttackModule):
                                self.p_init, self.loss, self.seed, r)
             adv[todo], done[todo] = x, hit
             used[todo] += q
-        l2 = lp_norm(adv - threat.centre, "l2", threat.parts).amax(1)
-        return AttackResult(adv, torch.full_like(used, -1), used,
-                            torch.full((B,), self.eps, dtype=torch.float64, device=dev), extra={"l2": l2.tolist()})
+        return AttackResult(adv, torch.full_like(used, -1), used, eps_column(self.eps, B, dev),
+                            extra={"l2": l2_column(threat, adv)})

@@ -15,7 +15,7 @@ has flipped the metric's ranking when ``s_adv > s_other``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -91,6 +91,16 @@ def per_sample(eps: Union[float, Tensor], B: int, like: Tensor) -> Tensor:
     """(B,) budgets from one number or a (B,) tensor, in ``like``'s dtype and device."""
     e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
     return e.expand(B).clone() if e.ndim == 0 else e
+
+
+def eps_column(eps: Union[float, Tensor], B: int, device) -> Tensor:
+    """(B,) float64 budgets for the per-sample ``eps`` column (exact: not rounded to the images' dtype)."""
+    return per_sample(torch.as_tensor(eps, dtype=torch.float64), B, torch.zeros(0, dtype=torch.float64, device=device))
+
+
+def l2_column(threat: "Threat", adv: Tensor) -> List[float]:
+    """Per sample, the largest l_2 norm of the perturbation over the images ``adv`` perturbs (the ``l2`` column)."""
+    return lp_norm(adv.clamp(-1, 1) - threat.centre, "l2", threat.parts).amax(1).tolist()
 
 
 def part_view(x: Tensor, parts: int) -> Tensor:

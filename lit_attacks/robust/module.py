@@ -213,7 +213,9 @@ class RobustLPIPS(pl.LightningModule):
         return TrainedLPIPSDistance(copy.deepcopy(self.model), self.hparams.net, self.hparams.pretrained_backbone)
 
     def _set_frozen(self, metric: Optional[TrainedLPIPSDistance]) -> None:
-        object.__setattr__(self, "_frozen", metric)  # not a submodule: kept out of state_dict and checkpoints
+        """The epoch's frozen metric and its validation worst case, built once per validation epoch."""
+        object.__setattr__(self, "_frozen", metric)  # not submodules: kept out of state_dict and checkpoints
+        object.__setattr__(self, "_worst_case", None if metric is None else self.worst_case(metric))
 
     def on_validation_epoch_start(self) -> None:
         self._set_frozen(self.frozen_metric().to(self.device))
@@ -282,7 +284,7 @@ class RobustLPIPS(pl.LightningModule):
             adv, _, _ = pgd(bound, prey, s_other, h.val_eps, h.val_alpha, h.val_steps)
         with torch.no_grad():
             flips = (metric(ref, adv, check=False) > s_other).float()
-        wc = self.worst_case(metric)
+        wc = self._worst_case if metric is self._frozen else self.worst_case(metric)
         if wc is None:
             return flips, None
         sub = {k: (v[idx] if torch.is_tensor(v) else [v[int(i)] for i in idx]) for k, v in batch.items()}
