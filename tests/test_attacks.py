@@ -208,10 +208,11 @@ def reference_one_pixel(m, ref, p0, p1, population, generations, seed):
 
 
 @pytest.mark.parametrize("name", ["l2", "lpips_alex"])
-def test_one_pixel_batched_equals_reference(batch, name):
+def test_one_pixel_scipy_backend_equals_reference(batch, name):
     m = metric(name)
     sub = {k: v[:6] for k, v in batch.items()}
-    a = create_attack("onepixel", name, pretrained=False, population=20, generations=4, seed=7, batch_invariant=True)
+    a = create_attack("onepixel", name, pretrained=False, population=20, generations=4, seed=7, batch_invariant=True,
+                      backend="scipy")
     a.metric = m
     records = a.predict_step(sub).rows()
     for i, r in enumerate(records):
@@ -224,7 +225,8 @@ def test_one_pixel_batched_equals_reference(batch, name):
             assert r["rmse"] > 0 and r["frac>0.1"] <= 3 / (3 * 64 * 64) + 1e-9  # one pixel changed
 
 
-def test_one_pixel_flips_a_metric_sensitive_to_single_pixels(batch):
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_one_pixel_flips_a_metric_sensitive_to_single_pixels(batch, backend):
     """Largest per-pixel difference as the distance: one pixel can flip it (the success path, re-scored here)."""
     from lit_attacks.metrics import Distance
 
@@ -232,7 +234,7 @@ def test_one_pixel_flips_a_metric_sensitive_to_single_pixels(batch):
         def _distance(self, ref, x):
             return (ref - x).abs().sum(1).amax((1, 2))
 
-    a = create_attack("onepixel", "l2", pretrained=False, population=50, generations=30)
+    a = create_attack("onepixel", "l2", pretrained=False, population=50, generations=30, backend=backend)
     a.metric = MaxPixel()
     a.metric.name = "maxpixel"
     sub = {k: v[:4] for k, v in batch.items()}

@@ -132,7 +132,7 @@ def test_one_pixel_paper_encoding_and_strategy_equal_a_scipy_reference(batch):
     m = create_metric("l2").double()
     sub = {k: v[:3] for k, v in batch.items()}
     a = create_attack("onepixel", "l2", population=20, generations=5, encoding="paper", strategy="rand1bin",
-                      batch_invariant=True)
+                      batch_invariant=True, backend="scipy")
     out = a.predict_step(sub)
     rows = out.rows()
     for i, r in enumerate(rows):

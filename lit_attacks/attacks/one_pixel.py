@@ -10,6 +10,7 @@ from scipy.optimize import differential_evolution
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.de import STRATEGIES, differential_evolution as batched_de, generators_for
 from lit_attacks.attacks.objectives import one_pixel_fitness
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
@@ -34,6 +35,7 @@ def apply_pixel(prey: Tensor, cand: Tensor) -> Tensor:
 
 
 ENCODINGS = ("valid", "paper")
+BACKENDS = ("torch", "scipy")
 
 
 def decode_colour(values: Tensor, encoding: str) -> Tensor:
@@ -46,6 +48,47 @@ def decode_colour(values: Tensor, encoding: str) -> Tensor:
 def sample_seed(seed: int, key: str) -> int:
     """A per-sample seed: the same sample gets the same search whatever its batch."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
+
+
+def colour_bounds(encoding: str):
+    return (-1.0, 1.0) if encoding == "valid" else (0.0, 255.0)
+
+
+def one_pixel_batched(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], metric,
+                      population: int = 400, generations: int = 100, mutation: float = 0.5,
+                      recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
+                      strategy: str = "best1bin", local: bool = True, chunk: int = 512):
+    """Differential evolution over (x, y, r, g, b) for all samples at once (:mod:`lit_attacks.attacks.de`).
+
+    Each generation scores the candidates of every unfinished sample in one scorer call (chunked); the
+    scorer is the metric's :meth:`~lit_attacks.metrics.Distance.pixel_scorer` (local evaluation where the
+    metric supports it). Every sample's search uses its own generator, seeded from ``seed`` and its key.
+    Returns (DEResult with decoded colours, whether the scorer was local).
+    """
+    S, (H, W) = prey.shape[0], prey.shape[-2:]
+    P = max(5, (population // 5) * 5)  # scipy's popsize x 5 parameters, as the scipy backend
+    scorer = metric.pixel_scorer(bound, prey, local=local, chunk=chunk)
+    s_oth = s_other.double()
+    lo_c, hi_c = colour_bounds(encoding)
+    lower = torch.tensor([0.0, 0.0, lo_c, lo_c, lo_c], dtype=torch.float64)
+    upper = torch.tensor([W - 1e-6, H - 1e-6, hi_c, hi_c, hi_c], dtype=torch.float64)
+
+    def score(rows: Tensor, params: Tensor):
+        A = len(rows)
+        flat = params.reshape(A * P, 5)
+        xs = flat[:, 0].floor().long().clamp(0, W - 1)
+        ys = flat[:, 1].floor().long().clamp(0, H - 1)
+        values = decode_colour(flat[:, 2:], encoding).to(prey.dtype)
+        with torch.no_grad():
+            s = scorer(rows.to(prey.device).repeat_interleave(P), ys.to(prey.device), xs.to(prey.device),
+                       values.to(prey.device)).double().view(A, P).to(params.device)
+        so = s_oth[rows].unsqueeze(1).expand_as(s).to(params.device)
+        return one_pixel_fitness(s, so), s > so
+
+    res = batched_de(score, generators_for([sample_seed(seed, k) for k in keys]), lower, upper, P, generations,
+                     mutation, recombination, strategy)
+    res.x[:, 2:] = decode_colour(res.x[:, 2:], encoding)
+    return res, bool(scorer.local)
 
 
 def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, population: int = 400,
@@ -73,7 +116,7 @@ def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, populat
             raise _Found(cand[int(hit[0])].cpu().numpy())
         return one_pixel_fitness(s, torch.full_like(s, s_other)).double().cpu().numpy()
 
-    colour = (-1, 1) if encoding == "valid" else (0, 255)
+    colour = colour_bounds(encoding)
     bounds = [(0, W - 1e-6), (0, H - 1e-6), colour, colour, colour]
     try:
         differential_evolution(fitness, bounds, popsize=max(1, population // 5), maxiter=generations,
@@ -102,7 +145,16 @@ class OnePixel(AttackModule):
             Algorithm 4): ``(r / 255 - 0.5) / 0.1`` for r in [0, 255], values in [-5, 5] without clipping
             (the adversarial image is then not clipped either; ``flipped_uint8`` says whether the flip
             survives as a real 8-bit image).
-        strategy: scipy's DE strategy: "best1bin" (default) or "rand1bin" (DE/rand/1, the paper's Eq. 12).
+        strategy: scipy's DE strategy: "best1bin" (default) or "rand1bin" (DE/rand/1, the paper's Eq. 12),
+            or another binomial one.
+        backend: "torch" (default): every sample's search in one batched DE (:mod:`lit_attacks.attacks.de`),
+            one scorer call per generation for all unfinished samples; "scipy": one ``scipy.optimize.
+            differential_evolution`` per sample (the earlier implementation; scipy's random stream). Both
+            run the same algorithm (random init, deferred updating, no polish, tol 0) from different
+            random streams, so their flip rates agree within noise, not sample by sample.
+        local: with the torch backend, score candidates by local evaluation where the metric supports it
+            (LPIPS on AlexNet and VGG16: exact to float round-off); False scores whole images.
+        chunk: images per metric call when scoring whole images (local evaluation uses 4x as many).
     """
 
     name = "onepixel"
@@ -110,23 +162,28 @@ class OnePixel(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
                  mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
-                 strategy: str = "best1bin", pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 strategy: str = "best1bin", backend: str = "torch", local: bool = True, chunk: int = 512,
+                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = False,
+                 batch_invariant: bool = False, uint8: str = "round") -> None:
         if population < 5:
             raise ValueError(f"onepixel: population must be >= 5, got {population}")
         if generations < 1:
             raise ValueError(f"onepixel: generations must be >= 1, got {generations}")
         if encoding not in ENCODINGS:
             raise ValueError(f"onepixel: encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-        if strategy not in ("best1bin", "rand1bin", "best2bin", "rand2bin", "currenttobest1bin", "randtobest1bin"):
+        if strategy not in STRATEGIES:
             raise ValueError(f"onepixel: strategy must be a binomial scipy DE strategy (best1bin, rand1bin, ...), "
                              f"got {strategy!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"onepixel: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if chunk < 1:
+            raise ValueError(f"onepixel: chunk must be >= 1, got {chunk}")
         super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
         self.save_hyperparameters()
         self.population, self.generations, self.seed = population, generations, seed
         self.mutation, self.recombination = mutation, recombination
         self.encoding, self.strategy = encoding, strategy
+        self.backend, self.local, self.chunk = backend, local, chunk
         self.clamp_output = encoding == "valid"
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
@@ -135,17 +192,30 @@ class OnePixel(AttackModule):
         queries = torch.zeros(B, dtype=torch.long)
         gens = torch.zeros(B, dtype=torch.long)
         extra = {k: [None] * B for k in ("pixel_x", "pixel_y", "pixel_r", "pixel_g", "pixel_b")}
+        if self.backend == "torch":
+            res, _ = one_pixel_batched(bound, prey, s_other, keys, self.metric, self.population, self.generations,
+                                       self.mutation, self.recombination, self.seed, self.encoding, self.strategy,
+                                       self.local, self.chunk)
+            for i in res.found.nonzero().flatten().tolist():
+                self._record(adv, extra, prey, i, res.x[i].numpy())
+            nan = torch.full((B,), float("nan"))
+            return AttackResult(adv, res.generations, res.queries, nan, extra)
         for i in range(B):
             cand, q, g = one_pixel_search(bound.select(torch.tensor([i])), prey[i:i + 1], float(s_other[i]),
                                           self.population, self.generations, self.mutation, self.recombination,
                                           sample_seed(self.seed, keys[i]), self.encoding, self.strategy)
             queries[i], gens[i] = q, g
             if cand is not None:
-                c = torch.as_tensor(cand[None], dtype=torch.float64)
-                adv[i] = apply_pixel(prey[i:i + 1], c)[0]
-                x, y = int(np.floor(cand[0])), int(np.floor(cand[1]))
-                rgb = np.round((np.asarray(cand[2:5]) + 1) * 127.5).astype(int).tolist()
-                extra["pixel_x"][i], extra["pixel_y"][i] = x, y
-                extra["pixel_r"][i], extra["pixel_g"][i], extra["pixel_b"][i] = rgb
+                self._record(adv, extra, prey, i, cand)
         nan = torch.full((B,), float("nan"))
         return AttackResult(adv, gens, queries, nan, extra)
+
+    @staticmethod
+    def _record(adv: Tensor, extra: dict, prey: Tensor, i: int, cand: np.ndarray) -> None:
+        """Sample i's adversarial image and pixel columns from its flipping candidate (decoded colour)."""
+        c = torch.as_tensor(cand[None], dtype=torch.float64)
+        adv[i] = apply_pixel(prey[i:i + 1], c)[0]
+        x, y = int(np.floor(cand[0])), int(np.floor(cand[1]))
+        rgb = np.round((np.asarray(cand[2:5]) + 1) * 127.5).astype(int).tolist()
+        extra["pixel_x"][i], extra["pixel_y"][i] = x, y
+        extra["pixel_r"][i], extra["pixel_g"][i], extra["pixel_b"][i] = rgb

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from lit_attacks.metrics.local import FullScorer
+
 RANGE_TOL = 1e-4
 
 
@@ -92,6 +94,12 @@ class Distance(nn.Module):
 
     def _prepare(self, ref: Tensor):
         return ref
+
+    def pixel_scorer(self, bound: "BoundDistance", prey: Tensor, local: bool = True, chunk: int = 512):
+        """A scorer of one-pixel changes of ``prey`` (S, 3, H, W) against ``bound``'s S references:
+        ``scorer(rows, ys, xs, values) -> (N,)`` distances (:mod:`lit_attacks.metrics.local`). Metrics whose
+        network allows it score only what the pixel reaches (``local``); the default scores whole images."""
+        return FullScorer(bound, prey, chunk)
 
     def _select(self, ctx, idx: Tensor):
         return ctx[idx]

@@ -15,7 +15,8 @@ import lpips as lpips_pkg
 import torch
 from torch import Tensor
 
-from lit_attacks.metrics.base import Distance
+from lit_attacks.metrics.base import BoundDistance, Distance
+from lit_attacks.metrics.local import LocalConvScorer, conv_chain
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import backbone_features, load_sliced_features
@@ -82,6 +83,16 @@ class LPIPSDistance(Distance):
 
     def _distance_prepared(self, ctx: List[Tensor], x: Tensor) -> Tensor:
         return self.from_features(ctx, self.features(x))
+
+    def pixel_scorer(self, bound: BoundDistance, prey: Tensor, local: bool = True, chunk: int = 512):
+        """Local evaluation of one-pixel candidates on AlexNet and VGG16 backbones (convolutions, ReLUs and
+        max pools only); SqueezeNet's Fire modules fall back to whole images."""
+        net = self.model.net
+        ops = [conv_chain(list(getattr(net, f"slice{i}"))) for i in range(1, net.N_slices + 1)]
+        if local and all(o is not None for o in ops):
+            return LocalConvScorer(self.model.scaling_layer, ops, self.model.lins, lpips_pkg.normalize_tensor,
+                                   bound.ctx, prey, chunk=4 * chunk)
+        return super().pixel_scorer(bound, prey, local, chunk)
 
 
 @METRICS.register("lpips_alex")
