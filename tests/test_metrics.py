@@ -91,6 +91,44 @@ def test_ssim_equals_piq_with_documented_conversion(seeded_batch):
     torch.testing.assert_close(metric("ssim")(ref, x), (1 - s) / 2)  # downsampling is a no-op at 64x64
 
 
+def test_ssim_rgb_and_luma_conventions_on_tid2013():
+    """I01 (TID2013): piq's baseline 0.7842 (tolerance 0.01, as piq's test) with SSIM per RGB channel; the luma
+    convention equals SSIM of the MATLAB rgb2gray images, computed here with piq directly."""
+    ref = load_image(shared_file("images/piq_assets/I01.BMP"))
+    x = load_image(shared_file("images/piq_assets/i01_01_5.bmp"))
+    assert 1 - 2 * metric("ssim")(ref, x).item() == pytest.approx(0.7842, abs=0.01)
+    grey = lambda t: (((t + 1) / 2) * torch.tensor([0.2989, 0.5870, 0.1140]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
+    want = piq.ssim(grey(x), grey(ref), data_range=1.0, reduction="none", downsample=True)
+    torch.testing.assert_close(1 - 2 * create_metric("ssim", colour="luma")(ref, x), want)
+    with pytest.raises(ValueError, match="colour must be one of rgb, luma"):
+        create_metric("ssim", colour="grey")
+
+
+@pytest.mark.parametrize("pair,mode,baseline,tol", [
+    (("dists_examples/r0.png", "dists_examples/r1.png"), "RGB", 0.3347, 1e-4),  # DISTS repository
+    (("piq_assets/goldhill.gif", "piq_assets/goldhill_jpeg.gif"), "L", 0.19509, 1e-3),  # the DISTS authors, via piq
+    (("piq_assets/I01.BMP", "piq_assets/i01_01_5.bmp"), "RGB", 0.17321, 1e-3),
+])
+def test_dists_matches_the_authors_values_at_full_resolution(pair, mode, baseline, tol):
+    ref, x = (load_image(shared_file(f"images/{p}"), mode=mode) for p in pair)
+    with torch.no_grad():
+        assert create_metric("dists")(ref, x).item() == pytest.approx(baseline, abs=tol)
+
+
+def test_dists_resize_is_the_official_prepare_image():
+    """resize=True: the shorter side to 256 (bilinear, antialiased) before scoring; a no-op on 256 px images."""
+    import torch.nn.functional as F
+
+    ref = load_image(shared_file("images/piq_assets/I01.BMP"))[..., :96, :128]
+    x = load_image(shared_file("images/piq_assets/i01_01_5.bmp"))[..., :96, :128]
+    plain, resized = create_metric("dists"), create_metric("dists", resize=True)
+    up = lambda t: F.interpolate(t, size=(256, 341), mode="bilinear", align_corners=False, antialias=True)  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(resized(ref, x), plain(up(ref).clamp(-1, 1), up(x).clamp(-1, 1)), rtol=1e-5, atol=1e-6)
+        r0, r1 = (load_image(shared_file(f"images/dists_examples/{n}.png")) for n in ("r0", "r1"))
+        assert resized(r0, r1).item() == plain(r0, r1).item()
+
+
 def test_ssim_matches_matlab_baseline_on_goldhill():
     """piq's MATLAB baseline: SSIM(goldhill_jpeg, goldhill) = 0.8202 (grey, ssim.m's automatic 2x downsampling)."""
     ref = load_image(shared_file("images/piq_assets/goldhill.gif"), mode="L")

@@ -42,6 +42,15 @@ def test_lpips_squeeze_manifest_values():
 
 
 @pytest.mark.weights
+def test_lpips_vgg_manifest_values():
+    _need("vgg16_features_tv_IMAGENET1K_V1.pth")
+    ref, p0, p1 = _triplet()
+    m = create_metric("lpips_vgg", weights_dir=str(weights_dir()))
+    assert m(ref, p0).item() == pytest.approx(0.5686, abs=1e-4)
+    assert m(ref, p1).item() == pytest.approx(0.4217, abs=1e-4)
+
+
+@pytest.mark.weights
 def test_weights_dir_from_environment(monkeypatch):
     _need("alexnet_features_tv_IMAGENET1K_V1.pth")
     monkeypatch.setenv(W.ENV_WEIGHTS_DIR, str(weights_dir()))

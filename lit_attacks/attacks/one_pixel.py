@@ -65,7 +65,7 @@ def one_pixel_batched(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys:
     metric supports it). Every sample's search uses its own generator, seeded from ``seed`` and its key.
     Returns (DEResult with decoded colours, whether the scorer was local).
     """
-    S, (H, W) = prey.shape[0], prey.shape[-2:]
+    H, W = prey.shape[-2:]
     P = max(5, (population // 5) * 5)  # scipy's popsize x 5 parameters, as the scipy backend
     scorer = metric.pixel_scorer(bound, prey, local=local, chunk=chunk)
     s_oth = s_other.double()

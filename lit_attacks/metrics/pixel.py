@@ -25,7 +25,7 @@ class L1Distance(Distance):
 def l2(**kw) -> Distance:
     """mean squared difference on [-1, 1], as the official code.
 
-    Distance: as is. Weights: none.
+    Distance: as is. Weights: none. Calibrated: the closed form (tested against the formula).
     """
     return L2Distance(**kw)
 
@@ -34,6 +34,6 @@ def l2(**kw) -> Distance:
 def l1(**kw) -> Distance:
     """mean absolute difference on [-1, 1].
 
-    Distance: as is. Weights: none.
+    Distance: as is. Weights: none. Calibrated: the closed form.
     """
     return L1Distance(**kw)
