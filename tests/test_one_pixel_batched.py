@@ -107,6 +107,14 @@ def test_every_layer_of_a_chain_equals_the_full_forward(chain):
             want_k = sum(lin((a - b) ** 2).mean(dim=(1, 2, 3)) for lin, a, b in zip(lins[:k], fr[:k], fx[:k]))
             assert torch.allclose(partial(rows, ys, xs, values), want_k, rtol=1e-12, atol=1e-12), f"layer {k}"
     assert torch.allclose(got, want_k, rtol=1e-12, atol=1e-12)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:  # the full forward's convolutions, counted by torch
+        a = pre(prey[:1])
+        for m in mods:
+            a = m(a)
+    local_macs, full_macs = local.macs()
+    assert 2 * full_macs == fc.get_total_flops() and 0 < local_macs <= full_macs
 
 
 # ------------------------------------------------------------------------------------------- batched DE

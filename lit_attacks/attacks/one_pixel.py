@@ -57,7 +57,7 @@ def colour_bounds(encoding: str):
 def one_pixel_batched(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], metric,
                       population: int = 400, generations: int = 100, mutation: float = 0.5,
                       recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
-                      strategy: str = "best1bin", local: bool = True, chunk: int = 512):
+                      strategy: str = "best1bin", local: bool = True, chunk: int = 128):
     """Differential evolution over (x, y, r, g, b) for all samples at once (:mod:`lit_attacks.attacks.de`).
 
     Each generation scores the candidates of every unfinished sample in one scorer call (chunked); the
@@ -162,7 +162,7 @@ class OnePixel(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
                  mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
-                 strategy: str = "best1bin", backend: str = "torch", local: bool = True, chunk: int = 512,
+                 strategy: str = "best1bin", backend: str = "torch", local: bool = True, chunk: int = 128,
                  pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = False,
                  batch_invariant: bool = False, uint8: str = "round") -> None:
         if population < 5:

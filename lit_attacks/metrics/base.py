@@ -95,7 +95,7 @@ class Distance(nn.Module):
     def _prepare(self, ref: Tensor):
         return ref
 
-    def pixel_scorer(self, bound: "BoundDistance", prey: Tensor, local: bool = True, chunk: int = 512):
+    def pixel_scorer(self, bound: "BoundDistance", prey: Tensor, local: bool = True, chunk: int = 128):
         """A scorer of one-pixel changes of ``prey`` (S, 3, H, W) against ``bound``'s S references:
         ``scorer(rows, ys, xs, values) -> (N,)`` distances (:mod:`lit_attacks.metrics.local`). Metrics whose
         network allows it score only what the pixel reaches (``local``); the default scores whole images."""

@@ -33,7 +33,7 @@ class FullScorer:
 
     local = False
 
-    def __init__(self, bound, prey: Tensor, chunk: int = 512) -> None:
+    def __init__(self, bound, prey: Tensor, chunk: int = 128) -> None:
         self.bound, self.prey, self.chunk = bound, prey, chunk
 
     def images(self, rows: Tensor, ys: Tensor, xs: Tensor, values: Tensor) -> Tensor:
@@ -130,7 +130,7 @@ class LocalConvScorer:
         H, W = prey.shape[-2:]
         dev = prey.device
         # geometry, per axis, for every pixel position
-        self.geo = []
+        self.geo, self.out_sizes = [], []
         ylo, yhi = torch.arange(H, device=dev), torch.arange(H, device=dev) + 1
         xlo, xhi = torch.arange(W, device=dev), torch.arange(W, device=dev) + 1
         h, w = H, W
@@ -149,6 +149,7 @@ class LocalConvScorer:
             fits = bool((top >= 0).all() and (top + prev[0] <= hin).all()
                         and (left >= 0).all() and (left + prev[1] <= win).all())
             self.geo.append((size_y, size_x, start_y, start_x, fits))
+            self.out_sizes.append((h, w))
             prev = (size_y, size_x, start_y, start_x)
         # the prey's activations: the padded input of every spatial layer, and the terms at every tap
         self.cache, self.prey_terms = [], []
@@ -170,6 +171,21 @@ class LocalConvScorer:
                     d = d + term.mean(dim=(2, 3)).flatten()
                     t += 1
         self.prey_distance = d
+
+    def macs(self) -> Tuple[int, int]:
+        """Multiply-accumulates of the convolutions per candidate: (local evaluation, full forward of one image)."""
+        local = full = 0
+        sizes = iter(self.out_sizes)
+        for op, g in zip(self.ops, self.geo):
+            if op == "relu":
+                continue
+            h, w = next(sizes)
+            if isinstance(op.module, nn.Conv2d):
+                m = op.module
+                per = m.out_channels * (m.in_channels // m.groups) * op.kernel[0] * op.kernel[1]
+                local += g[0] * g[1] * per
+                full += h * w * per
+        return local, full
 
     def __call__(self, rows: Tensor, ys: Tensor, xs: Tensor, values: Tensor) -> Tensor:
         out = [self._score(rows[i:i + self.chunk], ys[i:i + self.chunk], xs[i:i + self.chunk],

@@ -84,7 +84,7 @@ class LPIPSDistance(Distance):
     def _distance_prepared(self, ctx: List[Tensor], x: Tensor) -> Tensor:
         return self.from_features(ctx, self.features(x))
 
-    def pixel_scorer(self, bound: BoundDistance, prey: Tensor, local: bool = True, chunk: int = 512):
+    def pixel_scorer(self, bound: BoundDistance, prey: Tensor, local: bool = True, chunk: int = 128):
         """Local evaluation of one-pixel candidates on AlexNet and VGG16 backbones (convolutions, ReLUs and
         max pools only); SqueezeNet's Fire modules fall back to whole images."""
         net = self.model.net
