@@ -31,7 +31,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})")
     p.add_argument("--name", help="run name: results/<name>/ and the W&B run name")
     p.add_argument("--out", help="results folder (default results/<name>)")
-    p.add_argument("--data", help="BAPPS tree root or shard folder (default: built-in synthetic set)")
+    p.add_argument("--data", help="BAPPS tree root or shard folder (default: built-in synthetic set; 'builtin' picks it over a config's path)")
     p.add_argument("--split")
     p.add_argument("--categories", help="comma-separated categories (default: all)")
     p.add_argument("--builtin-n", type=int, help="samples per category of the built-in set")

@@ -41,6 +41,18 @@ def test_config_precedence_flag_over_config_over_default(tmp_path):
     assert default["config_file"].endswith("quick.yaml") and default["name"] == "quick"
 
 
+def test_all_stands_for_every_registered_metric_and_builtin_for_the_builtin_set():
+    from lit_attacks.metrics import list_metrics
+
+    cfg = bench.resolve_config(bench.parse_args(["--config", str(CONFIG_DIR / "table1.yaml"), "--data", "builtin"]))
+    assert cfg["metrics"] == list_metrics() and cfg["data"] is None
+    assert bench.resolve_config(bench.parse_args(["--config", str(CONFIG_DIR / "table1.yaml")]))["data"] == "data/bapps-shards"
+    cfg = bench.resolve_config(bench.parse_args(["--metrics", "lpips_alex,all,l2"]))
+    assert cfg["metrics"][:2] == ["lpips_alex", "dists"] and sorted(cfg["metrics"]) == list_metrics()  # each once
+    cfg = bench.resolve_config(bench.parse_args(["--config", str(CONFIG_DIR / "pgd_every_metric.yaml")]))
+    assert cfg["metrics"] == list_metrics() and list(cfg["attacks"]) == ["pgd"] and cfg["data"] is None
+
+
 def _bad_config(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("metrix: [l2]\n")
@@ -112,6 +124,7 @@ def _results(out: Path) -> dict:
     return res
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     common = SMALL + ["--wandb", "disabled"]
     computed = _spy(monkeypatch)

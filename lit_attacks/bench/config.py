@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import yaml
 
@@ -104,13 +104,27 @@ SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("st
           "wandb_project": ("str", None, False)}
 
 
+def expand_metrics(names: List[str]) -> List[str]:
+    """``all`` stands for every registered metric (in name order), wherever it appears in the list; repeated
+    names are kept once."""
+    out: List[str] = []
+    for n in names:
+        for m in (METRICS.names() if n == "all" else [n]):
+            if m not in out:
+                out.append(m)
+    return out
+
+
 def validate(cfg: Dict[str, Any]) -> None:
     """Types, names, parameters and values; raises :class:`ConfigError` (one line) on the first problem."""
     for key, (kind, minimum, optional) in SCHEMA.items():
         choices = {"wandb": MODES, "uint8": UINT8_MODES, "builtin": ("photos", "procedural")}.get(key)
         check_value(key, cfg[key], kind, minimum, optional, choices=choices)
+    if cfg["data"] == "builtin":  # the built-in set, overriding a config's BAPPS path from the command line
+        cfg["data"] = None
     if not cfg["metrics"]:
         raise ConfigError("metrics is empty")
+    cfg["metrics"] = expand_metrics(cfg["metrics"])
     for m in cfg["metrics"]:
         try:
             METRICS.get(m)
