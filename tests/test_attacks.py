@@ -128,6 +128,7 @@ def reference_fgsm(m, ref, p0, p1, step=1e-4, max_eps=0.05):
 FGSM_GRIDS = {"l2": (5e-4, 0.1), "ssim": (5e-4, 0.1), "lpips_alex": (1e-4, 0.03)}  # (step, max_eps), 200-300 points
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(METRICS))
 def test_fgsm_vectorised_scan_equals_sequential(batch, name):
     m, (step, max_eps) = metric(name), FGSM_GRIDS[name]
@@ -147,6 +148,7 @@ def test_fgsm_vectorised_scan_equals_sequential(batch, name):
     assert found > 0
 
 
+@pytest.mark.slow
 def test_fgsm_epsilon_is_the_first_grid_value_that_flips(batch):
     m = metric("lpips_alex")
     ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]

@@ -55,6 +55,7 @@ def test_the_index_alone_gives_the_count(tmp_path):
     assert ds.count() == expected
 
 
+@pytest.mark.slow
 def test_no_carriage_returns_when_stdout_is_not_a_terminal(tmp_path, capsys):
     assert bench.main(SMALL + ["--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
@@ -62,6 +63,7 @@ def test_no_carriage_returns_when_stdout_is_not_a_terminal(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ 2. warning noise
+@pytest.mark.slow
 def test_a_run_shows_no_third_party_warnings(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -107,6 +107,7 @@ def test_flops_per_sample_of_the_paper_cnn():
 
 
 # ------------------------------------------------------------------ attacks
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw", [("stadv", {}), ("flowadv", NARROW)])
 def test_each_sample_alone_equals_in_batch(batch, name, kw):
     b = as64(batch)

@@ -33,21 +33,16 @@ def test_lpips_alex_published_values():
 
 
 @pytest.mark.weights
-def test_lpips_squeeze_manifest_values():
-    _need("squeezenet1_1_features_tv_IMAGENET1K_V1.pth")
+@pytest.mark.parametrize("name,backbone,values", [
+    ("lpips_squeeze", "squeezenet1_1_features_tv_IMAGENET1K_V1.pth", (0.711048, 0.147902)),
+    ("lpips_vgg", "vgg16_features_tv_IMAGENET1K_V1.pth", (0.5686, 0.4217)),
+])
+def test_lpips_manifest_values(name, backbone, values):
+    """The MANIFEST's values of the lpips package with these backbones (no published value), within 1e-4."""
+    _need(backbone)
     ref, p0, p1 = _triplet()
-    m = create_metric("lpips_squeeze", weights_dir=str(weights_dir()))
-    assert m(ref, p0).item() == pytest.approx(0.711048, abs=1e-4)
-    assert m(ref, p1).item() == pytest.approx(0.147902, abs=1e-4)
-
-
-@pytest.mark.weights
-def test_lpips_vgg_manifest_values():
-    _need("vgg16_features_tv_IMAGENET1K_V1.pth")
-    ref, p0, p1 = _triplet()
-    m = create_metric("lpips_vgg", weights_dir=str(weights_dir()))
-    assert m(ref, p0).item() == pytest.approx(0.5686, abs=1e-4)
-    assert m(ref, p1).item() == pytest.approx(0.4217, abs=1e-4)
+    m = create_metric(name, weights_dir=str(weights_dir()))
+    assert (m(ref, p0).item(), m(ref, p1).item()) == pytest.approx(values, abs=1e-4)
 
 
 @pytest.mark.weights
