@@ -148,6 +148,34 @@ def test_vif_p_matches_matlab_baselines(pair, mode, baseline):
     assert 1 - metric("vif_p")(ref, x).item() == pytest.approx(baseline, abs=1e-4)  # measured: 2.5e-5, 1.2e-5
 
 
+# piq's MATLAB baselines (its tests, v0.8; values from the metric authors' MATLAB code), our distance converted back to
+# the similarity (or deviation). Grey images are repeated to 3 channels: piq converts RGB to luminance first, so the
+# scores equal the grey ones (FSIMc's chromatic term is 1 on grey images).
+PIQ_BASELINES = [
+    ("fsimc", "G", lambda d: 1 - d, 0.89691, 1e-4),
+    ("fsimc", "C", lambda d: 1 - d, 0.92587, 1e-4),  # measured 0.92590
+    ("gmsd", "G", lambda d: d, 0.138012587141798, 1e-5),
+    ("gmsd", "C", lambda d: d, 0.094124655829098, 1e-5),
+    ("mdsi", "G", lambda d: d, 0.395910876130775, 1e-5),
+    ("mdsi", "C", lambda d: d, 0.338972600511665, 1e-5),
+    ("vsi", "C", lambda d: 1 - d, 0.96405, 1e-5),
+    ("srsim", "G", lambda d: 1 - d, 0.94652679, 1e-5),
+    ("srsim", "C", lambda d: 1 - d, 0.9659730, 1e-5),
+    ("dss", "G", lambda d: 1 - d, 0.45217181, 1e-3),  # piq's own tolerance; measured 0.45287
+    ("dss", "C", lambda d: 1 - d, 0.77177436, 2e-4),  # MATLAB on uint8-rounded grey, ours on RGB: 0.77168
+    ("haarpsi", "C", lambda d: 1 - d, 0.71706527, 1e-4),  # measured 0.71704
+]
+
+
+@pytest.mark.parametrize("name,pair,back,baseline,tol", PIQ_BASELINES,
+                         ids=[f"{n}-{'goldhill' if p == 'G' else 'I01'}" for n, p, *_ in PIQ_BASELINES])
+def test_piq_metrics_match_matlab_baselines(name, pair, back, baseline, tol):
+    files, mode = ((("goldhill.gif", "goldhill_jpeg.gif"), "L") if pair == "G" else (("I01.BMP", "i01_01_5.bmp"), "RGB"))
+    ref, x = (load_image(shared_file(f"images/piq_assets/{f}"), mode=mode) for f in files)
+    with torch.no_grad():
+        assert back(create_metric(name)(ref, x).item()) == pytest.approx(baseline, abs=tol)
+
+
 def test_ms_ssim_rejects_too_small_images():
     ref = torch.zeros(1, 3, 32, 32)
     with pytest.raises(ValueError, match="ms_ssim: images of .* too small"):
