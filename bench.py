@@ -42,6 +42,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         table.add_arguments(p)
     p.add_argument("--pretrained", choices=["true", "false"], help="false: random backbones (tests, timing)")
     p.add_argument("--weights-dir", help="folder searched first for weights ($LIT_ATTACKS_WEIGHTS_DIR)")
+    p.add_argument("--skip-unavailable", choices=["true", "false"],
+                   help="true: metrics whose weights or extra are missing are listed as not run instead of stopping")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--batch-invariant", action="store_true", help="float64: results independent of batching")
@@ -60,8 +62,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--fresh", action="store_true", help="recompute every cell, ignoring completed ones")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     flags = vars(p.parse_args(argv))
-    if "pretrained" in flags:
-        flags["pretrained"] = flags["pretrained"] == "true"
+    for key in ("pretrained", "skip_unavailable"):
+        if key in flags:
+            flags[key] = flags[key] == "true"
     return flags
 
 

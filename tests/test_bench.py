@@ -211,3 +211,25 @@ def test_two_process_bench_equals_one_process_and_logs_once(tmp_path):
     assert len(list((tmp_path / "two" / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["devices"] == {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_nodes": 1}
+
+
+def test_skip_unavailable_lists_metrics_it_cannot_build_and_runs_the_rest(tmp_path, monkeypatch, capsys):
+    """Offline with no Watson-DFT weights: by default the run stops before any work with one line naming the file;
+    with skip_unavailable the other metrics run and the run says which did not and why."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("LIT_ATTACKS_OFFLINE", "1")
+    monkeypatch.delenv("LIT_ATTACKS_WEIGHTS_DIR", raising=False)
+    args = ["--metrics", "l2,watson_dft", "--attacks", "", "--builtin-n", "2", "--batch-size", "8", "--wandb", "disabled"]
+    with pytest.raises(SystemExit) as e:
+        bench.main(args + ["--out", str(tmp_path / "stop"), "--quiet"])
+    assert e.value.code == 2 and "rgb_watson_fft_trial0.pth" in capsys.readouterr().err
+    assert not (tmp_path / "stop" / "summary.json").exists()
+    out = tmp_path / "skip"
+    assert bench.main(args + ["--out", str(out), "--skip-unavailable", "true"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipping watson_dft" in printed and "NOT RUN: watson_dft" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["metrics"]) == ["l2"] and "rgb_watson_fft_trial0.pth" in summary["unavailable"]["watson_dft"]
+    assert {r["metric"] for r in summary["table1"]} == {"l2"}
+    readme = (out / "README.md").read_text()
+    assert "Not run" in readme and "`watson_dft`" in readme

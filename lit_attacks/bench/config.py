@@ -37,6 +37,7 @@ DATA_KEYS: Dict[str, Any] = {
 RUN_KEYS: Dict[str, Any] = {
     "pretrained": True,
     "weights_dir": None,
+    "skip_unavailable": False,   # a metric whose weights or extra are missing: listed as unavailable, run goes on
     "batch_size": 64,
     "num_workers": 0,
     "batch_invariant": False,
@@ -96,7 +97,7 @@ SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("st
           "split": ("str", None, False), "categories": ("names", None, True), "builtin_n": ("int", 1, False),
           "builtin": ("str", None, False),
           "seed": ("int", None, False), "metrics": ("names", None, False), "pretrained": ("bool", None, False),
-          "weights_dir": ("str", None, True), "batch_size": ("int", 1, False), "num_workers": ("int", 0, False),
+          "weights_dir": ("str", None, True), "skip_unavailable": ("bool", None, False), "batch_size": ("int", 1, False), "num_workers": ("int", 0, False),
           "batch_invariant": ("bool", None, False), "uint8": ("str", None, False), "save_adv": ("bool", None, False),
           "examples": ("int", 0, False),
           "gpus": ("int", 0, True), "accelerator": ("str", None, True), "devices": ("int", 1, True),

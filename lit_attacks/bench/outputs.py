@@ -24,7 +24,7 @@ def write_outputs(bench) -> None:
     seconds = time.time() - bench.t0
     weights = {m: USED[m] for m in bench.labels if m in USED and cfg["pretrained"]}
     write_json(out / "summary.json", {"config": cfg, "data": bench.source, "devices": bench.devices,
-                                      "metrics": bench.labels, "weights": weights, "seconds": seconds,
+                                      "metrics": bench.labels, "unavailable": bench.unavailable, "weights": weights, "seconds": seconds,
                                       "cells": {cid: {"seconds": p.get("seconds"), "samples_per_s": p.get("samples_per_s")}
                                                 for cid, p in bench.cells.items()},
                                       **rows})
@@ -40,6 +40,7 @@ def write_outputs(bench) -> None:
                             and "wandb" not in p.parts and "cells" not in p.parts and not p.name.startswith("."))
     notes = [] if cfg["pretrained"] else ["WARNING: random backbones (pretrained: false): the numbers are for testing "
                                           "and timing only."]
+    notes += [f"Not run (unavailable here): {m}: {why}" for m, why in bench.unavailable.items()]
     page_tables = [(name, running[name].console_title(cfg), rows[name]) for name in running if rows[name]]
     command = "python bench.py " + " ".join(command_line())
     atomic_write(out / "index.html", index_page.render(out, f"Bench run {cfg['name']}", command, notes, page_tables,
@@ -47,7 +48,7 @@ def write_outputs(bench) -> None:
     dev = f"{bench.devices['devices']} x {bench.devices['accelerator']} ({bench.devices['strategy']})"
     files = listed()
     atomic_write(out / "README.md", render(cfg, command_line(), bench.source, bench.labels, weights, files, seconds,
-                                           dev, wandb_dir))
+                                           dev, wandb_dir, unavailable=bench.unavailable))
     report(bench, {name: (running[name].console_title(cfg), text) for name, text in md.items() if text},
            wandb_dir, seconds)
 
@@ -58,6 +59,8 @@ def report(bench, md: Dict[str, Any], wandb_dir, seconds: float) -> None:
         return
     for title, text in md.values():
         print(f"\n{title}\n\n{text}")
+    for m, why in bench.unavailable.items():
+        print(f"NOT RUN: {m} ({why})")
     if not bench.cfg["pretrained"]:
         print("WARNING: random backbones (--pretrained false): numbers are for testing and timing only.")
     if wandb_dir:

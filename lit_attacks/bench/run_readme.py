@@ -39,7 +39,7 @@ def git_commit() -> Optional[str]:
 
 def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], labels: Dict[str, str],
            weights: Dict[str, str], files: List[str], seconds: float, devices: str,
-           wandb_dir: Optional[str]) -> str:
+           wandb_dir: Optional[str], unavailable: Optional[Dict[str, str]] = None) -> str:
     lines = [f"# Bench run `{cfg['name']}`", ""]
     if not cfg["pretrained"]:
         lines += ["> **WARNING: random backbones** (`pretrained: false`). Learned metrics ran with randomly",
@@ -55,6 +55,9 @@ def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], label
         w = weights.get(m) or (f"checkpoint {arg}" if sep else
                                "no learned weights" if cfg["pretrained"] else "random backbone")
         lines.append(f"| {m} | {label} | `{w}` |")
+    if unavailable:
+        lines += ["", "Not run: their weights or optional extra are missing here (`skip_unavailable: true`):", ""]
+        lines += [f"- `{m}`: {why}" for m, why in unavailable.items()]
     lines += ["", "## Versions", ""]
     commit = git_commit()
     lines += [f"- lit-attacks commit: {commit or 'unknown'}"] + [f"- {k}: {v}" for k, v in versions().items()]

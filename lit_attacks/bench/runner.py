@@ -38,6 +38,7 @@ class Bench:
         self.progress = Progress(sum(type(t).count(cfg) for t in self.tables), quiet=quiet, is_zero=is_zero)
         self.t0 = time.time()
         self.labels: Dict[str, str] = {}
+        self.unavailable: Dict[str, str] = {}  # metric -> why it could not be built (skip_unavailable)
         self.cells: Dict[str, Dict[str, Any]] = {}  # cell id -> payload, in run order
         self._rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}  # rows computed in this run
         self._types: Dict[str, Dict[str, Dict[str, str]]] = {}  # cell id -> CSV -> column types
@@ -77,15 +78,30 @@ class Bench:
     # ---------------------------------------------------------------- cells
     def preflight(self) -> None:
         """Build every metric once, so missing weights or a bad checkpoint fail before any work
-        (:class:`ConfigError`, reported by bench.py in one line)."""
+        (:class:`ConfigError`, reported by bench.py in one line). With ``skip_unavailable`` a metric whose weights
+        cannot be found or whose optional extra is not installed is dropped from the run and listed, with the
+        reason, in :attr:`unavailable` (the console, the run README and summary.json say so)."""
         names = list(self.cfg["metrics"]) + [m for t in self.tables for m in t.extra_metrics(self.cfg)]
         for m in dict.fromkeys(names):
             try:
                 self.labels[m] = create_metric(m, **self.metric_options()).label
             except WeightsNotFoundError as e:
-                raise ConfigError(f"{e}; or run with --pretrained false (random backbones)") from None
-            except (CheckpointError, ImportError) as e:  # ImportError: an optional extra is not installed
+                self._unavailable(m, f"{e}; or run with --pretrained false (random backbones)")
+            except ImportError as e:  # an optional extra is not installed
+                self._unavailable(m, str(e))
+            except CheckpointError as e:
                 raise ConfigError(str(e)) from None
+        if self.unavailable:
+            self.progress.total = sum(type(t).count(self.cfg) for t in self.tables)
+
+    def _unavailable(self, metric: str, reason: str) -> None:
+        if not self.cfg["skip_unavailable"] or metric not in self.cfg["metrics"]:
+            raise ConfigError(reason)
+        self.cfg["metrics"] = [m for m in self.cfg["metrics"] if m != metric]
+        if not self.cfg["metrics"]:
+            raise ConfigError(f"no metric is available: {reason}")
+        self.unavailable[metric] = reason.splitlines()[0]
+        self.say(f"skipping {metric} (skip_unavailable): {self.unavailable[metric]}")
 
     def run_all(self) -> None:
         self.preflight()

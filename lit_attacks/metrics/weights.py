@@ -119,6 +119,52 @@ def dists_alpha_beta(metric: str, weights_dir: Optional[str | os.PathLike] = Non
     return {"alpha": sd["alpha"], "beta": sd["beta"]}
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def released_weights(metric: str, fname: str, url: str, weights_dir: Optional[str | os.PathLike] = None,
+                     sha256: Optional[str] = None, aliases: tuple = ()) -> Dict[str, torch.Tensor]:
+    """The state dict a learned metric's authors released, found as ``fname`` (or one of ``aliases``, e.g. the
+    authors' own file name) in ``weights_dir`` / ``$LIT_ATTACKS_WEIGHTS_DIR``, then in the torch hub cache, else
+    downloaded from ``url`` into the cache as ``fname``. A known ``sha256`` is checked on the cached or downloaded
+    file (a mismatch is an error naming the file, never a silently different metric); a file in the weights folder
+    is the user's choice (e.g. retrained weights) and is not checked. Read with ``weights_only=True``."""
+    wd = resolve_weights_dir(weights_dir)
+    names = (fname,) + tuple(aliases)
+    candidates = [wd / n for n in names] if wd is not None else []
+    candidates += [hub_checkpoints_dir() / n for n in names]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        where = f"{wd} or {hub_checkpoints_dir()}" if wd else str(hub_checkpoints_dir())
+        msg = (f"{metric}: weights file {fname!r} not found and could not be downloaded from {url}; put it in "
+               f"{where} (or set {ENV_WEIGHTS_DIR}=<folder>), or use pretrained=False (tests and timing only)")
+        if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
+            raise WeightsNotFoundError(msg + f" [download skipped: {ENV_OFFLINE} is set]")
+        found = hub_checkpoints_dir() / fname
+        found.parent.mkdir(parents=True, exist_ok=True)
+        tmp = found.with_suffix(found.suffix + ".part")
+        try:
+            torch.hub.download_url_to_file(url, str(tmp), progress=True)
+        except Exception as e:  # URLError, HTTPError, timeouts
+            tmp.unlink(missing_ok=True)
+            raise WeightsNotFoundError(f"{msg} [{type(e).__name__}: {e}]") from e
+        tmp.replace(found)
+    if sha256 is not None and found.parent == hub_checkpoints_dir():
+        got = _sha256(found)
+        if got != sha256:
+            raise RuntimeError(f"{metric}: weights file {str(found)!r} has sha256 {got[:16]}..., expected "
+                               f"{sha256[:16]}... (the authors' release); delete it to download it again")
+    USED[metric] = str(found)
+    return _load(found)
+
+
 def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor], metric: str) -> None:
     """Copy a features state dict into LPIPS' sliced backbone (``slice2.3.weight`` is ``3.weight``)."""
     own = {name.split(".", 1)[1]: p for name, p in net.named_parameters()}

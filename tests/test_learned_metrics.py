@@ -1,0 +1,158 @@
+"""Learned metrics whose weights come from their authors' releases (Watson-DFT, the R-LPIPS checkpoints): the
+arithmetic against independent restatements on generated weight files of the released layout, the file lookup,
+checksums and the errors. The released files cannot be downloaded here; the values measured with them are in
+each metric's docstring (docs/metrics.md)."""
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from lit_attacks.metrics import WeightsNotFoundError, create_metric
+from lit_attacks.metrics import weights as W
+from lit_attacks.metrics.watson import WATSON_FILES
+
+from conftest import load_image, shared_file
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(W.ENV_WEIGHTS_DIR, raising=False)
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------------------------- Watson-DFT
+CHANNELS = ("ly", "lcb", "lcr")
+
+
+def watson_file(path, seed=0):
+    """A state dict with the layout of the authors' rgb_watson_fft_trial0.pth and random values in its ranges."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {"w_tild": torch.randn(3, generator=g) * 0.1,
+          "to_YCbCr.transform": torch.tensor([[.299, -.1687, .5], [.587, -.3313, -.4187], [.114, .5, -.0813]]),
+          "to_YCbCr.bias": torch.tensor([0., .5, .5])}
+    for c in CHANNELS:
+        sd.update({f"{c}.blocksize": torch.tensor(8), f"{c}.t_tild": torch.randn(8, 5, generator=g),
+                   f"{c}.alpha": torch.rand((), generator=g) * 2 - 1, f"{c}.w_tild": torch.randn((), generator=g) - 2,
+                   f"{c}.beta": 0.5 + torch.rand((), generator=g), f"{c}.w_phase_tild": torch.randn(8, 5, generator=g) - 2})
+    torch.save(sd, path / WATSON_FILES["rgb"][0])
+    return {k: v.double().numpy() for k, v in sd.items()}
+
+
+def watson_numpy(ref, x, sd, eps=1e-10):
+    """The authors' Watson-DFT (watson_fft.py + color_wrapper.py, deterministic), restated in float64 numpy for one
+    image pair (3, H, W) in [0, 1], minus its value at x = ref."""
+    def ycbcr(im):
+        return np.einsum("chw,cd->dhw", im, sd["to_YCbCr.transform"]) + sd["to_YCbCr.bias"][:, None, None]
+
+    def blocks(ch):
+        H, W = ch.shape
+        b = ch.reshape(H // 8, 8, W // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
+        return np.fft.rfft2(b) / 64
+
+    def channel(a, b, c):
+        t_tild, alpha, w_tild, beta, wp = (sd[f"{c}.{k}"] for k in ("t_tild", "alpha", "w_tild", "beta", "w_phase_tild"))
+        c0, c1 = blocks(a), blocks(b)
+        amp0 = np.sqrt((c0.real + eps) ** 2 + (c0.imag + eps) ** 2)
+        amp1 = np.sqrt((c1.real + eps) ** 2 + (c1.imag + eps) ** 2)
+        t_l = np.exp(t_tild)[None] * (((amp0[:, 0, 0] + eps) / (amp0[:, 0, 0].mean() + eps)) ** alpha)[:, None, None]
+        w = 1 / (1 + np.exp(-w_tild))
+        m = (amp0 + eps) ** w * t_l ** (1 - w)
+        e1, e2 = np.exp(t_l - np.maximum(t_l, m)), np.exp(m - np.maximum(t_l, m))
+        s = (t_l * e1 + m * e2) / (e1 + e2)
+        pooled = (((np.abs((amp0 - amp1) / s) + eps) ** beta + eps).sum()) ** (1 / beta)
+        w_phase = np.exp(wp)
+        for i, j in ((0, 0), (0, 4), (4, 4), (4, 0)):
+            w_phase[i, j] = 0
+        ph0, ph1 = np.arctan2(c0.imag, c0.real + eps), np.arctan2(c1.imag, c1.real + eps)
+        phase = (np.arccos(np.cos(ph0 - ph1) * (1 - 1e-7)) * w_phase[None]).sum()
+        return pooled + phase
+
+    mix = np.exp(sd["w_tild"]) / np.exp(sd["w_tild"]).sum()
+    yr, yx = ycbcr(ref), ycbcr(x)
+    return sum(mix[i] * (channel(yr[i], yx[i], c) - channel(yr[i], yr[i], c)) for i, c in enumerate(CHANNELS))
+
+
+def test_watson_dft_equals_float64_restatement_of_the_authors_code(empty_hub, seeded_batch):
+    sd = watson_file(empty_hub)
+    m = create_metric("watson_dft", weights_dir=str(empty_hub))
+    ref, x = seeded_batch
+    got = m(ref.double(), x.double())
+    want = [watson_numpy(((r + 1) / 2).numpy().astype(np.float64), ((a + 1) / 2).numpy().astype(np.float64), sd)
+            for r, a in zip(ref, x)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    assert m(ref, ref).abs().max() < 1e-4 * got.min()  # the offset is removed (in float32 too)
+    np.testing.assert_allclose(m(ref, x).numpy(), want, rtol=1e-4)
+
+
+def test_watson_dft_is_not_symmetric_the_reference_sets_the_masking(empty_hub, seeded_batch):
+    watson_file(empty_hub)
+    m = create_metric("watson_dft", weights_dir=str(empty_hub))
+    ref, x = seeded_batch
+    assert not torch.allclose(m(ref, x), m(x, ref), rtol=1e-3)
+
+
+def test_watson_dft_grey_uses_the_luma_and_the_grey_file(empty_hub, seeded_batch):
+    g = torch.Generator().manual_seed(3)
+    sd = {"blocksize": torch.tensor(8), "t_tild": torch.randn(8, 5, generator=g), "alpha": torch.tensor(0.3),
+          "w_tild": torch.tensor(-1.0), "beta": torch.tensor(0.8), "w_phase_tild": torch.randn(8, 5, generator=g) - 2}
+    torch.save(sd, empty_hub / WATSON_FILES["grey"][0])
+    m = create_metric("watson_dft", weights_dir=str(empty_hub), colour="grey")
+    ref, x = seeded_batch
+    # the grey model on the luma equals the colour model whose chroma channels get zero weight
+    rgb = {k: v.double().numpy() for k, v in sd.items()}
+    full = {"w_tild": np.array([0.0, -1e3, -1e3]), "to_YCbCr.transform": np.array(
+        [[.299, -.1687, .5], [.587, -.3313, -.4187], [.114, .5, -.0813]]), "to_YCbCr.bias": np.array([0., .5, .5])}
+    for c in CHANNELS:
+        full.update({f"{c}.{k}": rgb[k] for k in ("t_tild", "alpha", "w_tild", "beta", "w_phase_tild")})
+    want = [watson_numpy(((r + 1) / 2).double().numpy(), ((a + 1) / 2).double().numpy(), full) for r, a in zip(ref, x)]
+    np.testing.assert_allclose(m(ref.double(), x.double()).numpy(), want, rtol=1e-6)
+
+
+def test_watson_dft_rejects_sizes_off_the_block_grid(empty_hub):
+    watson_file(empty_hub)
+    m = create_metric("watson_dft", weights_dir=str(empty_hub))
+    with pytest.raises(ValueError, match="watson_dft: image size 60x64 is not a multiple of the 8x8 blocks"):
+        m(torch.zeros(1, 3, 60, 64), torch.zeros(1, 3, 60, 64))
+
+
+def test_watson_dft_offline_error_names_file_and_url(empty_hub, monkeypatch):
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    with pytest.raises(WeightsNotFoundError) as e:
+        create_metric("watson_dft")
+    msg = str(e.value)
+    assert "rgb_watson_fft_trial0.pth" in msg and "raw.githubusercontent.com/SteffenCzolbe" in msg
+    assert "LIT_ATTACKS_WEIGHTS_DIR" in msg
+
+
+def test_watson_dft_failed_download_leaves_no_partial_file(empty_hub, monkeypatch):
+    def broken(url, dst, progress=True):
+        open(dst, "wb").write(b"half a file")
+        raise urllib.error.URLError("connection reset")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", broken)
+    monkeypatch.delenv(W.ENV_OFFLINE, raising=False)
+    with pytest.raises(WeightsNotFoundError, match="URLError"):
+        create_metric("watson_dft")
+    assert not any(W.hub_checkpoints_dir().glob("*"))
+
+
+def test_watson_dft_checksum_guards_the_cache(empty_hub, monkeypatch):
+    """A cached or downloaded file must be the authors' (sha256); a file in the weights folder is the user's choice."""
+    def fake_download(url, dst, progress=True):
+        watson_file(empty_hub)  # writes a same-layout file that is not the authors'
+        (empty_hub / WATSON_FILES["rgb"][0]).replace(dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.delenv(W.ENV_OFFLINE, raising=False)
+    with pytest.raises(RuntimeError, match=r"watson_dft: weights file .*rgb_watson_fft_trial0.pth.* has sha256 .*expected 98386c0e"):
+        create_metric("watson_dft")
+
+
+def test_watson_dft_runs_on_the_example_triplet(empty_hub):
+    watson_file(empty_hub)
+    m = create_metric("watson_dft", weights_dir=str(empty_hub))
+    ref, p0, p1 = (load_image(shared_file(f"images/lpips_examples/ex_{n}.png")) for n in ("ref", "p0", "p1"))
+    d = m(torch.cat([ref, ref]), torch.cat([p0, p1]))
+    assert torch.isfinite(d).all() and (d > 0).all()
