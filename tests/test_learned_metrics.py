@@ -156,3 +156,72 @@ def test_watson_dft_runs_on_the_example_triplet(empty_hub):
     ref, p0, p1 = (load_image(shared_file(f"images/lpips_examples/ex_{n}.png")) for n in ("ref", "p0", "p1"))
     d = m(torch.cat([ref, ref]), torch.cat([p0, p1]))
     assert torch.isfinite(d).all() and (d > 0).all()
+
+
+# ------------------------------------------------------------------------------------- R-LPIPS (released)
+def _package_lpips(sd):
+    """The lpips package's own network with a state dict loaded: the independent reference."""
+    import lpips
+
+    net = lpips.LPIPS(pretrained=False, net="alex", pnet_rand=True, verbose=False)
+    net.load_state_dict(sd, strict=False)
+    return net.eval()
+
+
+def rlpips_file(path, fname, backbone=True, tune=False, prefix="", seed=0):
+    """An R-LPIPS checkpoint of the authors' layout: the whole lpips.LPIPS state dict (ImageNet AlexNet from
+    shared/data, heads perturbed; ``tune``: the AlexNet perturbed too), or the heads only."""
+    feats = torch.load(shared_file("weights/alexnet_features_tv_IMAGENET1K_V1.pth"), weights_only=True)
+    net = _package_lpips({})
+    sd = net.state_dict()
+    slices = {f"net.slice{i}.{k}": None for i in range(1, 6) for k in dict(getattr(net.net, f"slice{i}").state_dict())}
+    for key in slices:
+        sd[key] = feats[key.split(".", 2)[2]].clone()
+    g = torch.Generator().manual_seed(seed)
+    for k in [k for k in sd if k.startswith("lin") and k.endswith("weight")]:
+        sd[k] = torch.rand(sd[k].shape, generator=g) * 0.1
+    if tune:
+        sd["net.slice1.0.weight"] = sd["net.slice1.0.weight"] * (1 + 0.1 * torch.randn(sd["net.slice1.0.weight"].shape, generator=g))
+    full = dict(sd)
+    for i in range(5):  # lins.i is the same module as lin{i}: keep both names in step, as lpips does
+        for k in ("model.1.weight",):
+            full[f"lins.{i}.{k}"] = full[f"lin{i}.{k}"]
+    saved = {prefix + k: v for k, v in full.items() if backbone or not k.startswith("net.")}
+    torch.save(saved, path / fname)
+    return full
+
+
+@pytest.mark.parametrize("name,fname,kwargs", [
+    ("rlpips_linf_x0", "latest_net_linf_x0.pth", {}),  # the authors' file name in the weights folder
+    ("rlpips_linf_ref", "rlpips_latest_net_linf_ref.pth", {"prefix": "module."}),  # our cache name, DataParallel keys
+    ("rlpips_linf_x0_tune", "latest_net_linf_x0_tune.pth", {"tune": True}),  # fine-tuned AlexNet read from the file
+])
+def test_released_rlpips_equals_lpips_with_the_checkpoint(empty_hub, name, fname, kwargs):
+    sd = rlpips_file(empty_hub, fname, **kwargs)
+    m = create_metric(name, weights_dir=str(empty_hub))
+    ref, p0, p1 = (load_image(shared_file(f"images/lpips_examples/ex_{n}.png")) for n in ("ref", "p0", "p1"))
+    refs, xs = torch.cat([ref, ref]), torch.cat([p0, p1])
+    want = _package_lpips(sd)(refs, xs).flatten()
+    torch.testing.assert_close(m(refs, xs), want, rtol=1e-6, atol=1e-7)
+    plain = create_metric("lpips_alex", weights_dir=str(shared_file("weights")))(refs, xs)
+    assert not torch.allclose(m(refs, xs), plain, rtol=1e-2)  # the checkpoint's heads, not the package's
+    assert m.label == name and m.pretrained
+
+
+def test_released_rlpips_heads_only_file_takes_the_imagenet_alexnet(empty_hub):
+    sd = rlpips_file(empty_hub, "latest_net_linf_x1.pth", backbone=False)
+    feats = shared_file("weights/alexnet_features_tv_IMAGENET1K_V1.pth")
+    (empty_hub / feats.name).symlink_to(feats)
+    m = create_metric("rlpips_linf_x1", weights_dir=str(empty_hub))
+    ref, p0 = (load_image(shared_file(f"images/lpips_examples/ex_{n}.png")) for n in ("ref", "p0"))
+    torch.testing.assert_close(m(ref, p0), _package_lpips(sd)(ref, p0).flatten(), rtol=1e-6, atol=1e-7)
+
+
+def test_released_rlpips_errors(empty_hub, monkeypatch):
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    with pytest.raises(WeightsNotFoundError) as e:
+        create_metric("rlpips_linf_x0_x1")
+    assert "rlpips_latest_net_linf_x0_x1.pth" in str(e.value) and "SaraGhazanfari/R-LPIPS" in str(e.value)
+    torch.save({"alpha": torch.zeros(1)}, empty_hub / "latest_net_linf_x0.pth")
+    with pytest.raises(RuntimeError, match=r"rlpips_linf_x0: .*latest_net_linf_x0.pth is not an R-LPIPS .* lacks \['lin0"):
+        create_metric("rlpips_linf_x0", weights_dir=str(empty_hub))

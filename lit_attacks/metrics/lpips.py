@@ -19,7 +19,7 @@ from lit_attacks.metrics.base import BoundDistance, Distance
 from lit_attacks.metrics.local import LocalConvScorer, conv_chain
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.metrics.registry import METRICS
-from lit_attacks.metrics.weights import backbone_features, load_sliced_features
+from lit_attacks.metrics.weights import USED, backbone_features, load_sliced_features, released_weights
 
 ARCH = {"alex": "alexnet", "squeeze": "squeezenet1_1", "vgg": "vgg16"}
 
@@ -120,3 +120,68 @@ def lpips_vgg(pretrained: bool = True, weights_dir: Optional[str] = None) -> Dis
     Distance: as is. Weights: VGG16 ImageNet (torchvision, BSD-3). Calibrated: the lpips package on the example triplet, 0.5686 / 0.4217 (within 1e-4; no published value).
     """
     return LPIPSDistance("vgg", pretrained, weights_dir)
+
+
+# R-LPIPS (Ghazanfari et al. 2023): LPIPS-Alex whose linear heads (and, for "tune", the AlexNet) were trained
+# adversarially on BAPPS; the authors' checkpoints are whole lpips.LPIPS state dicts in their repository.
+RLPIPS_URL = "https://github.com/SaraGhazanfari/R-LPIPS/raw/main/checkpoints/"
+RLPIPS_RELEASES = {
+    # registry name -> (the authors' file, what was perturbed during adversarial training)
+    "rlpips_linf_x0": ("latest_net_linf_x0.pth", "l_inf PGD on x0"),
+    "rlpips_linf_x1": ("latest_net_linf_x1.pth", "l_inf PGD on x1"),
+    "rlpips_linf_x0_x1": ("latest_net_linf_x0_x1.pth", "l_inf PGD on x0 or x1"),
+    "rlpips_linf_ref": ("latest_net_linf_ref.pth", "l_inf PGD on the reference"),
+    "rlpips_linf_x0_tune": ("latest_net_linf_x0_tune.pth", "l_inf PGD on x0, AlexNet fine-tuned too"),
+    "rlpips_ssa_x0": ("latest_net_SSA_x0.pth", "the semantic similarity attack on x0"),
+}
+
+
+def load_released_rlpips(name: str, pretrained: bool, weights_dir: Optional[str]) -> lpips_pkg.LPIPS:
+    """An ``lpips.LPIPS`` (alex) with the released R-LPIPS heads, and its AlexNet from the file when the file holds one
+    (the authors save the whole network), else the torchvision ImageNet AlexNet. ``pretrained=False``: random
+    backbone with the lpips package's heads (tests and timing only; nothing is read)."""
+    if not pretrained:
+        return build_lpips("alex", False, weights_dir, metric=name)
+    fname, _ = RLPIPS_RELEASES[name]
+    sd = released_weights(name, f"rlpips_{fname}", RLPIPS_URL + fname, weights_dir, aliases=(fname,))
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    heads = {k: v for k, v in sd.items() if k.startswith("lin") and not k.startswith("lins.")}
+    backbone = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
+    model = build_lpips("alex", False, weights_dir, metric=name, heads=False)
+    want = [k for k in model.state_dict() if k.startswith("lin") and not k.startswith("lins.")]
+    missing = [k for k in want if k not in heads]
+    if missing:
+        raise RuntimeError(f"{name}: {USED.get(name, fname)} is not an R-LPIPS (LPIPS-Alex) checkpoint: it lacks {missing}")
+    model.load_state_dict(heads, strict=False)
+    if backbone:
+        load_sliced_features(model.net, {k.split(".", 1)[1]: v for k, v in backbone.items()}, name)
+    else:
+        load_sliced_features(model.net, backbone_features(name, "alexnet", weights_dir), name)
+    return model
+
+
+class ReleasedRLPIPSDistance(LPIPSDistance):
+    """An R-LPIPS checkpoint of the authors (see :data:`RLPIPS_RELEASES`); everything else is LPIPS-Alex."""
+
+    def __init__(self, name: str, pretrained: bool = True, weights_dir: Optional[str] = None) -> None:
+        Distance.__init__(self)
+        self.net, self.pretrained = "alex", pretrained
+        self.model = load_released_rlpips(name, pretrained, weights_dir)
+
+
+def _register_rlpips(name: str, fname: str, what: str) -> None:
+    def factory(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+        return ReleasedRLPIPSDistance(name, pretrained, weights_dir)
+
+    factory.__name__ = name
+    factory.__doc__ = (
+        f"R-LPIPS (Ghazanfari et al. 2023), the authors' checkpoint {fname}: LPIPS-Alex adversarially trained on BAPPS "
+        f"({what}).\n\nDistance: as is. Weights: downloaded from SaraGhazanfari/R-LPIPS (BSD-2; no checksum "
+        f"published), the AlexNet from the checkpoint, else torchvision's. Calibrated: the file's network is "
+        f"lpips.LPIPS with the file's state dict (tests: generated checkpoints of the same layout, within 1e-6); "
+        f"no published value checked.\n")
+    METRICS.register(name)(factory)
+
+
+for _name, (_fname, _what) in RLPIPS_RELEASES.items():
+    _register_rlpips(_name, _fname, _what)
