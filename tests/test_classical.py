@@ -1,0 +1,48 @@
+"""Classical measures written from their papers (NLPD), against the reference implementation the field and the
+paper's official code use (IQA_pytorch, MIT) and its published example value."""
+import pytest
+import torch
+
+from lit_attacks.metrics import create_metric
+from lit_attacks.metrics.classical import nlpd_levels
+
+from conftest import load_image, shared_file
+
+IQA = pytest.importorskip("IQA_pytorch", reason="IQA_pytorch (dev extra) is the reference implementation")
+
+
+def _r0_r1(mode):
+    return [load_image(shared_file(f"images/dists_examples/{n}.png"), mode=mode) for n in ("r0", "r1")]
+
+
+def test_nlpd_published_example_value():
+    """IQA_pytorch's NLPD.py states score 0.4016 for r1 against r0 in grey (its code gives 0.40177 today)."""
+    r0, r1 = _r0_r1("L")
+    assert create_metric("nlpd")(r0, r1).item() == pytest.approx(0.4016, abs=3e-4)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_nlpd_equals_iqa_pytorch_at_full_resolution(mode):
+    r0, r1 = _r0_r1(mode)
+    c = 1 if mode == "L" else 3
+    want = IQA.NLPD(channels=c)((r1[:, :c] + 1) / 2, (r0[:, :c] + 1) / 2, as_loss=False)
+    torch.testing.assert_close(create_metric("nlpd")(r0, r1), want, rtol=1e-5, atol=1e-6)
+
+
+def test_nlpd_at_64px_uses_five_bands_as_iqa_pytorch_with_k5(seeded_batch):
+    ref, x = seeded_batch
+    assert nlpd_levels(64, 64) == 5 and nlpd_levels(256, 256) == 6 and nlpd_levels(512, 384) == 6
+    want = IQA.NLPD(channels=3, k=5)((x + 1) / 2, (ref + 1) / 2, as_loss=False)
+    torch.testing.assert_close(create_metric("nlpd")(ref, x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError):  # what the reference does with the paper's 6 bands at 64 px
+        IQA.NLPD(channels=3, k=6)((x + 1) / 2, (ref + 1) / 2, as_loss=False)
+    with pytest.raises(ValueError, match=r"nlpd: images of \(64, 64\) are too small for 6 levels"):
+        create_metric("nlpd", levels=6)(ref, x)
+
+
+def test_nlpd_luma_is_the_grey_nlpd_of_rgb2gray(seeded_batch):
+    ref, x = seeded_batch
+    w = torch.tensor([0.2989, 0.5870, 0.1140]).view(1, 3, 1, 1)
+    grey = lambda t: ((t + 1) / 2 * w).sum(1, keepdim=True)  # noqa: E731
+    want = IQA.NLPD(channels=1, k=5)(grey(x), grey(ref), as_loss=False)
+    torch.testing.assert_close(create_metric("nlpd", colour="luma")(ref, x), want, rtol=1e-5, atol=1e-6)
