@@ -25,6 +25,7 @@ class Registry:
         self._factories: Dict[str, Callable[..., Any]] = {}
         self._prefixes: Dict[str, Callable[..., Any]] = {}
         self._retired: Dict[str, str] = {}
+        self._absent: Dict[str, tuple] = {}  # name -> (what it would be, why it is not registered)
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``fn`` under ``name``; a duplicate name raises."""
@@ -53,8 +54,18 @@ class Registry:
         raises ``KeyError`` with ``why``."""
         self._retired[name] = why
 
+    def absent(self, name: str, what: str, why: str) -> None:
+        """A name users will look for that has no factory (no public code or weights, or not ported yet): ``get``
+        raises ``KeyError`` saying why, and the documentation lists it."""
+        self._absent[name] = (what, why)
+
+    def absent_names(self) -> Dict[str, tuple]:
+        return dict(sorted(self._absent.items()))
+
     def get(self, name: str) -> Callable[..., Any]:
         """The factory for ``name``; an unknown name raises with close matches."""
+        if name in self._absent:
+            raise KeyError(f"{self.kind} {name!r} is not available: {self._absent[name][1]}")
         if name in self._retired:
             raise KeyError(f"{self.kind} {name!r} was retired: {self._retired[name]}")
         prefix, sep, arg = name.partition(":")

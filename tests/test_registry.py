@@ -32,3 +32,17 @@ def test_duplicate_registration_raises():
     with pytest.raises(KeyError, match="already registered"):
         reg.register("a")(lambda: 2)
     assert reg.create("a") == 1 and "a" in reg and len(reg) == 1
+
+
+def test_absent_metrics_say_why_and_are_listed_in_the_table():
+    from lit_attacks.metrics import create_metric, list_metrics
+    from lit_attacks.metrics.absent import ABSENT
+    from lit_attacks.metrics.catalog import table
+
+    with pytest.raises(KeyError, match="metric 'gti_cnn' is not available: no public implementation or weights found"):
+        create_metric("gti_cnn")
+    with pytest.raises(KeyError, match="metric 'pim_5' is not available: .*TensorFlow"):
+        create_metric("pim_5")
+    rows = table()
+    for name in ABSENT:
+        assert name not in list_metrics() and f"| `{name}` (not registered) |" in rows

@@ -34,6 +34,8 @@ def table() -> str:
     for prefix, factory in sorted(METRICS._prefixes.items()):
         d = describe(factory)
         rows.append(f"| `{prefix}:<checkpoint>` | {d['what']} | {d['distance']} | {d['weights']} | {d['calibrated']} |")
+    for name, (what, why) in METRICS.absent_names().items():
+        rows.append(f"| `{name}` (not registered) | {what} | - | - | not available: {why} |")
     return "\n".join(rows) + "\n"
 
 

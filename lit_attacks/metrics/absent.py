@@ -1,0 +1,32 @@
+"""Metrics of the paper and of the field that are not registered, each with the reason (``create_metric`` raises it,
+the metric table lists it). Checked 2026-12-01 against GitHub, PyPI and the authors' pages reachable from here."""
+from lit_attacks.metrics.registry import METRICS
+
+ABSENT = {
+    "gti_cnn": ("GTI-CNN (Ma et al. 2018, geometric-transformation-invariant IQA CNN; paper Table 3)",
+                "no public implementation or weights found (GitHub, PyPI and the web pages searchable from here): the "
+                "paper's row cannot be reproduced without them"),
+    "pim_1": ("PIM-1 (Bhardwaj et al. 2020, perceptual information metric, 1 scale; paper Table 3)",
+              "released only as TensorFlow checkpoints (google-research/perceptual-quality); a torch port of the "
+              "architecture and a checkpoint conversion (TensorFlow as an extra) is not done yet"),
+    "pim_5": ("PIM-5 (Bhardwaj et al. 2020, 5 scales; paper Table 3)",
+              "as pim_1: TensorFlow checkpoints only, torch port not done yet"),
+    "lipsim": ("LipSim (Ghazanfari et al. 2024, 1-Lipschitz student of DreamSim with certified l2 robustness)",
+               "code and checkpoint are public (SaraGhazanfari/lipsim, no licence file: download only) but its SLL "
+               "1-Lipschitz network is not ported yet"),
+    "dreamsim": ("DreamSim (Fu et al. 2023, ensemble of DINO / CLIP / OpenCLIP ViT-B/16 tuned on NIGHTS; MIT)",
+                 "not wrapped yet: needs the dreamsim package (open_clip, peft, timm) as an extra and its weights "
+                 "from the authors' GitHub release"),
+    "rclip_fare": ("R-CLIP_F / R-CLIP_T (Croce et al. 2025, fra31/perceptual-metrics: adversarially fine-tuned CLIP "
+                   "ConvNeXt-B / ViT-B-16 as zero-shot metrics)",
+                   "weights are public (a Tübingen Nextcloud share) but need open_clip as an extra; not wrapped yet"),
+    "cw_ssim": ("CW-SSIM (Sampat et al. 2009, complex-wavelet SSIM)",
+                "not ported yet: the reference PyTorch implementation (IQA_pytorch) uses torch.rfft, removed in "
+                "torch 1.8, and its complex steerable pyramid needs a port checked against it"),
+    "mad": ("MAD (Larson & Chandler 2010, most apparent distortion)",
+            "not ported yet: the reference PyTorch implementation (IQA_pytorch) uses torch.rfft, removed in torch "
+            "1.8 (with it restored it gives 169.2 on the DISTS example r1 vs r0, published 168)"),
+}
+
+for _name, (_what, _why) in ABSENT.items():
+    METRICS.absent(_name, _what, _why)
