@@ -225,3 +225,97 @@ def test_released_rlpips_errors(empty_hub, monkeypatch):
     torch.save({"alpha": torch.zeros(1)}, empty_hub / "latest_net_linf_x0.pth")
     with pytest.raises(RuntimeError, match=r"rlpips_linf_x0: .*latest_net_linf_x0.pth is not an R-LPIPS .* lacks \['lin0"):
         create_metric("rlpips_linf_x0", weights_dir=str(empty_hub))
+
+
+# ---------------------------------------------------------------------------------------------- WaDIQaM-FR
+def wadiqam_file(path, fname, top="weighted", prefix="", seed=0):
+    """A Chainer save_hdf5 file of the authors' FRModel layout (groups conv1..conv10, fc1, fc2[, fc1_a, fc2_a] with
+    datasets W and b), random weights scaled so activations stay in range for 0..255 inputs."""
+    h5py = pytest.importorskip("h5py")
+    g = np.random.default_rng(seed)
+    params = {}
+    chans = (3, 32, 32, 64, 64, 128, 128, 256, 256, 512, 512)
+    for i in range(10):
+        fan_in = chans[i] * 9
+        params[f"conv{i + 1}"] = (g.normal(0, (2 / fan_in) ** 0.5, (chans[i + 1], chans[i], 3, 3)),
+                                  g.normal(0, 0.01, chans[i + 1]))
+    heads = ("fc1", "fc2", "fc1_a", "fc2_a") if top == "weighted" else ("fc1", "fc2")
+    for n in heads:
+        shape = (512, 1536) if n.startswith("fc1") else (1, 512)
+        params[n] = (g.normal(0, (1 / shape[1]) ** 0.5, shape), g.normal(0, 0.1, shape[0]))
+    with h5py.File(path / fname, "w") as f:
+        for n, (w, b) in params.items():
+            grp = f.require_group(prefix + n)
+            grp.create_dataset("W", data=w.astype(np.float32))
+            grp.create_dataset("b", data=b.astype(np.float32))
+    return {n: (torch.from_numpy(w).float(), torch.from_numpy(b).float()) for n, (w, b) in params.items()}
+
+
+def wadiqam_reference(params, ref, x, top="weighted"):
+    """The authors' evaluate.py for one image pair (3, H, W) in [-1, 1]: patch by patch, 0..255 pixel values."""
+    import torch.nn.functional as F
+
+    def feats(p):
+        h = p[None]
+        for i in range(10):
+            w, b = params[f"conv{i + 1}"]
+            h = torch.relu(F.conv2d(h, w, b, padding=1))
+            if i % 2:
+                h = F.max_pool2d(h, 2)
+        return h.flatten()
+
+    ys, a_s = [], []
+    H, W = ref.shape[-2:]
+    for r in range(0, H - 31, 32):
+        for c in range(0, W - 31, 32):
+            fx = feats((x[:, r:r + 32, c:c + 32] + 1) * 127.5)
+            fr = feats((ref[:, r:r + 32, c:c + 32] + 1) * 127.5)
+            h = torch.cat([fx - fr, fx, fr])
+            lin = lambda n, v: params[n][0] @ v + params[n][1]  # noqa: E731
+            ys.append(lin("fc2", torch.relu(lin("fc1", h)))[0])
+            a_s.append(torch.relu(lin("fc2_a", torch.relu(lin("fc1_a", h))))[0] + 1e-6 if top == "weighted" else torch.tensor(1.0))
+    ys, a_s = torch.stack(ys), torch.stack(a_s)
+    return (ys * a_s).sum() / a_s.sum()
+
+
+@pytest.mark.parametrize("dataset,top,fname,prefix", [
+    ("live", "weighted", "fr_live_weighted.model", ""),
+    ("tid", "weighted", "wadiqam_fr_tid_weighted.model", "predictor/"),  # our cache name; a Classifier's level
+    ("tid", "patchwise", "fr_tid_patchwise.model", ""),
+])
+def test_wadiqam_fr_equals_the_authors_patchwise_evaluation(empty_hub, dataset, top, fname, prefix):
+    params = wadiqam_file(empty_hub, fname, top, prefix)
+    m = create_metric(f"wadiqam_fr_{dataset}", weights_dir=str(empty_hub), top=top)
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(2, 3, 64, 80, generator=g) * 2 - 1  # 80 px: a 16 px remainder the authors leave out
+    x = (ref + 0.2 * torch.randn(ref.shape, generator=g)).clamp(-1, 1)
+    with torch.no_grad():
+        q = m.quality(ref, x)
+        want = torch.stack([wadiqam_reference(params, r, a, top) for r, a in zip(ref, x)])
+        torch.testing.assert_close(q, want, rtol=1e-4, atol=1e-4)
+        q0 = torch.stack([wadiqam_reference(params, r, r, top) for r in ref])
+        sign = -1 if dataset == "tid" else 1  # MOS: higher is better; DMOS: higher is worse
+        torch.testing.assert_close(m(ref, x), sign * (want - q0), rtol=1e-4, atol=1e-4)
+        assert m(ref, ref).abs().max() == 0 and m.signed
+
+
+def test_wadiqam_fr_errors(empty_hub, monkeypatch):
+    import importlib.util
+
+    wadiqam_file(empty_hub, "fr_live_weighted.model", top="patchwise")  # a patchwise file where a weighted one is asked
+    with pytest.raises(RuntimeError, match="wadiqam_fr_live: the model file lacks 'fc1_a/W'"):
+        create_metric("wadiqam_fr_live", weights_dir=str(empty_hub))
+    (empty_hub / "fr_live_weighted.model").rename(empty_hub / "fr_live_patchwise.model")
+    m = create_metric("wadiqam_fr_live", weights_dir=str(empty_hub), top="patchwise")
+    with pytest.raises(ValueError, match="wadiqam_fr: images of 16x64 are smaller than one 32x32 patch"):
+        m(torch.zeros(1, 3, 16, 64), torch.zeros(1, 3, 16, 64))
+    (empty_hub / "fr_tid_weighted.model").write_bytes(b"not hdf5")
+    with pytest.raises(RuntimeError, match="wadiqam_fr_tid: .*fr_tid_weighted.model.* is not a readable HDF5 model"):
+        create_metric("wadiqam_fr_tid", weights_dir=str(empty_hub))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "h5py" else real(name, *a))
+    with pytest.raises(ImportError, match=r"wadiqam_fr_live needs h5py: pip install -e \".\[wadiqam\]\""):
+        create_metric("wadiqam_fr_live", weights_dir=str(empty_hub), top="patchwise")
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    with pytest.raises(WeightsNotFoundError, match=r"fr_live_weighted.model.*github.com/dmaniry/deepIQA"):
+        create_metric("wadiqam_fr_live", weights_dir=str(empty_hub / "elsewhere"))

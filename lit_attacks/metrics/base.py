@@ -29,11 +29,13 @@ class Distance(nn.Module):
         pretrained: False when the metric runs on a random backbone (tests and timing only).
         stochastic: every call draws fresh randomness shared by the batch (so ``d(ref, x)`` is a random
             variable); attacks then score by the expectation (:func:`expected_distances`) and ascend it (EOT).
+        signed: distances may be negative (learned quality regressors such as WaDIQaM-FR, offset to 0 at x = ref).
     """
 
     name: str = "distance"
     pretrained: bool = True
     stochastic: bool = False  # a fresh random draw every call (E-LPIPS' random transformations): attacks use EOT
+    signed: bool = False  # a quality regressor's loss against the reference: 0 at x = ref, negative when x is rated above it
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

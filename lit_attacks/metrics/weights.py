@@ -129,13 +129,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def released_weights(metric: str, fname: str, url: str, weights_dir: Optional[str | os.PathLike] = None,
-                     sha256: Optional[str] = None, aliases: tuple = ()) -> Dict[str, torch.Tensor]:
-    """The state dict a learned metric's authors released, found as ``fname`` (or one of ``aliases``, e.g. the
+def released_file(metric: str, fname: str, url: str, weights_dir: Optional[str | os.PathLike] = None,
+                  sha256: Optional[str] = None, aliases: tuple = ()) -> Path:
+    """The path of a file a learned metric's authors released, found as ``fname`` (or one of ``aliases``, e.g. the
     authors' own file name) in ``weights_dir`` / ``$LIT_ATTACKS_WEIGHTS_DIR``, then in the torch hub cache, else
-    downloaded from ``url`` into the cache as ``fname``. A known ``sha256`` is checked on the cached or downloaded
-    file (a mismatch is an error naming the file, never a silently different metric); a file in the weights folder
-    is the user's choice (e.g. retrained weights) and is not checked. Read with ``weights_only=True``."""
+    downloaded from ``url`` into the cache as ``fname`` (through a ``.part`` file: a failed download leaves nothing).
+    A known ``sha256`` is checked on the cached or downloaded file (a mismatch is an error naming the file, never a
+    silently different metric); a file in the weights folder is the user's choice (e.g. retrained weights) and is
+    not checked."""
     wd = resolve_weights_dir(weights_dir)
     names = (fname,) + tuple(aliases)
     candidates = [wd / n for n in names] if wd is not None else []
@@ -162,7 +163,13 @@ def released_weights(metric: str, fname: str, url: str, weights_dir: Optional[st
             raise RuntimeError(f"{metric}: weights file {str(found)!r} has sha256 {got[:16]}..., expected "
                                f"{sha256[:16]}... (the authors' release); delete it to download it again")
     USED[metric] = str(found)
-    return _load(found)
+    return found
+
+
+def released_weights(metric: str, fname: str, url: str, weights_dir: Optional[str | os.PathLike] = None,
+                     sha256: Optional[str] = None, aliases: tuple = ()) -> Dict[str, torch.Tensor]:
+    """The state dict in :func:`released_file`, read with ``weights_only=True``."""
+    return _load(released_file(metric, fname, url, weights_dir, sha256, aliases))
 
 
 def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor], metric: str) -> None:
