@@ -46,3 +46,43 @@ def test_nlpd_luma_is_the_grey_nlpd_of_rgb2gray(seeded_batch):
     grey = lambda t: ((t + 1) / 2 * w).sum(1, keepdim=True)  # noqa: E731
     want = IQA.NLPD(channels=1, k=5)(grey(x), grey(ref), as_loss=False)
     torch.testing.assert_close(create_metric("nlpd", colour="luma")(ref, x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def reference_cw_ssim(monkeypatch):
+    """IQA_pytorch's CW_SSIM with the torch.rfft / torch.irfft it calls (removed in torch 1.8) restated with torch.fft."""
+    monkeypatch.setattr(torch, "rfft", lambda x, signal_ndim, onesided=True: torch.view_as_real(torch.fft.rfft2(x)),
+                        raising=False)
+    monkeypatch.setattr(torch, "irfft", lambda x, signal_ndim, onesided=True, signal_sizes=None: torch.fft.irfft2(
+        torch.view_as_complex(x.contiguous()), s=signal_sizes), raising=False)
+
+    def build(size, channels, level=4):
+        return IQA.CW_SSIM(imgSize=[size, size], channels=channels, level=level, ori=8, device=torch.device("cpu"))
+    return build
+
+
+def test_cw_ssim_published_example():
+    """IQA_pytorch's CW_SSIM.py states 0.9561 for r1 against r0 in grey (256 px, level 4, 8 orientations)."""
+    r0, r1 = _r0_r1("L")
+    assert 1 - create_metric("cw_ssim")(r0, r1).item() == pytest.approx(0.9561, abs=5e-4)  # measured 0.95634
+
+
+@pytest.mark.slow  # the reference builds its 256 px filters pixel by pixel in Python: about 40 s
+def test_cw_ssim_equals_the_reference_code_at_256px(reference_cw_ssim):
+    r0, r1 = _r0_r1("L")
+    ours = 1 - create_metric("cw_ssim")(r0, r1)
+    want = reference_cw_ssim(256, 1)((r1[:, :1] + 1) / 2, (r0[:, :1] + 1) / 2, as_loss=False)
+    torch.testing.assert_close(ours, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", [4, 3])
+def test_cw_ssim_equals_the_reference_at_64px(reference_cw_ssim, seeded_batch, level):
+    ref, x = seeded_batch
+    want = reference_cw_ssim(64, 3, level)((x + 1) / 2, (ref + 1) / 2, as_loss=False)
+    torch.testing.assert_close(1 - create_metric("cw_ssim", level=level)(ref, x), want, rtol=0, atol=1e-5)
+
+
+def test_cw_ssim_rejects_what_it_cannot_score(seeded_batch):
+    ref, x = seeded_batch
+    with pytest.raises(ValueError, match="cw_ssim: needs square images with at least 56 px for level 4, got 48x64"):
+        create_metric("cw_ssim")(ref[..., :48, :], x[..., :48, :])

@@ -20,9 +20,6 @@ ABSENT = {
     "rclip_fare": ("R-CLIP_F / R-CLIP_T (Croce et al. 2025, fra31/perceptual-metrics: adversarially fine-tuned CLIP "
                    "ConvNeXt-B / ViT-B-16 as zero-shot metrics)",
                    "weights are public (a Tübingen Nextcloud share) but need open_clip as an extra; not wrapped yet"),
-    "cw_ssim": ("CW-SSIM (Sampat et al. 2009, complex-wavelet SSIM)",
-                "not ported yet: the reference PyTorch implementation (IQA_pytorch) uses torch.rfft, removed in "
-                "torch 1.8, and its complex steerable pyramid needs a port checked against it"),
     "mad": ("MAD (Larson & Chandler 2010, most apparent distortion)",
             "not ported yet: the reference PyTorch implementation (IQA_pytorch) uses torch.rfft, removed in torch "
             "1.8 (with it restored it gives 169.2 on the DISTS example r1 vs r0, published 168)"),
