@@ -86,3 +86,27 @@ def test_cw_ssim_rejects_what_it_cannot_score(seeded_batch):
     ref, x = seeded_batch
     with pytest.raises(ValueError, match="cw_ssim: needs square images with at least 56 px for level 4, got 48x64"):
         create_metric("cw_ssim")(ref[..., :48, :], x[..., :48, :])
+
+
+@pytest.fixture
+def reference_mad(monkeypatch):
+    monkeypatch.setattr(torch, "rfft", lambda x, signal_ndim, onesided=True: torch.view_as_real(
+        torch.fft.rfft2(x) if onesided else torch.fft.fft2(x)), raising=False)
+    monkeypatch.setattr(torch, "ifft", lambda x, signal_ndim: torch.view_as_real(
+        torch.fft.ifft2(torch.view_as_complex(x.contiguous()))), raising=False)
+    return IQA.MAD(channels=1)
+
+
+def test_mad_port_equals_the_reference_on_the_example(reference_mad):
+    """MAD is ported but not registered (64 px masks many distortions entirely): the port against IQA_pytorch's MAD
+    (which weights by orientation, and whose patch statistics are only right for one grey image per call)."""
+    from lit_attacks.metrics.classical import MADDistance
+
+    r0, r1 = _r0_r1("L")
+    want = reference_mad((r1[:, :1] + 1) / 2, (r0[:, :1] + 1) / 2, as_loss=False).item()  # 169.2194
+    got = MADDistance(colour="luma", weighting="orientation")(r0, r1).item()
+    assert got == pytest.approx(want, rel=1e-4) and want == pytest.approx(168, abs=1.5)  # published 168
+    paper = MADDistance(colour="luma")(r0, r1).item()  # Larson & Chandler's per-scale weights
+    assert 0 < paper < got
+    with pytest.raises(KeyError, match="metric 'mad' is not available: ported"):
+        create_metric("mad")
