@@ -12,11 +12,12 @@ ABSENT = {
     "pim_5": ("PIM-5 (Bhardwaj et al. 2020, 5 scales; paper Table 3)",
               "as pim_1: TensorFlow checkpoints only, torch port not done yet"),
     "lipsim": ("LipSim (Ghazanfari et al. 2024, 1-Lipschitz student of DreamSim with certified l2 robustness)",
-               "code and checkpoint are public (SaraGhazanfari/lipsim, no licence file: download only) but its SLL "
-               "1-Lipschitz network is not ported yet"),
+               "code is public (SaraGhazanfari/lipsim, no licence file) but its checkpoints are only on Google Drive "
+               "(no direct URL for a download-and-cache loader) and its SLL 1-Lipschitz network is not ported yet"),
     "dreamsim": ("DreamSim (Fu et al. 2023, ensemble of DINO / CLIP / OpenCLIP ViT-B/16 tuned on NIGHTS; MIT)",
-                 "not wrapped yet: needs the dreamsim package (open_clip, peft, timm) as an extra and its weights "
-                 "from the authors' GitHub release"),
+                 "not wrapped yet: the dreamsim package (open_clip, peft, timm, transformers) builds its backbones only "
+                 "by downloading them (torch hub, open_clip, its GitHub release), so no part of it can run or be "
+                 "checked offline; it needs a machine with network access to be wrapped and calibrated"),
     "rclip_fare": ("R-CLIP_F / R-CLIP_T (Croce et al. 2025, fra31/perceptual-metrics: adversarially fine-tuned CLIP "
                    "ConvNeXt-B / ViT-B-16 as zero-shot metrics)",
                    "weights are public (a Tübingen Nextcloud share) but need open_clip as an extra; not wrapped yet"),
