@@ -55,7 +55,8 @@ def reference_pgd(m, ref, p0, p1, eps, alpha, max_iters):
     return x_i, max_iters
 
 
-@pytest.mark.parametrize("name", list(METRICS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("lpips") else n
+                                  for n in METRICS])  # lpips_alex: ~20 s
 def test_pgd_batched_equals_reference(batch, name):
     m, kw = metric(name), METRICS[name]
     a = create_attack("pgd", name, pretrained=False, steps=30, batch_invariant=True, **kw)

@@ -241,7 +241,8 @@ def test_random_backbone_is_reproducible(seeded_batch):
     assert not torch.allclose(a(ref, x), c(ref, x))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("elpips") else n
+                                  for n in ALL])  # E-LPIPS-style: many random draws of a VGG, ~25 s each
 def test_bound_distance_equals_plain_call_and_selects(name, seeded_batch):
     """``bind`` (which caches reference features for LPIPS) gives the same distances, also on a subset."""
     ref, x = seeded_batch

@@ -241,7 +241,8 @@ def official_pgd(m, ref, p0, p1, eps, alpha, max_iters, reverse=False):
 
 
 @pytest.mark.parametrize("attack,kw", [("pgd", dict(eps=0.03, alpha=0.001, steps=30)),
-                                       ("pgd_reverse", dict(eps=0.1, alpha=0.001, steps=50))])
+                                       pytest.param("pgd_reverse", dict(eps=0.1, alpha=0.001, steps=50),
+                                                    marks=pytest.mark.slow)])  # 50 float64 steps a sample: ~70 s
 def test_official_counting_equals_the_official_script(batch, attack, kw):
     m = create_metric("lpips_alex", pretrained=False).double()
     a = create_attack(attack, "lpips_alex", pretrained=False, batch_invariant=True, counting="official", **kw)
@@ -343,6 +344,7 @@ def _fake_official(run: Path, folder: Path):
                 w.writerow([f"{cat}_{stem}", r["s0"], r["s1"]] + [float(r["s0"]) + 1] * len(off.NOTEBOOK_COLUMNS))
 
 
+@pytest.mark.slow  # two end-to-end bench runs, ~35 s
 def test_reproduce_reports_full_agreement_with_itself_and_every_altered_row(tmp_path):
     keys = _official_looking_tree(tmp_path / "tree")
     argv = ["--config", str(Path(bench.__file__).parent / "configs" / "bench" / "reproduce.yaml"),

@@ -28,7 +28,7 @@ def candidates(S, H, W, n, dtype, seed=0):
     return rows, ys, xs, torch.rand(n, 3, generator=g, dtype=dtype) * 2 - 1
 
 
-@pytest.mark.parametrize("name", ["lpips_alex", "lpips_vgg"])
+@pytest.mark.parametrize("name", ["lpips_alex", pytest.param("lpips_vgg", marks=pytest.mark.slow)])  # vgg: ~30 s
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_local_lpips_equals_the_full_forward(name, dtype, tol):
     """Real ImageNet backbones (../shared/data/weights): every border and a random sample of positions."""
@@ -208,7 +208,8 @@ def rows_of(a, batch):
                                "pixel_g", "pixel_b")} for r in a.predict_step(batch).rows()]
 
 
-@pytest.mark.parametrize("name,kw", [("lpips_alex", {}), ("l2", {"encoding": "paper", "strategy": "rand1bin"})])
+@pytest.mark.parametrize("name,kw", [pytest.param("lpips_alex", {}, marks=pytest.mark.slow),  # ~20 s
+                                     ("l2", {"encoding": "paper", "strategy": "rand1bin"})])
 def test_a_sample_gets_the_same_search_in_any_batch(batch, name, kw):
     """Every sample's best point, energy, queries and generations are those it gets alone or in another batch."""
     from lit_attacks.attacks.objectives import split_prey
@@ -231,6 +232,7 @@ def test_a_sample_gets_the_same_search_in_any_batch(batch, name, kw):
     assert len({w[1][0] for w in whole}) == 6  # the searches differ from sample to sample
 
 
+@pytest.mark.slow  # whole DE searches twice (~40 s); the per-layer and end-to-end exactness tests above stay fast
 def test_local_and_whole_image_scoring_give_the_same_attack(batch):
     kw = dict(pretrained=False, population=40, generations=8, seed=5, batch_invariant=True)
     local = rows_of(create_attack("onepixel", "lpips_alex", **kw), batch)
