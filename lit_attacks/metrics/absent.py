@@ -6,11 +6,6 @@ ABSENT = {
     "gti_cnn": ("GTI-CNN (Ma et al. 2018, geometric-transformation-invariant IQA CNN; paper Table 3)",
                 "no public implementation or weights found (GitHub, PyPI and the web pages searchable from here): the "
                 "paper's row cannot be reproduced without them"),
-    "pim_1": ("PIM-1 (Bhardwaj et al. 2020, perceptual information metric, 1 scale; paper Table 3)",
-              "released only as TensorFlow checkpoints (google-research/perceptual-quality); a torch port of the "
-              "architecture and a checkpoint conversion (TensorFlow as an extra) is not done yet"),
-    "pim_5": ("PIM-5 (Bhardwaj et al. 2020, 5 scales; paper Table 3)",
-              "as pim_1: TensorFlow checkpoints only, torch port not done yet"),
     "lipsim": ("LipSim (Ghazanfari et al. 2024, 1-Lipschitz student of DreamSim with certified l2 robustness)",
                "code is public (SaraGhazanfari/lipsim, no licence file) but its checkpoints are only on Google Drive "
                "(no direct URL for a download-and-cache loader) and its SLL 1-Lipschitz network is not ported yet"),

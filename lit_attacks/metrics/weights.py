@@ -183,3 +183,53 @@ def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor]
             if p.shape != features[k].shape:
                 raise RuntimeError(f"{metric}: backbone tensor {k} has shape {tuple(features[k].shape)}, expected {tuple(p.shape)}")
             p.copy_(features[k])
+
+
+def released_archive(metric: str, folder: str, url: str, marker: str, weights_dir: Optional[str | os.PathLike] = None,
+                     sha512: Optional[str] = None) -> Path:
+    """The folder ``folder`` of a zip archive a learned metric's authors released (e.g. ``pim-1/`` with
+    ``config.json`` and a TensorFlow checkpoint), recognised by the file ``marker`` in it: found in ``weights_dir`` /
+    ``$LIT_ATTACKS_WEIGHTS_DIR``, then in the torch hub cache, else downloaded from ``url`` (the zip's ``sha512``
+    checked before anything is unpacked) and unpacked into the cache through a temporary folder, so a failed
+    download or unpacking leaves nothing behind. Members outside ``folder/`` or with absolute or ``..`` paths are
+    refused."""
+    import hashlib
+    import shutil
+    import tempfile
+    import zipfile
+
+    wd = resolve_weights_dir(weights_dir)
+    candidates = ([wd / folder] if wd is not None else []) + [hub_checkpoints_dir() / folder]
+    found = next((p for p in candidates if (p / marker).is_file()), None)
+    if found is None:
+        where = f"{wd} or {hub_checkpoints_dir()}" if wd else str(hub_checkpoints_dir())
+        msg = (f"{metric}: weights folder {folder!r} (with {marker}) not found and could not be downloaded from {url}; "
+               f"unzip the authors' archive into {where} (or set {ENV_WEIGHTS_DIR}=<folder>), or use pretrained=False "
+               f"(tests and timing only)")
+        if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
+            raise WeightsNotFoundError(msg + f" [download skipped: {ENV_OFFLINE} is set]")
+        cache = hub_checkpoints_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=f".{folder}-") as tmp:
+            zpath = Path(tmp) / f"{folder}.zip"
+            try:
+                torch.hub.download_url_to_file(url, str(zpath), progress=True)
+            except Exception as e:  # URLError, HTTPError, timeouts
+                raise WeightsNotFoundError(f"{msg} [{type(e).__name__}: {e}]") from e
+            if sha512 is not None:
+                h = hashlib.sha512(zpath.read_bytes()).hexdigest()
+                if h != sha512:
+                    raise RuntimeError(f"{metric}: download from {url} has sha512 {h[:16]}..., expected {sha512[:16]}... "
+                                       "(the authors' release); nothing was kept")
+            with zipfile.ZipFile(zpath) as z:
+                for name in z.namelist():
+                    parts = Path(name).parts
+                    if Path(name).is_absolute() or ".." in parts or not parts or parts[0] != folder:
+                        raise RuntimeError(f"{metric}: archive {url} holds {name!r}, outside {folder}/; nothing was kept")
+                z.extractall(tmp)
+            if not (Path(tmp) / folder / marker).is_file():
+                raise RuntimeError(f"{metric}: archive {url} has no {folder}/{marker}; nothing was kept")
+            shutil.move(str(Path(tmp) / folder), str(cache / folder))
+        found = cache / folder
+    USED[metric] = str(found)
+    return found
