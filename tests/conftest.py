@@ -18,6 +18,14 @@ def weights_dir() -> Path:
     return Path(env) if env else SHARED / "weights"
 
 
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """``tmp_path``, with an empty torch hub cache under it and no weights folder set."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("LIT_ATTACKS_WEIGHTS_DIR", raising=False)
+    return tmp_path
+
+
 def shared_file(rel: str) -> Path:
     """A file of ../shared/data; skips the test with a reason when it is absent."""
     p = SHARED / rel

@@ -15,13 +15,6 @@ from lit_attacks.metrics.watson import WATSON_FILES
 from conftest import load_image, shared_file
 
 
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(W.ENV_WEIGHTS_DIR, raising=False)
-    return tmp_path
-
-
 # ----------------------------------------------------------------------------------------------- Watson-DFT
 CHANNELS = ("ly", "lcb", "lcr")
 

@@ -130,13 +130,6 @@ def test_gradients_of_pim5_reach_the_image():
 
 
 # ------------------------------------------------------------------------------------- weights lookup
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(W.ENV_WEIGHTS_DIR, raising=False)
-    return tmp_path
-
-
 def test_pim_reads_the_authors_folder_from_the_weights_dir(empty_hub):
     shutil.copytree(DATA / "pim-1", empty_hub / "w" / "pim-1")
     m = create_metric("pim_1", weights_dir=str(empty_hub / "w")).double()

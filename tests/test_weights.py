@@ -64,13 +64,6 @@ def test_full_torchvision_checkpoint_is_accepted(tmp_path):
     assert create_metric("lpips_alex", weights_dir=str(tmp_path))(ref, p0).item() == pytest.approx(0.722, abs=1e-3)
 
 
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(W.ENV_WEIGHTS_DIR, raising=False)
-    return tmp_path
-
-
 def test_missing_weights_offline_clear_error(empty_hub, monkeypatch):
     monkeypatch.setenv(W.ENV_OFFLINE, "1")
     with pytest.raises(WeightsNotFoundError) as e:

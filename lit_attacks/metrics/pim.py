@@ -307,8 +307,7 @@ class PIMDistance(Distance):
         if self.net.nmix == 1:  # the authors' closed form
             return sum((ma - mb).square().mean(dim=(1, 2, 3, 4)) for (ma, _), (mb, _) in zip(a, b)) / len(a)
         # Draws in chunks of about 2**24 (sample, pixel, component, latent) entries per band, bounding memory.
-        mus = a[-1][0]
-        per_draw = mus.shape[0] * max(m.shape[1] * m.shape[2] for m, _ in a) * self.net.nmix * self.net.nz
+        per_draw = a[0][0].shape[0] * max(m.shape[1] * m.shape[2] for m, _ in a) * self.net.nmix * self.net.nz
         step = max(1, (1 << 24) // per_draw)
         total = 0
         for s in range(0, self.samples, step):

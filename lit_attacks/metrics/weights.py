@@ -119,14 +119,26 @@ def dists_alpha_beta(metric: str, weights_dir: Optional[str | os.PathLike] = Non
     return {"alpha": sd["alpha"], "beta": sd["beta"]}
 
 
-def _sha256(path: Path) -> str:
+def _file_digest(path: Path, algorithm: str = "sha256") -> str:
     import hashlib
 
-    h = hashlib.sha256()
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _download_to(url: str, dest: Path, msg: str) -> None:
+    """Download ``url`` to ``dest`` (nothing left there on failure), or raise :class:`WeightsNotFoundError` with
+    ``msg`` (the not-found message naming the file and where to put it) when offline or the download fails."""
+    if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
+        raise WeightsNotFoundError(msg + f" [download skipped: {ENV_OFFLINE} is set]")
+    try:
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    except Exception as e:  # URLError, HTTPError, timeouts
+        dest.unlink(missing_ok=True)
+        raise WeightsNotFoundError(f"{msg} [{type(e).__name__}: {e}]") from e
 
 
 def released_file(metric: str, fname: str, url: str, weights_dir: Optional[str | os.PathLike] = None,
@@ -146,19 +158,13 @@ def released_file(metric: str, fname: str, url: str, weights_dir: Optional[str |
         where = f"{wd} or {hub_checkpoints_dir()}" if wd else str(hub_checkpoints_dir())
         msg = (f"{metric}: weights file {fname!r} not found and could not be downloaded from {url}; put it in "
                f"{where} (or set {ENV_WEIGHTS_DIR}=<folder>), or use pretrained=False (tests and timing only)")
-        if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
-            raise WeightsNotFoundError(msg + f" [download skipped: {ENV_OFFLINE} is set]")
         found = hub_checkpoints_dir() / fname
         found.parent.mkdir(parents=True, exist_ok=True)
         tmp = found.with_suffix(found.suffix + ".part")
-        try:
-            torch.hub.download_url_to_file(url, str(tmp), progress=True)
-        except Exception as e:  # URLError, HTTPError, timeouts
-            tmp.unlink(missing_ok=True)
-            raise WeightsNotFoundError(f"{msg} [{type(e).__name__}: {e}]") from e
+        _download_to(url, tmp, msg)
         tmp.replace(found)
     if sha256 is not None and found.parent == hub_checkpoints_dir():
-        got = _sha256(found)
+        got = _file_digest(found)
         if got != sha256:
             raise RuntimeError(f"{metric}: weights file {str(found)!r} has sha256 {got[:16]}..., expected "
                                f"{sha256[:16]}... (the authors' release); delete it to download it again")
@@ -193,7 +199,6 @@ def released_archive(metric: str, folder: str, url: str, marker: str, weights_di
     checked before anything is unpacked) and unpacked into the cache through a temporary folder, so a failed
     download or unpacking leaves nothing behind. Members outside ``folder/`` or with absolute or ``..`` paths are
     refused."""
-    import hashlib
     import shutil
     import tempfile
     import zipfile
@@ -206,18 +211,13 @@ def released_archive(metric: str, folder: str, url: str, marker: str, weights_di
         msg = (f"{metric}: weights folder {folder!r} (with {marker}) not found and could not be downloaded from {url}; "
                f"unzip the authors' archive into {where} (or set {ENV_WEIGHTS_DIR}=<folder>), or use pretrained=False "
                f"(tests and timing only)")
-        if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
-            raise WeightsNotFoundError(msg + f" [download skipped: {ENV_OFFLINE} is set]")
         cache = hub_checkpoints_dir()
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache, prefix=f".{folder}-") as tmp:
             zpath = Path(tmp) / f"{folder}.zip"
-            try:
-                torch.hub.download_url_to_file(url, str(zpath), progress=True)
-            except Exception as e:  # URLError, HTTPError, timeouts
-                raise WeightsNotFoundError(f"{msg} [{type(e).__name__}: {e}]") from e
+            _download_to(url, zpath, msg)
             if sha512 is not None:
-                h = hashlib.sha512(zpath.read_bytes()).hexdigest()
+                h = _file_digest(zpath, "sha512")
                 if h != sha512:
                     raise RuntimeError(f"{metric}: download from {url} has sha512 {h[:16]}..., expected {sha512[:16]}... "
                                        "(the authors' release); nothing was kept")
