@@ -120,3 +120,74 @@ def assert_same_rows(one, two, where, rel=1e-6):
                 assert float(a[k]) == pytest.approx(float(b[k]), rel=rel), (where, a.get("key"), k)
             else:
                 assert a[k] == b[k], (where, a.get("key"), k)
+
+
+def write_dreamsim_release(folder, variant: str, seed: int = 0, dino_head: bool = False) -> Path:
+    """A DreamSim release of ``variant`` in the authors' layout, with generated weights of the real shapes:
+    ``folder/dino_vitbase16_pretrain.pth`` (DINO's hub checkpoint, for variants with DINO) and
+    ``folder/dreamsim_<variant>/`` (what the release zip unpacks to: converted CLIP backbones with their ``proj``,
+    ``<lora folder>/adapter_config.json`` and ``adapter_model.bin`` in peft's naming). ``dino_head``: also the DINO
+    projection head the package loads (and never uses for DreamSim's CLS feature). Deterministic in ``seed``
+    across machines (one CPU generator), so tests/reference/make_dreamsim_fixture.py and the tests build the same
+    files. Returns the release folder."""
+    import json
+
+    import torch
+
+    from lit_attacks.metrics.dreamsim import BACKBONES, DINO_FILE, VARIANTS, lora_folder
+
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=1.0, mean=0.0):
+        return torch.randn(*shape, generator=g) * std + mean
+
+    def vit(patch, kind):
+        dim = 768
+        sd = {"cls_token": rnd(1, 1, dim, std=0.5), "pos_embed": rnd(1, (224 // patch) ** 2 + 1, dim, std=0.2),
+              "patch_embed.proj.weight": rnd(dim, 3, patch, patch, std=(3 * patch * patch) ** -0.5),
+              "patch_embed.proj.bias": rnd(dim, std=0.02)}
+        if kind != "dino":
+            sd.update({"pos_drop.weight": rnd(dim, std=0.1, mean=1.0), "pos_drop.bias": rnd(dim, std=0.05)})
+        for j in range(12):
+            b = f"blocks.{j}."
+            for ln in ("norm1", "norm2"):
+                sd.update({b + ln + ".weight": rnd(dim, std=0.1, mean=1.0), b + ln + ".bias": rnd(dim, std=0.05)})
+            for name, (o, i), std in (("attn.qkv", (3 * dim, dim), 1.0), ("attn.proj", (dim, dim), 0.5),
+                                      ("mlp.fc1", (4 * dim, dim), 1.0), ("mlp.fc2", (dim, 4 * dim), 0.5)):
+                sd[b + name + ".weight"] = rnd(o, i, std=std * i ** -0.5)
+                sd[b + name + ".bias"] = rnd(o, std=0.02)
+        sd.update({"norm.weight": rnd(dim, std=0.1, mean=1.0), "norm.bias": rnd(dim, std=0.05)})
+        if kind != "dino":
+            sd["proj"] = rnd(dim, 512, std=dim ** -0.5)
+        return sd
+
+    folder = Path(folder)
+    release = folder / f"dreamsim_{variant}"
+    lora = release / lora_folder(variant)
+    lora.mkdir(parents=True, exist_ok=True)
+    r, alpha = (16, 8.0) if variant == "ensemble" else (8, 16.0)
+    adapter = {}
+    for i, (b, _) in enumerate(VARIANTS[variant]):
+        patch, _, kind = BACKBONES[b]
+        sd = vit(patch, kind)
+        if kind == "dino":
+            torch.save(sd, folder / DINO_FILE)
+            if dino_head:  # from its own generator, so the other files do not depend on dino_head
+                h = torch.Generator().manual_seed(seed + 1)
+                head = {f"module.head.mlp.{k}.{p}": torch.randn(*shape, generator=h) * 0.02 for k, shapes in
+                        ((0, ((2048, 768), (2048,))), (2, ((2048, 2048), (2048,))), (4, ((256, 2048), (256,))))
+                        for p, shape in zip(("weight", "bias"), shapes)}
+                head["module.head.last_layer.weight"] = torch.randn(65536, 256, generator=h) * 0.02
+                torch.save({"student": head}, release / "dino_vitb16_pretrain.pth")
+        else:
+            torch.save({"state_dict": sd}, release / f"{b}_pretrain.pth.tar")
+        for j in range(12):
+            key = f"base_model.model.extractor_list.{i}.model.blocks.{j}.attn.qkv."
+            adapter[key + "lora_A.weight"] = rnd(r, 768, std=768 ** -0.5)
+            adapter[key + "lora_B.weight"] = rnd(3 * 768, r, std=0.5 * r ** -0.5)
+    torch.save(adapter, lora / "adapter_model.bin")
+    (lora / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "inference_mode": True, "r": r,
+        "lora_alpha": alpha, "lora_dropout": 0.3, "bias": "none", "target_modules": ["qkv"], "fan_in_fan_out": False,
+        "modules_to_save": None}, indent=1))
+    return release

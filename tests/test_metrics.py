@@ -9,6 +9,9 @@ from lit_attacks.metrics import MetricInputError, create_metric, list_metrics
 from conftest import load_image, shared_file
 
 ALL = list_metrics()
+# the generic checks of the heaviest metrics run in the slow suite: DreamSim's ensemble (three ViT-B/16 at 224 px)
+HEAVY = {"dreamsim"}
+ALL_FAST = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ALL]
 _CACHE = {}
 
 
@@ -26,7 +29,7 @@ def same_draw(m, fn):
     return fn()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_FAST)
 def test_batch_equals_each_sample_alone(name, seeded_batch):
     ref, x = seeded_batch
     m = metric(name)
@@ -36,7 +39,7 @@ def test_batch_equals_each_sample_alone(name, seeded_batch):
     torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_FAST)
 def test_identity_is_zero_and_distortion_positive(name, seeded_batch):
     ref, x = seeded_batch
     m = metric(name)
@@ -45,7 +48,7 @@ def test_identity_is_zero_and_distortion_positive(name, seeded_batch):
     assert (d.abs() > 1e-5).all() if m.signed else (d > 1e-5).all()  # signed: a quality regressor (WaDIQaM-FR)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_FAST)
 def test_gradients_reach_input_not_parameters(name, seeded_batch):
     ref, x = seeded_batch
     m = metric(name)
@@ -56,14 +59,14 @@ def test_gradients_reach_input_not_parameters(name, seeded_batch):
         assert not p.requires_grad and p.grad is None
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_FAST)
 def test_stays_in_eval_mode(name):
     m = metric(name)
     m.train()
     assert not m.training and not any(mod.training for mod in m.modules())
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_FAST)
 def test_bad_inputs_raise_naming_the_metric(name, seeded_batch):
     ref, x = seeded_batch
     m = metric(name)
@@ -241,8 +244,8 @@ def test_random_backbone_is_reproducible(seeded_batch):
     assert not torch.allclose(a(ref, x), c(ref, x))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("elpips") else n
-                                  for n in ALL])  # E-LPIPS-style: many random draws of a VGG, ~25 s each
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("elpips") or n in HEAVY
+                                  else n for n in ALL])  # E-LPIPS-style: many random draws of a VGG, ~25 s each
 def test_bound_distance_equals_plain_call_and_selects(name, seeded_batch):
     """``bind`` (which caches reference features for LPIPS) gives the same distances, also on a subset."""
     ref, x = seeded_batch

@@ -8,11 +8,7 @@ ABSENT = {
                 "paper's row cannot be reproduced without them"),
     "lipsim": ("LipSim (Ghazanfari et al. 2024, 1-Lipschitz student of DreamSim with certified l2 robustness)",
                "code is public (SaraGhazanfari/lipsim, no licence file) but its checkpoints are only on Google Drive "
-               "(no direct URL for a download-and-cache loader) and its SLL 1-Lipschitz network is not ported yet"),
-    "dreamsim": ("DreamSim (Fu et al. 2023, ensemble of DINO / CLIP / OpenCLIP ViT-B/16 tuned on NIGHTS; MIT)",
-                 "not wrapped yet: the dreamsim package (open_clip, peft, timm, transformers) builds its backbones only "
-                 "by downloading them (torch hub, open_clip, its GitHub release), so no part of it can run or be "
-                 "checked offline; it needs a machine with network access to be wrapped and calibrated"),
+               "(no direct URL for a download-and-cache loader) and its SLL 1-Lipschitz network is not ported yet (DreamSim, its teacher, is: `dreamsim`)"),
     "rclip_fare": ("R-CLIP_F / R-CLIP_T (Croce et al. 2025, fra31/perceptual-metrics: adversarially fine-tuned CLIP "
                    "ConvNeXt-B / ViT-B-16 as zero-shot metrics)",
                    "weights are public (a Tübingen Nextcloud share) but need open_clip as an extra; not wrapped yet"),

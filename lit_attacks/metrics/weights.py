@@ -192,13 +192,13 @@ def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor]
 
 
 def released_archive(metric: str, folder: str, url: str, marker: str, weights_dir: Optional[str | os.PathLike] = None,
-                     sha512: Optional[str] = None) -> Path:
+                     sha512: Optional[str] = None, flat: bool = False) -> Path:
     """The folder ``folder`` of a zip archive a learned metric's authors released (e.g. ``pim-1/`` with
     ``config.json`` and a TensorFlow checkpoint), recognised by the file ``marker`` in it: found in ``weights_dir`` /
     ``$LIT_ATTACKS_WEIGHTS_DIR``, then in the torch hub cache, else downloaded from ``url`` (the zip's ``sha512``
     checked before anything is unpacked) and unpacked into the cache through a temporary folder, so a failed
     download or unpacking leaves nothing behind. Members outside ``folder/`` or with absolute or ``..`` paths are
-    refused."""
+    refused. ``flat``: the archive has no top folder (DreamSim's releases); its members are unpacked into ``folder/``."""
     import shutil
     import tempfile
     import zipfile
@@ -224,9 +224,9 @@ def released_archive(metric: str, folder: str, url: str, marker: str, weights_di
             with zipfile.ZipFile(zpath) as z:
                 for name in z.namelist():
                     parts = Path(name).parts
-                    if Path(name).is_absolute() or ".." in parts or not parts or parts[0] != folder:
+                    if Path(name).is_absolute() or ".." in parts or not parts or (not flat and parts[0] != folder):
                         raise RuntimeError(f"{metric}: archive {url} holds {name!r}, outside {folder}/; nothing was kept")
-                z.extractall(tmp)
+                z.extractall(Path(tmp) / folder if flat else tmp)
             if not (Path(tmp) / folder / marker).is_file():
                 raise RuntimeError(f"{metric}: archive {url} has no {folder}/{marker}; nothing was kept")
             shutil.move(str(Path(tmp) / folder), str(cache / folder))
