@@ -122,6 +122,62 @@ def assert_same_rows(one, two, where, rel=1e-6):
                 assert a[k] == b[k], (where, a.get("key"), k)
 
 
+def _rnd(g, *shape, std=1.0, mean=0.0):
+    import torch
+
+    return torch.randn(*shape, generator=g) * std + mean
+
+
+def generated_vit(g, patch: int, kind: str) -> dict:
+    """A ViT-B/``patch`` state dict in DINO's layout (DreamSim's; with ``pos_drop`` = ln_pre and ``proj`` unless
+    ``kind`` is "dino"), drawn from the generator ``g`` with scales that keep every layer active."""
+    dim = 768
+
+    def rnd(*shape, std=1.0, mean=0.0):
+        return _rnd(g, *shape, std=std, mean=mean)
+
+    sd = {"cls_token": rnd(1, 1, dim, std=0.5), "pos_embed": rnd(1, (224 // patch) ** 2 + 1, dim, std=0.2),
+          "patch_embed.proj.weight": rnd(dim, 3, patch, patch, std=(3 * patch * patch) ** -0.5),
+          "patch_embed.proj.bias": rnd(dim, std=0.02)}
+    if kind != "dino":
+        sd.update({"pos_drop.weight": rnd(dim, std=0.1, mean=1.0), "pos_drop.bias": rnd(dim, std=0.05)})
+    for j in range(12):
+        b = f"blocks.{j}."
+        for ln in ("norm1", "norm2"):
+            sd.update({b + ln + ".weight": rnd(dim, std=0.1, mean=1.0), b + ln + ".bias": rnd(dim, std=0.05)})
+        for name, (o, i), std in (("attn.qkv", (3 * dim, dim), 1.0), ("attn.proj", (dim, dim), 0.5),
+                                  ("mlp.fc1", (4 * dim, dim), 1.0), ("mlp.fc2", (dim, 4 * dim), 0.5)):
+            sd[b + name + ".weight"] = rnd(o, i, std=std * i ** -0.5)
+            sd[b + name + ".bias"] = rnd(o, std=0.02)
+    sd.update({"norm.weight": rnd(dim, std=0.1, mean=1.0), "norm.bias": rnd(dim, std=0.05)})
+    if kind != "dino":
+        sd["proj"] = rnd(dim, 512, std=dim ** -0.5)
+    return sd
+
+
+def write_open_clip_visual(path, seed: int = 0, full_model: bool = False) -> Path:
+    """An OpenCLIP ViT-B-16 image tower with generated weights, in OpenCLIP's names (``model.visual.state_dict()``,
+    as the R-CLIP checkpoints; ``full_model``: prefixed ``visual.`` next to a text-tower key, as the Hugging Face
+    file of the whole model). ``conv1`` has no bias. Deterministic in ``seed``."""
+    import torch
+
+    sd = generated_vit(torch.Generator().manual_seed(seed), 16, "open_clip")
+    sd.pop("patch_embed.proj.bias")
+    out = {"conv1.weight": sd.pop("patch_embed.proj.weight"), "class_embedding": sd.pop("cls_token").flatten(),
+           "positional_embedding": sd.pop("pos_embed")[0], "proj": sd.pop("proj")}
+    for k, v in sd.items():
+        for a, b in (("pos_drop.", "ln_pre."), ("norm.", "ln_post."), ("blocks.", "transformer.resblocks."),
+                     (".norm1.", ".ln_1."), (".norm2.", ".ln_2."), (".attn.qkv.", ".attn.in_proj_"),
+                     (".attn.proj.", ".attn.out_proj."), (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj.")):
+            if k.startswith(a) or (a.startswith(".") and a in k):
+                k = k.replace(a, b, 1)
+        out[k] = v
+    if full_model:
+        out = {**{f"visual.{k}": v for k, v in out.items()}, "logit_scale": torch.tensor(4.6)}
+    torch.save(out, path)
+    return Path(path)
+
+
 def write_dreamsim_release(folder, variant: str, seed: int = 0, dino_head: bool = False) -> Path:
     """A DreamSim release of ``variant`` in the authors' layout, with generated weights of the real shapes:
     ``folder/dino_vitbase16_pretrain.pth`` (DINO's hub checkpoint, for variants with DINO) and
@@ -139,27 +195,10 @@ def write_dreamsim_release(folder, variant: str, seed: int = 0, dino_head: bool 
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=1.0, mean=0.0):
-        return torch.randn(*shape, generator=g) * std + mean
+        return _rnd(g, *shape, std=std, mean=mean)
 
     def vit(patch, kind):
-        dim = 768
-        sd = {"cls_token": rnd(1, 1, dim, std=0.5), "pos_embed": rnd(1, (224 // patch) ** 2 + 1, dim, std=0.2),
-              "patch_embed.proj.weight": rnd(dim, 3, patch, patch, std=(3 * patch * patch) ** -0.5),
-              "patch_embed.proj.bias": rnd(dim, std=0.02)}
-        if kind != "dino":
-            sd.update({"pos_drop.weight": rnd(dim, std=0.1, mean=1.0), "pos_drop.bias": rnd(dim, std=0.05)})
-        for j in range(12):
-            b = f"blocks.{j}."
-            for ln in ("norm1", "norm2"):
-                sd.update({b + ln + ".weight": rnd(dim, std=0.1, mean=1.0), b + ln + ".bias": rnd(dim, std=0.05)})
-            for name, (o, i), std in (("attn.qkv", (3 * dim, dim), 1.0), ("attn.proj", (dim, dim), 0.5),
-                                      ("mlp.fc1", (4 * dim, dim), 1.0), ("mlp.fc2", (dim, 4 * dim), 0.5)):
-                sd[b + name + ".weight"] = rnd(o, i, std=std * i ** -0.5)
-                sd[b + name + ".bias"] = rnd(o, std=0.02)
-        sd.update({"norm.weight": rnd(dim, std=0.1, mean=1.0), "norm.bias": rnd(dim, std=0.05)})
-        if kind != "dino":
-            sd["proj"] = rnd(dim, 512, std=dim ** -0.5)
-        return sd
+        return generated_vit(g, patch, kind)
 
     folder = Path(folder)
     release = folder / f"dreamsim_{variant}"

@@ -39,11 +39,9 @@ from torch import Tensor, nn
 
 from lit_attacks.metrics.base import Distance, to01
 from lit_attacks.metrics.registry import METRICS
+from lit_attacks.metrics.vit import IMAGENET, OPENAI_CLIP, ViT, pil_bicubic
 from lit_attacks.metrics.weights import _load, released_archive, released_file
 
-SIZE = 224  # the package's img_size
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 # backbone -> (patch size, (mean, std), kind); kind sets the conversion the package applies
 BACKBONES: Dict[str, Tuple[int, tuple, str]] = {
     "dino_vitb16": (16, IMAGENET, "dino"),
@@ -71,94 +69,6 @@ def archive_url(variant: str) -> str:
 def lora_folder(variant: str) -> str:
     """The adapter folder inside a release: ``ensemble_lora`` or ``<backbone>_single_lora``."""
     return "ensemble_lora" if variant == "ensemble" else f"{variant}_single_lora"
-
-
-def pil_bicubic(x: Tensor, size: int = SIZE) -> Tensor:
-    """(B, C, size, size): PIL's ``resize((size, size), BICUBIC)`` of images in [0, 1] (antialiased cubic with
-    a = -0.5, horizontal pass then vertical, each clipped to [0, 1]), without PIL's 8-bit rounding."""
-    if x.shape[-2:] == (size, size):
-        return x
-    x = F.interpolate(x, size=(x.shape[-2], size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, act: nn.Module) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), act, nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, eps: float, act: nn.Module) -> None:
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim, eps=eps), MLP(dim, 4 * dim, act)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch: int, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, tokens, dim)
-
-
-class ViT(nn.Module):
-    """ViT-B/``patch`` at 224 px with the parameter names of DINO's ``VisionTransformer`` (which DreamSim uses
-    for every backbone). ``kind``: "dino" (LayerNorm eps 1e-6, GELU), "clip" / "open_clip" (``pos_drop`` is
-    CLIP's ``ln_pre``, eps 1e-5; QuickGELU for OpenAI CLIP) plus the projection ``proj`` (768, 512)."""
-
-    def __init__(self, patch: int, kind: str, dim: int = 768, depth: int = 12, heads: int = 12) -> None:
-        super().__init__()
-        clip = kind != "dino"
-        eps = 1e-5 if clip else 1e-6
-        self.patch_embed = PatchEmbed(patch, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, (SIZE // patch) ** 2 + 1, dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.pos_drop = nn.LayerNorm(dim, eps=eps) if clip else nn.Identity()
-        self.blocks = nn.ModuleList(Block(dim, heads, eps, QuickGELU() if kind == "clip" else nn.GELU())
-                                    for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        if clip:
-            self.proj = nn.Parameter(torch.randn(dim, 512) * dim ** -0.5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, 224, 224) normalised -> (B, 1 + patches, dim) tokens of the last block (before ``norm``)."""
-        t = self.patch_embed(x)
-        t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], dim=1) + self.pos_embed
-        t = self.pos_drop(t)
-        for blk in self.blocks:
-            t = blk(t)
-        return t
 
 
 def read_safetensors(path: Path) -> Dict[str, Tensor]:

@@ -1,0 +1,130 @@
+"""CLIP image embeddings as zero-shot perceptual metrics: ``1 - cos`` of the OpenCLIP ViT-B/16 embeddings of
+``ref`` and ``x``, with the robust (adversarially fine-tuned) image towers of Croce, Schlarmann, Singh & Hein
+(2024, "Adversarially robust CLIP models induce better (robust) perceptual metrics", fra31/perceptual-metrics):
+R-CLIP_F (FARE, l_inf 4/255) and R-CLIP_T (TeCoA, l_inf 4/255), and the clean OpenCLIP model they start from
+(LAION-2B ``ViT-B-16``) as the non-robust baseline.
+
+Written from the paper, their evaluation code (``eval.py``: the image tower on OpenCLIP's preprocessing with
+the normalisation moved into the forward pass, cosine similarity of the embeddings) and OpenCLIP's ViT; the
+tower is our ViT-B (:mod:`lit_attacks.metrics.vit`) with OpenCLIP's names mapped onto it. Preprocessing as
+OpenCLIP's: shorter side to 224 px (PIL bicubic, without its 8-bit rounding), centre crop, OpenAI CLIP mean
+and std. Inputs in [-1, 1] are converted to [0, 1] first.
+
+Their ConvNeXt-B towers (the paper's best R-CLIP_T) and the NIGHTS-tuned LoRA / MLP heads are not ported.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_attacks.metrics.base import Distance, to01
+from lit_attacks.metrics.registry import METRICS
+from lit_attacks.metrics.vit import OPENAI_CLIP, ViT, resize_center_crop
+from lit_attacks.metrics.weights import released_weights
+
+_NEXTCLOUD = "https://nc.mlcloud.uni-tuebingen.de/index.php/s/{}/download"  # the README's share links, as files
+CHECKPOINTS = {
+    # name -> (cached file name, URL): the authors' image-tower state dicts, or OpenCLIP's whole model
+    "rclip_fare_vitb16": ("vit-b-16-fare-eps4.pt", _NEXTCLOUD.format("fg7JHQzASiNnxCg")),
+    "rclip_tecoa_vitb16": ("vit-b-16-tecoa-eps4.pt", _NEXTCLOUD.format("ZBkmbMrAwgfeeSa")),
+    "clip_vitb16_laion": ("clip-vit-b-16-laion2b-s34b-b88k.bin",
+                          "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin"),
+}
+_RENAME = (("conv1.", "patch_embed.proj."), ("ln_pre.", "pos_drop."), ("ln_post.", "norm."),
+           ("transformer.resblocks.", "blocks."), (".ln_1.", ".norm1."), (".ln_2.", ".norm2."),
+           (".attn.in_proj_", ".attn.qkv."), (".attn.out_proj.", ".attn.proj."), (".mlp.c_fc.", ".mlp.fc1."),
+           (".mlp.c_proj.", ".mlp.fc2."))
+
+
+def from_open_clip(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """OpenCLIP's image-tower state dict (``model.visual``; a whole-model file's ``visual.*`` keys) in our ViT's
+    names (other keys pass unchanged, so the loader can name them)."""
+    if any(k.startswith("visual.") for k in sd):
+        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    out = {}
+    for k, v in sd.items():
+        if k == "class_embedding":
+            out["cls_token"] = v.reshape(1, 1, -1)
+        elif k == "positional_embedding":
+            out["pos_embed"] = v.unsqueeze(0)
+        else:
+            for a, b in _RENAME:
+                if k.startswith(a) or (a.startswith(".") and a in k):
+                    k = k.replace(a, b, 1)
+            out[k] = v
+    return out
+
+
+class CLIPDistance(Distance):
+    """``1 - cos`` of OpenCLIP ViT-B/16 image embeddings (``ln_post`` of the class token times ``proj``).
+
+    Args:
+        checkpoint: a key of :data:`CHECKPOINTS`.
+        pretrained: False keeps a random tower (labelled; tests and timing only).
+        weights_dir: folder searched first for the checkpoint file.
+    """
+
+    def __init__(self, checkpoint: str, pretrained: bool = True, weights_dir: Optional[str] = None) -> None:
+        super().__init__()
+        self.checkpoint, self.pretrained = checkpoint, pretrained
+        self.vit = ViT(16, "open_clip", patch_bias=False)
+        mean, std = OPENAI_CLIP
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if pretrained:
+            fname, url = CHECKPOINTS[checkpoint]
+            sd = from_open_clip(released_weights(checkpoint, fname, url, weights_dir))
+            missing, unexpected = self.vit.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise RuntimeError(f"{checkpoint}: {fname} is not an OpenCLIP ViT-B/16 image tower "
+                                   f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+    def embed(self, x: Tensor) -> Tensor:
+        """(B, 512) embedding of images in [-1, 1] of any size (not normalised)."""
+        t = self.vit((resize_center_crop(to01(x)) - self.mean) / self.std)
+        return self.vit.norm(t[:, 0]) @ self.vit.proj
+
+    @staticmethod
+    def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
+        return 1 - F.cosine_similarity(a, b, dim=-1)
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return self.cosine_distance(self.embed(ref), self.embed(x))
+
+    def _prepare(self, ref: Tensor) -> Tensor:
+        return self.embed(ref)
+
+    def _distance_prepared(self, ctx: Tensor, x: Tensor) -> Tensor:
+        return self.cosine_distance(ctx, self.embed(x))
+
+
+_CALIBRATED = ("OpenCLIP 3.3 (its ViT-B-16 image tower loaded strictly with the checkpoint, its preprocessing) on "
+               "generated weights: embeddings within 1e-5 on its input, distances within 3e-4 through our resize "
+               "(tests/data/rclip)")
+
+
+def _register(name: str, what: str, weights: str) -> None:
+    def factory(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+        return CLIPDistance(name, pretrained, weights_dir)
+
+    factory.__name__ = name
+    factory.__doc__ = (f"{what}\n\n    Distance: as is (1 - cosine similarity of the image embeddings, in [0, 2]). "
+                       f"Weights: {weights}. Calibrated: {_CALIBRATED}.\n    ")
+    METRICS.register(name)(factory)
+
+
+_register("rclip_fare_vitb16", "R-CLIP_F (Croce et al. 2024): OpenCLIP ViT-B/16 image tower adversarially fine-tuned "
+          "with FARE (l_inf 4/255), zero-shot; cosine of the image embeddings",
+          "the authors' vit-b-16-fare-eps4.pt (Tübingen Nextcloud share of fra31/perceptual-metrics; no licence "
+          "file: downloaded and cached, never redistributed)")
+_register("rclip_tecoa_vitb16", "R-CLIP_T (Croce et al. 2024): OpenCLIP ViT-B/16 image tower adversarially fine-tuned "
+          "with TeCoA (l_inf 4/255), zero-shot; cosine of the image embeddings",
+          "the authors' vit-b-16-tecoa-eps4.pt (Tübingen Nextcloud share of fra31/perceptual-metrics; no licence "
+          "file: downloaded and cached, never redistributed)")
+_register("clip_vitb16_laion", "OpenCLIP ViT-B/16 (LAION-2B s34B b88K), the clean CLIP R-CLIP starts from, as a "
+          "zero-shot metric; cosine of the image embeddings",
+          "OpenCLIP's open_clip_pytorch_model.bin from Hugging Face (laion/CLIP-ViT-B-16-laion2B-s34B-b88K, MIT), "
+          "image tower only, downloaded and cached")
