@@ -230,3 +230,51 @@ def write_dreamsim_release(folder, variant: str, seed: int = 0, dino_head: bool 
         "lora_alpha": alpha, "lora_dropout": 0.3, "bias": "none", "target_modules": ["qkv"], "fan_in_fan_out": False,
         "modules_to_save": None}, indent=1))
     return release
+
+
+def write_lipsim_checkpoint(path, seed: int = 0) -> Path:
+    """A LipSim 'small' checkpoint with generated weights, as the authors' trainer saves it:
+    ``{'model_state_dict': DataParallel(NormalizedModel(net)).state_dict(), 'epoch': 1}`` (keys ``module.model.``,
+    with the aliases under ``module.model.base.``). Deterministic in ``seed``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i in range(20):
+        sd.update({f"convs.{i}.kernel": _rnd(g, 5, 45, 3, 3, std=(2 / (45 * 9 + 5 * 9)) ** 0.5),
+                   f"convs.{i}.bias": _rnd(g, 1, 5, 1, 1, std=0.1), f"convs.{i}.q": _rnd(g, 5, std=0.5)})
+    for j in range(1, 8):
+        sd.update({f"linear.{j}.weight": _rnd(g, 1024, 8820, std=(2 / (1024 + 8820)) ** 0.5),
+                   f"linear.{j}.bias": _rnd(g, 1, 1024, std=0.01), f"linear.{j}.q": _rnd(g, 1024, std=0.5)})
+    full = {}
+    for k, v in sd.items():
+        full[f"module.model.{k}"] = v
+        head, idx, rest = k.split(".", 2)
+        full[f"module.model.base.{1 if head == 'convs' else 2}.{idx}.{rest}"] = v
+    torch.save({"model_state_dict": full, "epoch": 1}, path)
+    return Path(path)
+
+
+def write_open_clip_convnext(path, seed: int = 0, full_model: bool = False) -> Path:
+    """OpenCLIP's ``convnext_base_w`` image tower with generated weights in OpenCLIP's names (``model.visual``; with
+    ``full_model`` prefixed ``visual.`` as the Hugging Face file of the whole model). Layer scales drawn around 0.3
+    so every block matters. Deterministic in ``seed``."""
+    import torch
+
+    from lit_attacks.metrics.convnext import ConvNeXtTower
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in ConvNeXtTower().state_dict().items():
+        if k.endswith("gamma"):
+            out[k] = _rnd(g, *v.shape, std=0.1, mean=0.3)
+        elif k.endswith("bias"):
+            out[k] = _rnd(g, *v.shape, std=0.02)
+        elif v.dim() == 1:  # LayerNorm weights
+            out[k] = _rnd(g, *v.shape, std=0.1, mean=1.0)
+        else:
+            out[k] = _rnd(g, *v.shape, std=v[0].numel() ** -0.5)
+    if full_model:
+        out = {**{f"visual.{k}": v for k, v in out.items()}, "logit_scale": torch.tensor(4.6)}
+    torch.save(out, path)
+    return Path(path)

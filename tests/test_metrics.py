@@ -10,8 +10,9 @@ from conftest import load_image, shared_file
 
 ALL = list_metrics()
 # the generic checks of the heaviest metrics run in the slow suite: DreamSim's ensemble (three ViT-B/16 at 224 px),
-# and the CLIP ViT-B/16 metrics after the first (with random weights they are the same network as rclip_fare_vitb16)
-HEAVY = {"dreamsim", "rclip_tecoa_vitb16", "clip_vitb16_laion"}
+# and the CLIP ViT-B/16 and LipSim metrics after the first of each (with random weights they are the same network)
+HEAVY = {"dreamsim", "rclip_tecoa_vitb16", "clip_vitb16_laion", "rclip_tecoa_convnext", "clip_convnext_laion",
+         "lipsim_margin02", "lipsim_pretrained"}
 ALL_FAST = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ALL]
 _CACHE = {}
 

@@ -6,14 +6,6 @@ ABSENT = {
     "gti_cnn": ("GTI-CNN (Ma et al. 2018, geometric-transformation-invariant IQA CNN; paper Table 3)",
                 "no public implementation or weights found (GitHub, PyPI and the web pages searchable from here): the "
                 "paper's row cannot be reproduced without them"),
-    "lipsim": ("LipSim (Ghazanfari et al. 2024, 1-Lipschitz student of DreamSim with certified l2 robustness)",
-               "code is public (SaraGhazanfari/lipsim, no licence file) but its checkpoints are only on Google Drive "
-               "(no direct URL for a download-and-cache loader) and its SLL 1-Lipschitz network is not ported yet (DreamSim, its teacher, is: `dreamsim`)"),
-    "rclip_tecoa_convnext": ("R-CLIP_T / R-CLIP_F with ConvNeXt-B towers (Croce et al. 2024, fra31/perceptual-metrics; "
-                             "the paper's best robust zero-shot metric) and their NIGHTS-tuned LoRA / MLP heads",
-                             "weights are public (Tübingen Nextcloud shares) but the ConvNeXt-B tower (timm's, inside "
-                             "OpenCLIP) and the heads are not ported yet; the ViT-B/16 towers are: rclip_fare_vitb16, "
-                             "rclip_tecoa_vitb16"),
     "mad": ("MAD (Larson & Chandler 2010, most apparent distortion)",
             "ported (lit_attacks.metrics.classical.MADDistance: IQA_pytorch's MAD within 1e-4 relative on the DISTS "
             "example, 169.21 against its 169.22, published 168) but not registered: with its viewing convention (a "

@@ -25,14 +25,15 @@ def pil_bicubic(x: Tensor, size: Tuple[int, int] | int = SIZE) -> Tensor:
     return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
 
 
-def resize_center_crop(x: Tensor, size: int = SIZE) -> Tensor:
-    """torchvision's ``Resize(size, BICUBIC)`` (shorter side to ``size``, PIL) then ``CenterCrop(size)``, as CLIP's
-    and OpenCLIP's preprocessing; a square image is just resized."""
+def resize_center_crop(x: Tensor, size: int = SIZE, crop: int | None = None) -> Tensor:
+    """torchvision's ``Resize(size, BICUBIC)`` (shorter side to ``size``, PIL) then ``CenterCrop(crop or size)``, as
+    CLIP's and OpenCLIP's preprocessing; a square image at ``size`` without crop is just resized."""
+    crop = crop or size
     H, W = x.shape[-2:]
     h, w = (size, int(size * W / H)) if H <= W else (int(size * H / W), size)  # torchvision truncates the long side
     x = pil_bicubic(x, (h, w))
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return x[..., top:top + size, left:left + size]
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return x[..., top:top + crop, left:left + crop]
 
 
 class QuickGELU(nn.Module):
