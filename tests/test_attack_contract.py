@@ -89,11 +89,20 @@ def test_adversarial_images_stay_in_the_attack_budget(name, batch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_sample_alone_equals_the_same_sample_in_a_batch(name, batch):
-    full = make(name).predict_step(batch).rows()
+    """Every value to 1e-9, except that a pixel fraction ``|adv - prey| > t`` may differ by the pixels changed by t
+    itself to within float64 round-off (1e-12): a PGD step of exactly alpha = t = 0.001 lands there, and which
+    side of t it falls on is decided by the batch's round-off (adv agrees to ~1e-14)."""
+    out = make(name).predict_step(batch)
+    full = out.rows()
     for i in (0, len(full) - 1):
         one = make(name).predict_step({k: v[i:i + 1] for k, v in batch.items()}).rows()[0]
+        delta = (out.adv[i] - prey_images(batch, out)[i]).abs().flatten()
         for col, v in one.items():
-            if isinstance(v, float) and not isinstance(full[i][col], bool):
+            if col in FRACTION_COLUMNS:
+                t = PIXEL_THRESHOLDS[FRACTION_COLUMNS.index(col)]
+                ties = ((delta - t).abs() < 1e-12).double().mean().item()
+                assert abs(v - full[i][col]) <= ties + 1e-12, (name, i, col, v, full[i][col], ties)
+            elif isinstance(v, float) and not isinstance(full[i][col], bool):
                 assert v == pytest.approx(full[i][col], rel=1e-9, abs=1e-12, nan_ok=True), (name, i, col)
             else:
                 assert v == full[i][col], (name, i, col)

@@ -66,8 +66,9 @@ class AttackModule(pl.LightningModule):
         batch_invariant: compute in float64. Batched convolution kernels (oneDNN, native CPU, cuDNN)
             give results that depend on the batch composition at the 1e-8 level in float32, and
             ``sign()`` in PGD/FGSM can turn that into a different (equally valid) adversarial image.
-            In float64 that noise is ~1e-19, so every sample gets the result it gets alone (the tests
-            check adv images to 1e-5). Off (default): float32, faster, same algorithm.
+            In float64 that noise is ~1e-15, so every sample gets the result it gets alone (the tests
+            check adv images to 1e-5; a pixel changed by exactly a fraction threshold, e.g. one PGD step
+            of 0.001, may still fall on either side of it). Off (default): float32, faster, same algorithm.
         uint8: how an adversarial image becomes the 8-bit PNG it is saved as and re-scored as
             (``s_adv_uint8``, ``flipped_uint8``, shards): "round" to the nearest level (default) or
             "trunc" as the official code's ``util.tensor2im`` (for reproducing its numbers).
