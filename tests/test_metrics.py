@@ -10,9 +10,10 @@ from conftest import load_image, shared_file
 
 ALL = list_metrics()
 # the generic checks of the heaviest metrics run in the slow suite: DreamSim's ensemble (three ViT-B/16 at 224 px),
-# and the CLIP ViT-B/16 and LipSim metrics after the first of each (with random weights they are the same network)
-HEAVY = {"dreamsim", "rclip_tecoa_vitb16", "clip_vitb16_laion", "rclip_tecoa_convnext", "clip_convnext_laion",
-         "lipsim_margin02", "lipsim_pretrained"}
+# E-LPIPS-VGG's 8 draws (elpips_vgg_random, one draw of the same network, stays fast), and the CLIP and LipSim
+# metrics after the first of each (with random weights they are the same network)
+HEAVY = {"dreamsim", "elpips_vgg", "rclip_tecoa_vitb16", "clip_vitb16_laion", "rclip_tecoa_convnext",
+         "clip_convnext_laion", "lipsim_margin02", "lipsim_pretrained"}
 ALL_FAST = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ALL]
 _CACHE = {}
 

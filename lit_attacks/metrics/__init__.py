@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, expected_distances, to01
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import WeightsNotFoundError
-from lit_attacks.metrics import pixel, structural, lpips, deep, stlpips, trained, watson, classical, wadiqam, pim, dreamsim, rclip, lipsim, absent  # noqa: F401  (registration)
+from lit_attacks.metrics import pixel, structural, lpips, deep, stlpips, trained, watson, classical, wadiqam, pim, dreamsim, rclip, lipsim, elpips, absent  # noqa: F401  (registration)
 from lit_attacks.metrics.trained import CheckpointError
 
 

@@ -77,7 +77,7 @@ class ELPIPSDistance(Distance):
     E-LPIPS (Kettunen et al. 2019) but **not** E-LPIPS itself: it uses the LPIPS v0.1 linear heads, not
     E-LPIPS' retrained weights (``mkettune/elpips``, TensorFlow), and has neither its swap transform nor
     its feature dropout. Registered as ``elpips_style`` / ``elpips_style_alex`` (the names ``elpips`` and
-    ``elpips_alex`` are retired so that no number is reported under E-LPIPS' name).
+    ``elpips_alex`` are retired; E-LPIPS itself is ``elpips_vgg``, :mod:`lit_attacks.metrics.elpips`).
 
     Each ensemble member applies the same transformation to ``ref`` and ``x`` (on [0, 1] images):
     a box-filter downscale by a random level k with P(k) ~ 1/k^2 (levels up to min(H, W) // 64, so
@@ -214,5 +214,7 @@ def elpips_style_alex_random(pretrained: bool = True, weights_dir: Optional[str]
 
 _NOT_ELPIPS = ("it is E-LPIPS-style (LPIPS v0.1 heads with average pooling over a random-transform ensemble), not "
                "E-LPIPS (Kettunen et al. 2019) with its retrained weights, swap transform and dropout")
-METRICS.retire("elpips", f"use 'elpips_style': {_NOT_ELPIPS}")
-METRICS.retire("elpips_alex", f"use 'elpips_style_alex': {_NOT_ELPIPS}")
+METRICS.retire("elpips", f"use 'elpips_vgg' (E-LPIPS itself: the authors' network, weights and transformations) or "
+                         f"'elpips_style' (the earlier name's metric: {_NOT_ELPIPS})")
+METRICS.retire("elpips_alex", f"use 'elpips_style_alex' (the earlier name's metric: {_NOT_ELPIPS}); E-LPIPS has no "
+                              f"AlexNet version, its VGG one is 'elpips_vgg'")
