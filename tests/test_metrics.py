@@ -183,6 +183,16 @@ def test_piq_metrics_match_matlab_baselines(name, pair, back, baseline, tol):
         assert back(create_metric(name)(ref, x).item()) == pytest.approx(baseline, abs=tol)
 
 
+@pytest.mark.parametrize("pair,scales,tf_value", [("G", 5, 0.9011584520339966), ("G", 3, 0.8574398756027222),
+                                                 ("C", 5, 0.8799650073051453), ("C", 3, 0.8233466744422913)])
+def test_ms_ssim_matches_tensorflow(pair, scales, tf_value):
+    """tf.image.ssim_multiscale (TF 2.15; tests/reference/ms_ssim_tensorflow.py) on the full-size piq images."""
+    files, mode = ((("goldhill.gif", "goldhill_jpeg.gif"), "L") if pair == "G" else (("I01.BMP", "i01_01_5.bmp"), "RGB"))
+    ref, x = (load_image(shared_file(f"images/piq_assets/{f}"), mode=mode) for f in files)
+    with torch.no_grad():
+        assert 1 - 2 * create_metric("ms_ssim", scales=scales)(ref, x).item() == pytest.approx(tf_value, abs=5e-5)
+
+
 def test_ms_ssim_rejects_too_small_images():
     ref = torch.zeros(1, 3, 32, 32)
     with pytest.raises(ValueError, match="ms_ssim: images of .* too small"):
