@@ -110,6 +110,41 @@ class Distance(nn.Module):
         return self._distance(ctx, x)
 
 
+class EmbeddingDistance(Distance):
+    """``1 - cos`` of image embeddings (DreamSim, CLIP, LipSim): subclasses implement :meth:`embed`; a bound
+    distance embeds the references once."""
+
+    cosine_eps: float = 1e-8  # torch's default; LipSim's authors use 1e-6
+
+    def embed(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """(B, D) embedding of images in [-1, 1]."""
+        raise NotImplementedError
+
+    def cosine_distance(self, a: Tensor, b: Tensor) -> Tensor:
+        return 1 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=self.cosine_eps)
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return self.cosine_distance(self.embed(ref), self.embed(x))
+
+    def _prepare(self, ref: Tensor) -> Tensor:
+        return self.embed(ref)
+
+    def _distance_prepared(self, ctx: Tensor, x: Tensor) -> Tensor:
+        return self.cosine_distance(ctx, self.embed(x))
+
+
+def register_learned(name: str, build, doc: str) -> None:
+    """Register ``name`` as a factory ``(pretrained=True, weights_dir=None) -> build(pretrained, weights_dir)`` with
+    the docstring ``doc`` (what the metric table shows): one call per member of a family of released checkpoints."""
+    from lit_attacks.metrics.registry import METRICS
+
+    def factory(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
+        return build(pretrained, weights_dir)
+
+    factory.__name__, factory.__doc__ = name, doc
+    METRICS.register(name)(factory)
+
+
 def expected_distances(metric: Distance, ref: Tensor, xs, draws: int) -> list:
     """[(B,) mean over ``draws`` calls of ``d(ref, x)`` for each x in ``xs``]. All images of one call share the
     metric's random draw (common random numbers), so differences between the xs are estimated with less

@@ -34,11 +34,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_attacks.metrics.base import Distance, to01
-from lit_attacks.metrics.registry import METRICS
+from lit_attacks.metrics.base import EmbeddingDistance, register_learned, to01
 from lit_attacks.metrics.vit import IMAGENET, OPENAI_CLIP, ViT, pil_bicubic
 from lit_attacks.metrics.weights import _load, released_archive, released_file
 
@@ -115,7 +113,7 @@ def lora_update(folder: Path, metric: str) -> Tuple[float, Dict[str, Tensor]]:
     return scaling, {k.replace(".default.", "."): v for k, v in sd.items()}
 
 
-class DreamSimDistance(Distance):
+class DreamSimDistance(EmbeddingDistance):
     """DreamSim: ``1 - cos`` of the centred, unit-norm concatenated ViT features of ``ref`` and ``x``.
 
     Args:
@@ -201,19 +199,6 @@ class DreamSimDistance(Distance):
         """(B, D) embedding of images in [-1, 1] of any size."""
         return self.embed224(pil_bicubic(to01(x)))
 
-    @staticmethod
-    def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-        return 1 - F.cosine_similarity(a, b, dim=-1)
-
-    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
-        return self.cosine_distance(self.embed(ref), self.embed(x))
-
-    def _prepare(self, ref: Tensor) -> Tensor:
-        return self.embed(ref)
-
-    def _distance_prepared(self, ctx: Tensor, x: Tensor) -> Tensor:
-        return self.cosine_distance(ctx, self.embed(x))
-
 
 _CALIBRATED = ("the dreamsim package 0.2.1 (its peft LoRA, its PIL preprocessing) on generated releases of the same "
                "shapes: embeddings within 1e-6 on the same 224 px input, distances within 3e-4 from the 64 px and 256 px "
@@ -222,13 +207,9 @@ _DINO = "Facebook's DINO ViT-B/16 checkpoint (Apache-2.0)"
 
 
 def _register(name: str, variant: str, what: str, contents: str) -> None:
-    def factory(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
-        return DreamSimDistance(variant, pretrained, weights_dir)
-
-    factory.__name__ = name
-    factory.__doc__ = (f"{what}\n\n    Distance: as is (1 - cosine similarity of the embeddings, in [0, 2]). Weights: "
-                       f"{contents}, downloaded and cached, never redistributed. Calibrated: {_CALIBRATED}.\n    ")
-    METRICS.register(name)(factory)
+    register_learned(name, lambda pretrained, weights_dir: DreamSimDistance(variant, pretrained, weights_dir),
+                     f"{what}\n\n    Distance: as is (1 - cosine similarity of the embeddings, in [0, 2]). Weights: "
+                     f"{contents}, downloaded and cached, never redistributed. Calibrated: {_CALIBRATED}.\n    ")
 
 
 _register("dreamsim", "ensemble", "DreamSim (Fu et al. 2023): DINO, CLIP and OpenCLIP ViT-B/16 with LoRA tuned on NIGHTS "

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_attacks.metrics.base import Distance, to01
-from lit_attacks.metrics.registry import METRICS
+from lit_attacks.metrics.base import EmbeddingDistance, register_learned, to01
 from lit_attacks.metrics.vit import pil_bicubic
 from lit_attacks.metrics.weights import released_weights
 
@@ -125,7 +124,7 @@ def network_state(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
-class LipSimDistance(Distance):
+class LipSimDistance(EmbeddingDistance):
     """LipSim: ``1 - cos`` of 1-Lipschitz embeddings of the images resized to 224 px.
 
     Args:
@@ -133,6 +132,8 @@ class LipSimDistance(Distance):
         pretrained: False keeps random SLL layers (labelled; tests and timing only).
         weights_dir: folder searched first for the checkpoint file.
     """
+
+    cosine_eps = 1e-6  # the authors' nn.CosineSimilarity(eps=1e-6)
 
     def __init__(self, checkpoint: str = "lipsim", pretrained: bool = True, weights_dir: Optional[str] = None) -> None:
         super().__init__()
@@ -151,19 +152,6 @@ class LipSimDistance(Distance):
         """(B, 1792) embedding of images in [-1, 1] of any size."""
         return self.net(pil_bicubic(to01(x)))
 
-    @staticmethod
-    def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-        return 1 - F.cosine_similarity(a, b, dim=-1, eps=1e-6)  # the authors' nn.CosineSimilarity(eps=1e-6)
-
-    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
-        return self.cosine_distance(self.embed(ref), self.embed(x))
-
-    def _prepare(self, ref: Tensor) -> Tensor:
-        return self.embed(ref)
-
-    def _distance_prepared(self, ctx: Tensor, x: Tensor) -> Tensor:
-        return self.cosine_distance(ctx, self.embed(x))
-
 
 _CALIBRATED = ("the authors' own network code (SaraGhazanfari/lipsim at 58fe73e, its L2LipschitzNetwork, NormalizedModel "
                "and PerceptualMetric) on a generated checkpoint of the 'small' shapes: embeddings within 1e-5 relative "
@@ -171,14 +159,10 @@ _CALIBRATED = ("the authors' own network code (SaraGhazanfari/lipsim at 58fe73e,
 
 
 def _register(name: str, what: str) -> None:
-    def factory(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
-        return LipSimDistance(name, pretrained, weights_dir)
-
-    factory.__name__ = name
-    factory.__doc__ = (f"{what}\n\n    Distance: as is (1 - cosine similarity of the embeddings, in [0, 2]). Weights: "
-                       f"the authors' checkpoint on Google Drive (SaraGhazanfari/lipsim; no licence file: downloaded "
-                       f"and cached, never redistributed). Calibrated: {_CALIBRATED}.\n    ")
-    METRICS.register(name)(factory)
+    register_learned(name, lambda pretrained, weights_dir: LipSimDistance(name, pretrained, weights_dir),
+                     f"{what}\n\n    Distance: as is (1 - cosine similarity of the embeddings, in [0, 2]). Weights: "
+                     f"the authors' checkpoint on Google Drive (SaraGhazanfari/lipsim; no licence file: downloaded "
+                     f"and cached, never redistributed). Calibrated: {_CALIBRATED}.\n    ")
 
 
 _register("lipsim", "LipSim (Ghazanfari et al. 2024): 1-Lipschitz SLL network distilled from DreamSim and fine-tuned on "

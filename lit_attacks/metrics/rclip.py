@@ -18,12 +18,10 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lit_attacks.metrics.base import Distance, to01
+from lit_attacks.metrics.base import EmbeddingDistance, register_learned, to01
 from lit_attacks.metrics.convnext import ConvNeXtTower
-from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.vit import OPENAI_CLIP, ViT, resize_center_crop
 from lit_attacks.metrics.weights import released_weights
 
@@ -66,7 +64,7 @@ def from_open_clip(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
-class CLIPDistance(Distance):
+class CLIPDistance(EmbeddingDistance):
     """``1 - cos`` of OpenCLIP image embeddings: ViT-B/16 (``ln_post`` of the class token times ``proj``) or
     ConvNeXt-B (average pool, LayerNorm, linear projection).
 
@@ -103,19 +101,6 @@ class CLIPDistance(Distance):
         """(B, D) embedding of images in [-1, 1] of any size (not normalised)."""
         return self.embed224(resize_center_crop(to01(x), RESIZE[self.arch], 224))
 
-    @staticmethod
-    def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-        return 1 - F.cosine_similarity(a, b, dim=-1)
-
-    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
-        return self.cosine_distance(self.embed(ref), self.embed(x))
-
-    def _prepare(self, ref: Tensor) -> Tensor:
-        return self.embed(ref)
-
-    def _distance_prepared(self, ctx: Tensor, x: Tensor) -> Tensor:
-        return self.cosine_distance(ctx, self.embed(x))
-
 
 _CALIBRATED = ("OpenCLIP 3.3 (its image tower loaded strictly with the checkpoint, its preprocessing as the authors' "
                "eval.py sets it) on generated weights: embeddings within 1e-5 on its input, distances within 3e-4 "
@@ -124,13 +109,9 @@ _SHARE = "(Tübingen Nextcloud share of fra31/perceptual-metrics; no licence fil
 
 
 def _register(name: str, what: str, weights: str) -> None:
-    def factory(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
-        return CLIPDistance(name, pretrained, weights_dir)
-
-    factory.__name__ = name
-    factory.__doc__ = (f"{what}\n\n    Distance: as is (1 - cosine similarity of the image embeddings, in [0, 2]). "
-                       f"Weights: {weights}. Calibrated: {_CALIBRATED}.\n    ")
-    METRICS.register(name)(factory)
+    register_learned(name, lambda pretrained, weights_dir: CLIPDistance(name, pretrained, weights_dir),
+                     f"{what}\n\n    Distance: as is (1 - cosine similarity of the image embeddings, in [0, 2]). "
+                     f"Weights: {weights}. Calibrated: {_CALIBRATED}.\n    ")
 
 
 for _tower, _net in (("convnext", "ConvNeXt-B (convnext_base_w, the paper's best)"), ("vitb16", "ViT-B/16")):
