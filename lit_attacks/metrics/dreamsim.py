@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from lit_attacks.metrics.base import EmbeddingDistance, register_learned, to01
 from lit_attacks.metrics.vit import IMAGENET, OPENAI_CLIP, ViT, pil_bicubic
-from lit_attacks.metrics.weights import _load, released_archive, released_file
+from lit_attacks.metrics.weights import _load, load_exactly, released_archive, released_file
 
 # backbone -> (patch size, (mean, std), kind); kind sets the conversion the package applies
 BACKBONES: Dict[str, Tuple[int, tuple, str]] = {
@@ -165,10 +165,7 @@ class DreamSimDistance(EmbeddingDistance):
 
     def _load_backbone(self, i: int, sd: Dict[str, Tensor], name: str) -> None:
         sd = {k: v for k, v in sd.items() if k not in ("head.weight", "head.bias")}  # DINO: an empty classifier
-        missing, unexpected = self.vits[i].load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"{name}: {self.spec[i][0]} weights do not match ViT-B "
-                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        load_exactly(self.vits[i], sd, f"{name}: {self.spec[i][0]} weights do not match ViT-B")
 
     def _merge_lora(self, scaling: float, adapter: Dict[str, Tensor], name: str, where: Path) -> None:
         left = dict(adapter)
@@ -189,8 +186,7 @@ class DreamSimDistance(EmbeddingDistance):
         feats: List[Tensor] = []
         for i, (vit, (_, feat)) in enumerate(zip(self.vits, self.spec)):
             tokens = vit((x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}"))
-            cls = tokens[:, 0]
-            feats.append(cls if feat == "cls" else vit.norm(cls) @ vit.proj)
+            feats.append(tokens[:, 0] if feat == "cls" else vit.clip_embedding(tokens))
         e = torch.cat(feats, dim=-1)
         e = e - e.mean(dim=-1, keepdim=True)
         return e / e.norm(dim=-1, keepdim=True)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from lit_attacks.metrics.base import Distance, to01
 from lit_attacks.metrics.registry import METRICS
-from lit_attacks.metrics.weights import backbone_features
+from lit_attacks.metrics.weights import backbone_features, load_exactly
 
 # The authors' linear weights (elpips/vgg_full_avg.npy at mkettune/elpips 9192007, BSD-2: shipped with its licence,
 # data/ELPIPS_LICENSE, as lpips ships its heads), checked by sha256 before it is read.
@@ -216,7 +216,7 @@ class ELPIPSDistance(Distance):
         self.net = ELPIPSNet()
         if pretrained:
             feats = backbone_features("elpips_vgg", "vgg16", weights_dir)
-            self.net.convs.load_state_dict({k: v for k, v in feats.items()}, strict=True)
+            load_exactly(self.net.convs, feats, "elpips_vgg: the VGG16 features do not match its convolutions")
         self.lins = nn.ParameterList([nn.Parameter(v) for v in linear_weights(LIN_PATH)])
         self.generator = torch.Generator().manual_seed(seed)
         self.fixed = [Transform(self.generator, scale_levels) for _ in range(n)] if deterministic else None

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from lit_attacks.metrics.base import EmbeddingDistance, register_learned, to01
 from lit_attacks.metrics.vit import pil_bicubic
-from lit_attacks.metrics.weights import released_weights
+from lit_attacks.metrics.weights import load_exactly, released_weights
 
 # the "small" model of the authors' main.py: depth, channels, linear depth, linear features, conv inner channels
 DEPTH, CHANNELS, DEPTH_LINEAR, FEATURES, CONV_INNER, EMBED = 20, 45, 7, 1024, 5, 1792
@@ -97,9 +97,9 @@ class LipSimNet(nn.Module):
         self.convs = nn.Sequential(*[SLLConv(CHANNELS, CONV_INNER) for _ in range(DEPTH)],
                                    nn.AvgPool2d(4, divisor_override=4), nn.AvgPool2d(4, divisor_override=4))
         self.linear = nn.Sequential(nn.Flatten(), *[SLLLinear(CHANNELS * 14 * 14, FEATURES) for _ in range(DEPTH_LINEAR)])
-        self.rescale()
 
     def rescale(self) -> None:
+        """Compute every layer's rescaling from its (frozen) weights: once, after they are loaded."""
         for m in self.modules():
             if isinstance(m, (SLLConv, SLLLinear)):
                 m.rescale()
@@ -142,11 +142,8 @@ class LipSimDistance(EmbeddingDistance):
         if pretrained:
             fname, drive_id = CHECKPOINTS[checkpoint]
             sd = network_state(released_weights(checkpoint, fname, _DRIVE.format(drive_id), weights_dir))
-            missing, unexpected = self.net.load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                raise RuntimeError(f"{checkpoint}: {fname} is not the authors' LipSim 'small' network "
-                                   f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-            self.net.rescale()
+            load_exactly(self.net, sd, f"{checkpoint}: {fname} is not the authors' LipSim 'small' network")
+        self.net.rescale()
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, 1792) embedding of images in [-1, 1] of any size."""

@@ -23,7 +23,7 @@ from torch import Tensor
 from lit_attacks.metrics.base import EmbeddingDistance, register_learned, to01
 from lit_attacks.metrics.convnext import ConvNeXtTower
 from lit_attacks.metrics.vit import OPENAI_CLIP, ViT, resize_center_crop
-from lit_attacks.metrics.weights import released_weights
+from lit_attacks.metrics.weights import load_exactly, released_weights
 
 _NEXTCLOUD = "https://nc.mlcloud.uni-tuebingen.de/index.php/s/{}/download"  # the README's share links, as files
 CHECKPOINTS = {
@@ -84,18 +84,15 @@ class CLIPDistance(EmbeddingDistance):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         if pretrained:
             sd = from_open_clip(released_weights(checkpoint, fname, url, weights_dir))
-            missing, unexpected = self.tower.load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                kind = "ViT-B/16" if self.arch == "vit" else "ConvNeXt-B (convnext_base_w)"
-                raise RuntimeError(f"{checkpoint}: {fname} is not an OpenCLIP {kind} image tower "
-                                   f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+            kind = "ViT-B/16" if self.arch == "vit" else "ConvNeXt-B (convnext_base_w)"
+            load_exactly(self.tower, sd, f"{checkpoint}: {fname} is not an OpenCLIP {kind} image tower")
 
     def embed224(self, x: Tensor) -> Tensor:
         """(B, D) embedding of images in [0, 1] at 224 x 224 (not normalised)."""
         x = (x - self.mean) / self.std
         if self.arch == "convnext":
             return self.tower(x)
-        return self.tower.norm(self.tower(x)[:, 0]) @ self.tower.proj
+        return self.tower.clip_embedding(self.tower(x))
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, D) embedding of images in [-1, 1] of any size (not normalised)."""

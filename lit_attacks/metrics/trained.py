@@ -10,6 +10,7 @@ import torch
 from lit_attacks.metrics.base import Distance
 from lit_attacks.metrics.lpips import ARCH, LPIPSDistance
 from lit_attacks.metrics.registry import METRICS
+from lit_attacks.metrics.weights import load_exactly
 from lit_attacks.quiet import third_party_warnings_silenced
 
 CHECKPOINT_KIND = "lit_attacks.trainable_lpips"
@@ -76,10 +77,7 @@ def load_trained_lpips(path: str | Path) -> TrainedLPIPSDistance:
         model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     prefix = "model."
     sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"rlpips: {path}: state dict does not match LPIPS-{net} "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    load_exactly(model, sd, f"rlpips: {path}: state dict does not match LPIPS-{net}", CheckpointError)
     return TrainedLPIPSDistance(model, net, pretrained=bool(meta.get("pretrained_backbone", True)))
 
 

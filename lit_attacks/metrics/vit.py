@@ -107,6 +107,11 @@ class ViT(nn.Module):
         if clip:
             self.proj = nn.Parameter(torch.randn(dim, 512) * dim ** -0.5)
 
+    def clip_embedding(self, tokens: Tensor) -> Tensor:
+        """(B, 512): CLIP's image embedding from :meth:`forward`'s tokens, the final LayerNorm of the class token
+        times ``proj`` (CLIP kinds only)."""
+        return self.norm(tokens[:, 0]) @ self.proj
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, 224, 224) normalised -> (B, 1 + patches, dim) tokens of the last block (before ``norm``)."""
         t = self.patch_embed(x)

@@ -178,6 +178,14 @@ def released_weights(metric: str, fname: str, url: str, weights_dir: Optional[st
     return _load(released_file(metric, fname, url, weights_dir, sha256, aliases))
 
 
+def load_exactly(module: torch.nn.Module, sd: Dict[str, torch.Tensor], what: str, error: type = RuntimeError) -> None:
+    """Load ``sd`` into ``module``; a missing or unexpected key raises ``error`` with ``what`` (the metric and the
+    file) and the first keys of each kind, instead of torch's message that names neither."""
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise error(f"{what} (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
 def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor], metric: str) -> None:
     """Copy a features state dict into LPIPS' sliced backbone (``slice2.3.weight`` is ``3.weight``)."""
     own = {name.split(".", 1)[1]: p for name, p in net.named_parameters()}
