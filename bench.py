@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, validate
+from lit_attacks.bench.devices import RunError
+from lit_attacks.safe_files import InputError
 from lit_attacks.tables import tables
 
 
@@ -68,10 +70,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return flags
 
 
-def fail(msg: str) -> None:
+def fail(msg: str, code: int = 2) -> None:
     print(f"bench.py: error: {msg}", file=sys.stderr)
     release_lock()
-    sys.exit(2)
+    sys.exit(code)
 
 
 def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
@@ -90,93 +92,56 @@ def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def resolve_devices(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Lightning Trainer device arguments from gpus / accelerator / devices / strategy / num_nodes."""
-    import torch
+    """Lightning Trainer device arguments (see :mod:`lit_attacks.bench.devices`); one-line errors."""
+    from lit_attacks.bench.devices import check_trainer, resolve_devices as resolve
 
-    visible = torch.cuda.device_count()
-    if cfg["accelerator"] is not None:
-        acc, dev = cfg["accelerator"], cfg["devices"] or 1
-    elif cfg["gpus"] is not None:
-        if cfg["gpus"] > visible:
-            shown = os.environ.get("CUDA_VISIBLE_DEVICES")
-            fail(f"--gpus {cfg['gpus']}: only {visible} GPU(s) visible"
-                 + (f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else "") + "; use --gpus 0 for the CPU")
-        acc, dev = ("gpu", cfg["gpus"]) if cfg["gpus"] > 0 else ("cpu", cfg["devices"] or 1)
-    else:
-        acc, dev = ("gpu", 1) if visible else ("cpu", cfg["devices"] or 1)
-    strategy = cfg["strategy"]
-    if strategy == "auto" and dev * cfg["num_nodes"] > 1:
-        strategy = "ddp"
-    return {"accelerator": acc, "devices": dev, "strategy": strategy, "num_nodes": cfg["num_nodes"]}
+    try:
+        devices = resolve(cfg)
+        check_trainer(devices)
+    except ConfigError as e:
+        fail(str(e))
+    return devices
 
 
-LOCK_NAME = ".bench.lock"
-_LOCK: Dict[str, Any] = {}  # the open, locked file of this process's run, its folder and the folders made for it
+LOCK_NAME = ".bench.lock"  # as lit_attacks.bench.folder.LOCK_NAME
+_LOCK: Dict[str, Any] = {}  # this process's RunLock and ResultsFolder, while its run lives
 
 
 def lock_out(out: Path) -> None:
     """One bench run at a time per results folder: the run's first process (rank 0; its DDP ranks share the
-    run) holds an exclusive lock on ``out/.bench.lock`` until it exits or its next run starts. A second run on
-    the same folder would interleave cells and, at its end, remove the files the first one's cells produced.
-    Folders made only to hold the lock are removed again by :func:`release_lock` if the run does nothing."""
+    run) holds an exclusive lock on ``out/.bench.lock`` until it exits or its next run starts, then claims
+    the folder (:class:`lit_attacks.bench.folder.ResultsFolder`: a new, empty or bench-made folder, no
+    symlink where bench writes) and checks it is writable. A second run on the same folder would interleave
+    cells and remove the files the first one's cells produced."""
     import atexit
-    import fcntl
+
+    from lit_attacks.bench.folder import FolderError, ResultsFolder, RunLock, SUBFOLDERS
 
     release_lock()  # an earlier main() of this process (tests, notebooks) is over
-    created = [p for p in [out, *out.parents] if not p.exists()]
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / LOCK_NAME, "a+")
-    _LOCK.update(file=f, out=out, created=created)
+    lock = RunLock(out)
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        _LOCK.clear()
-        f.close()
-        fail(f"results folder {out} is in use by another bench run (pid {holder}); wait for it to finish or "
-             "choose another --out")
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+        lock.acquire()
+    except FolderError as e:
+        fail(str(e))
+    _LOCK.update(lock=lock, folder=ResultsFolder(out))
     atexit.register(release_lock)
+    if lock.replaced:
+        print(f"bench.py: note: took over the lock of {out} left by pid {lock.replaced}, which is no longer running",
+              file=sys.stderr)
+    try:
+        _LOCK["folder"].claim()
+        _LOCK["folder"].check_writable(SUBFOLDERS)
+    except FolderError as e:
+        fail(str(e))
 
 
 def release_lock() -> None:
-    """Release this process's results-folder lock; a folder made for it that holds nothing else is removed."""
-    f = _LOCK.pop("file", None)
-    if f is None:
-        return
-    out, created = _LOCK.pop("out"), _LOCK.pop("created")
-    if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:  # the run did nothing: leave nothing
-        (out / LOCK_NAME).unlink()
-        for p in created:
-            if p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
-    f.close()
-
-
-def check_out(out: Path) -> None:
-    """The results folder (and the subfolders a run writes into) must be writable, and a folder that already
-    holds files must be a bench results folder: a run removes the earlier run's outputs it replaces."""
-    from lit_attacks.bench.runner import MANAGED_DIRS
-
-    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) \
-            and not ((out / "cells").is_dir() or (out / "summary.json").is_file()):
-        fail(f"results folder {out} holds other files and no bench run (no cells/ or summary.json); "
-             "choose a new or empty folder")
-    created = [p for p in [out, *out.parents] if not p.exists()]  # made for the probe, removed after it:
-    for d in [out] + [out / sub for sub in ("cells",) + MANAGED_DIRS if (out / sub).exists()]:  # a run that
-        try:                                                                  # fails before any work leaves nothing
-            d.mkdir(parents=True, exist_ok=True)
-            probe = d / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            fail(f"results folder {d} is not writable: {e.strerror or e}")
-    for p in created:
-        p.rmdir()
+    """Release this process's results-folder lock; a folder made for the run that holds nothing else is removed."""
+    lock, folder = _LOCK.pop("lock", None), _LOCK.pop("folder", None)
+    if lock is not None:
+        rest = [p.name for p in lock.out.iterdir() if p.name not in (LOCK_NAME, ".bench-manifest.json")] \
+            if lock.out.is_dir() else []
+        lock.release(leave_nothing=not rest and not (folder is not None and folder.files))
 
 
 def end_distributed() -> None:
@@ -204,18 +169,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(cfg["out"])
     if cfg["data"] is not None and not Path(cfg["data"]).expanduser().is_dir():
         fail(f"--data {cfg['data']}: no such folder")
-    check_out(out)
 
     from pytorch_lightning.utilities import rank_zero_only
 
+    is_zero = rank_zero_only.rank == 0
+    if is_zero and os.environ.get("NODE_RANK", "0") == "0":  # the run's first process only
+        lock_out(out)
+    try:
+        return run(cfg, devices, out, flags, is_zero)
+    except KeyboardInterrupt:
+        if is_zero:
+            print(f"\nbench.py: interrupted. Completed cells are saved in {out / 'cells'}; run the same command "
+                  "again to resume from there.", file=sys.stderr)
+        return 130
+    except InputError as e:  # bad data, config, weights or folder
+        fail(str(e))
+    except RunError as e:
+        fail(str(e), code=1)
+    except OSError as e:  # a full disk, a folder made read-only midway, ...
+        where = e.filename or "a results or cache file"
+        fail(f"{where}: {e.strerror or e}; the run stopped: completed cells are kept in {out / 'cells'} (no summary "
+             "was written); fix this and run the same command again to resume", code=1)
+    return 1
+
+
+def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str, Any], is_zero: bool) -> int:
     from lit_attacks.datamodules.bapps import BappsDataModule
     from lit_attacks.datamodules.tree import BappsDataError
     from lit_attacks.bench.cells import CellStore
     from lit_attacks.bench.runner import Bench
 
-    is_zero = rank_zero_only.rank == 0
-    if is_zero and os.environ.get("NODE_RANK", "0") == "0":  # the run's first process only
-        lock_out(out)
     fresh = bool(flags.get("fresh"))
     cats = cfg["categories"]
     dm_kw = dict(data=cfg["data"], split=cfg["split"], categories=cats, batch_size=cfg["batch_size"],
@@ -225,8 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dm_attack = BappsDataModule(unanimous_only=True, **dm_kw)
     try:
         source = dm_all.describe()
-    except BappsDataError as e:
-        fail(str(e))
+    except BappsDataError:
+        raise
     except OSError as e:
         fail(f"{e.filename or 'the data cache'}: {e.strerror or e} (the cache folder is $LIT_ATTACKS_CACHE, "
              f"default ~/.cache/lit_attacks)")
@@ -238,19 +221,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     pl.seed_everything(cfg["seed"], verbose=False)
     bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=fresh),
-                  quiet=quiet, is_zero=is_zero)
-    try:
-        bench.run_all()
-        end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
-        if bench.is_zero:
-            bench.finish()
-    except (BappsDataError, ConfigError) as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        if is_zero:
-            print(f"\nbench.py: interrupted. Completed cells are saved in {out / 'cells'}; run the same command "
-                  "again to resume from there.", file=sys.stderr)
-        return 130
+                  quiet=quiet, is_zero=is_zero, folder=_LOCK.get("folder"))
+    bench.run_all()
+    end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
+    if bench.is_zero:
+        bench.finish()
     return 0
 
 

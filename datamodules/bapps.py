@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -24,6 +23,7 @@ from lit_attacks.datamodules.shards import (INDEX, HashCache, SkipLog, content_f
                                             verify_shards, write_shards)
 from lit_attacks.datamodules.synthetic import builtin_shards
 from lit_attacks.datamodules.tree import BappsDataError, scan_tree
+from lit_attacks.safe_files import component, walk_files
 
 
 def is_unanimous(judge: float) -> bool:
@@ -43,13 +43,9 @@ def _tree_fingerprint(root: Path, split: str) -> str:
     """Path, size, mtime, ctime and inode of every file of the split, following symlinked folders. ctime
     changes on every write, so edits that put back the size and mtime (cp -p, rsync -a, tar x) are seen."""
     h = hashlib.sha1(str(root.resolve()).encode())
-    base = root / "2afc" / split
-    for dirpath, dirnames, filenames in sorted(os.walk(base, followlinks=True)):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            st = p.stat()
-            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
+    for p in walk_files(root / "2afc" / split, f"BAPPS tree {root}", BappsDataError):  # ends: loops are errors
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
     return h.hexdigest()[:16]
 
 
@@ -63,6 +59,7 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
     lit_attacks.datamodules.bapps builtin`` writes it), or a BAPPS tree root holding ``2afc/`` (converted
     once to shards in the cache, again when the tree changes). ``refresh`` rebuilds generated shards.
     """
+    component(split, "split", BappsDataError)  # it becomes a folder name in the cache and the data folder
     if data is None:
         return builtin_shards(cache_dir, n_per_category=builtin_n, seed=seed, split=split, progress=progress,
                               refresh=refresh, kind=builtin)
@@ -96,6 +93,12 @@ def expected_keys(folder: Path) -> Dict[str, List[str]]:
     return {str(folder / s["name"]): s["keys"] for s in read_index(folder)["shards"] if "keys" in s}
 
 
+def index_compression(folder: Path) -> Dict[str, str]:
+    """Shard path -> the compression its index entry declares (only shards that declare one)."""
+    folder = Path(folder).resolve()
+    return {str(folder / s["name"]): s["compression"] for s in read_index(folder)["shards"] if s.get("compression")}
+
+
 def index_judges(folder: Path) -> Dict[str, List[float]]:
     """Shard path -> the judges its index lists (indexes written before judges were recorded have none)."""
     folder = Path(folder).resolve()
@@ -126,14 +129,15 @@ class ShardStream(IterableDataset):
     def __init__(self, urls: Sequence[str], keep: Callable[[dict], bool], size: int = 64, rank: int = 0,
                  world_size: int = 1, split_by: str = "auto", skip_bad: bool = False, validate: Callable = None,
                  decode: Callable = None, expected: Optional[Dict[str, List[str]]] = None,
-                 judges: Optional[Dict[str, List[float]]] = None) -> None:
+                 judges: Optional[Dict[str, List[float]]] = None,
+                 compression: Optional[Dict[str, str]] = None) -> None:
         if split_by not in ("auto", "shard", "sample"):
             raise ValueError(f"split_by must be 'auto', 'shard' or 'sample', got {split_by!r}")
         self.urls, self.keep, self.size = list(urls), keep, size
         self.rank, self.world_size, self.split_by = rank, world_size, split_by
         self.skip = SkipLog() if skip_bad else None
         self.validate, self.decode = validate, decode
-        self.expected, self.judges = expected or {}, judges or {}
+        self.expected, self.judges, self.compression = expected or {}, judges or {}, compression or {}
         self._kept: Optional[List[int]] = None
         self.limit: Optional[int] = None  # samples per (rank, worker) slot; set for DDP training (equal shares)
 
@@ -143,7 +147,7 @@ class ShardStream(IterableDataset):
         slots, slot = self.world_size * workers, self.rank * workers + wid
         by_shard = self.split_by == "shard" or (self.split_by == "auto" and len(self.urls) >= slots)
         it = iter(stream(self.urls, self.keep, self.size, slot, slots, by_shard, self.skip, self.validate, self.decode,
-                         self.expected))
+                         self.expected, self.compression))
         return it if self.limit is None else itertools.islice(it, self.limit)
 
     def count(self) -> int:
@@ -163,7 +167,7 @@ class ShardStream(IterableDataset):
                                     for k, j in zip(keys, judges)))
                 else:
                     kept.append(sum(1 for _ in stream([url], self.keep, self.size, 0, 1, False, self.skip,
-                                                      self.validate, undecoded, self.expected)))
+                                                      self.validate, undecoded, self.expected, self.compression)))
             self._kept = kept
         return self._kept
 
@@ -252,7 +256,7 @@ class BappsDataModule(pl.LightningDataModule):
         folder = self.shard_folder(split)
         return ShardStream(shard_urls(folder, self.hashes), self.keep, self.hparams.load_size, rank, world,
                            self.hparams.split_by, self.hparams.skip_bad, expected=expected_keys(folder),
-                           judges=index_judges(folder))
+                           judges=index_judges(folder), compression=index_compression(folder))
 
     def _loader(self, split: Optional[str] = None) -> DataLoader:
         return ShardLoader(self.dataset(split), batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)

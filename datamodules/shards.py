@@ -15,19 +15,23 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 from PIL import Image
 from tqdm import tqdm
 
-from lit_attacks.datamodules.tree import BappsDataError, TreeSample, check_judge, check_key, check_triplet_sizes, decode_png, read_judge
+from lit_attacks.datamodules.tar_reader import MAX_PNG_BYTES, group_samples, iter_members, open_shard, scan_shard
+from lit_attacks.datamodules.tree import (BappsDataError, TreeSample, check_judge, check_key, check_triplet_sizes,
+                                          decode_png, parse_judge_text, read_judge)
+from lit_attacks.safe_files import InputError, open_regular, read_regular, read_text
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
+MAX_INDEX_BYTES = 256 << 20  # an index of a few million samples
+COMPRESSIONS = ("gzip",)
 MEMBERS = ("ref.png", "p0.png", "p1.png", "judge.txt")
 
 
@@ -64,7 +68,8 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
         tmp = out / (name + ".tmp")
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for s in chunk:
-                blobs = {m: getattr(s, m).read_bytes() for m in ("ref", "p0", "p1")}
+                blobs = {m: read_regular(getattr(s, m), f"image", MAX_PNG_BYTES, BappsDataError)
+                         for m in ("ref", "p0", "p1")}
                 imgs = [(m, decode_png(b, f"{getattr(s, m)}")) for m, b in blobs.items()]
                 check_triplet_sizes(imgs, f"sample {s.key}")
                 judge = read_judge(s.judge, f"{s.judge}")
@@ -84,8 +89,9 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
 
 
 def sha256(path: Path) -> str:
+    """sha256 of a regular file (a FIFO or device is refused, never read forever)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "file") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -106,17 +112,18 @@ def check_shard_name(name: Any, where: str) -> str:
 
 def read_index(folder: str | Path) -> dict:
     """The shard index of ``folder``, checked: an object with a ``shards`` list of plain local file names,
-    each key in one shard only. Without ``index.json`` the folder's ``*.tar`` files, sorted, with no keys."""
+    each key in one shard only, judges real numbers in [0, 1], one per key. Without ``index.json`` the
+    folder's ``*.tar`` files, sorted, with no keys."""
     p = Path(folder) / INDEX
-    if not p.is_file():
+    if not p.exists():
         tars = sorted(Path(folder).glob("*.tar"))
         if not tars:
             raise BappsDataError(f"no shards in {folder}: neither {INDEX} nor *.tar files")
         return {"format": 1, "split": None, "count": None,
                 "shards": [{"name": check_shard_name(t.name, str(folder))} for t in tars]}
     try:
-        index = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        index = json.loads(read_text(p, "shard index", MAX_INDEX_BYTES, BappsDataError))
+    except json.JSONDecodeError as e:
         raise BappsDataError(f"{p}: corrupt index ({e})") from e
     if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
         raise BappsDataError(f"{p}: not a shard index (expected an object with a 'shards' list)")
@@ -125,20 +132,34 @@ def read_index(folder: str | Path) -> dict:
         if not isinstance(entry, dict):
             raise BappsDataError(f"{p}: every entry of 'shards' must be an object with a 'name', got {entry!r}")
         name = check_shard_name(entry.get("name"), str(p))
-        keys = entry.get("keys")
-        if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
-            raise BappsDataError(f"{p}: 'keys' of shard {name} must be a list of strings")
-        judges = entry.get("judges")
-        if judges is not None and (not isinstance(judges, list) or len(judges) != len(keys or [])):
-            raise BappsDataError(f"{p}: 'judges' of shard {name} must be a list with one judge per key")
-        for k in keys or []:
+        _check_entry(p, name, entry)
+        for k in entry.get("keys") or []:
             if k in owner:
                 raise BappsDataError(f"{p}: sample {k} is in two shards, {owner[k]} and {name}")
             owner[k] = name
-        for field, kind in (("count", int), ("size", int), ("sha256", str)):
-            if field in entry and not isinstance(entry[field], kind):
-                raise BappsDataError(f"{p}: {field!r} of shard {name} must be a {kind.__name__}")
     return index
+
+
+def _check_entry(p: Path, name: str, entry: dict) -> None:
+    keys = entry.get("keys")
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+        raise BappsDataError(f"{p}: 'keys' of shard {name} must be a list of strings")
+    judges = entry.get("judges")
+    if judges is not None:
+        if not isinstance(judges, list) or len(judges) != len(keys or []):
+            raise BappsDataError(f"{p}: 'judges' of shard {name} must be a list with one judge per key")
+        for k, j in zip(keys, judges):
+            if isinstance(j, bool) or not isinstance(j, (int, float)):
+                raise BappsDataError(f"{p}: judge of {k} in shard {name} must be a number, got {j!r}")
+            check_judge(j, f"{p}, {k}")
+    for field, kind in (("count", int), ("size", int), ("sha256", str)):
+        if field in entry and (not isinstance(entry[field], kind) or isinstance(entry[field], bool)):
+            raise BappsDataError(f"{p}: {field!r} of shard {name} must be a {kind.__name__}")
+    if "count" in entry and keys is not None and entry["count"] != len(keys):
+        raise BappsDataError(f"{p}: shard {name} records count {entry['count']} but lists {len(keys)} keys")
+    if entry.get("compression") not in (None,) + COMPRESSIONS:
+        raise BappsDataError(f"{p}: compression of shard {name} must be one of {', '.join(COMPRESSIONS)}, "
+                             f"got {entry['compression']!r}")
 
 
 def _stat_key(path: Path) -> str:
@@ -153,6 +174,7 @@ class HashCache:
     def __init__(self, cache_dir: Path, fresh: bool = False) -> None:
         self.path = Path(cache_dir) / "sha256.json"
         self.fresh = fresh
+        self.scanned: Dict[str, List[Tuple[str, Optional[float]]]] = {}
         try:
             self.known = {} if fresh else json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -166,6 +188,13 @@ class HashCache:
             self._save()
         return self.known[key]
 
+    def scan(self, path: Path, compression: Optional[str] = None) -> List[Tuple[str, Optional[float]]]:
+        """:func:`scan_keys_and_judges` of ``path``, remembered (in this process) while its stat is unchanged."""
+        key = f"{Path(path).resolve()}|{compression}|{_stat_key(path) if Path(path).exists() else ''}"
+        if key not in self.scanned:
+            self.scanned[key] = scan_keys_and_judges(Path(path), compression)
+        return self.scanned[key]
+
     def _save(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,21 +206,57 @@ class HashCache:
 
 
 def verify_shards(folder: Path, index: dict, hashes: HashCache) -> None:
-    """Every shard the index lists exists with the size and sha256 it records (what it does not record is not
-    checked); otherwise raise naming the shard."""
+    """Every shard the index lists exists as a regular file with the size and sha256 it records, and holds
+    what it lists: its headers are read (bounded, see :mod:`lit_attacks.datamodules.tar_reader`) for the
+    keys, in order, and its judges compared with the index's. A key in two shards is an error naming both,
+    also without an index. What the index does not record is not compared."""
+    owner: Dict[str, str] = {}
     for entry in index["shards"]:
         path = Path(folder) / entry["name"]
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise BappsDataError(f"{Path(folder) / INDEX} lists shard {entry['name']}, which is missing")
-        problem = tar_problem(path)
-        if problem is not None:
-            raise BappsDataError(f"corrupt or truncated shard {path}: {problem}")
+        samples = hashes.scan(path, entry.get("compression"))
         if "size" in entry and path.stat().st_size != entry["size"]:
             raise BappsDataError(f"corrupt or truncated shard {path}: {path.stat().st_size} bytes, {INDEX} records "
                                  f"{entry['size']}; rebuild the shards")
         if "sha256" in entry and hashes.sha256(path) != entry["sha256"]:
             raise BappsDataError(f"corrupt or changed shard {path}: its sha256 differs from the one {INDEX} records "
                                  "(the file changed after it was written); rebuild the shards")
+        keys = [k for k, _ in samples]
+        if "keys" in entry and keys != entry["keys"]:
+            n = next((i for i, (a, b) in enumerate(zip(keys, entry["keys"])) if a != b), min(len(keys), len(entry["keys"])))
+            raise BappsDataError(f"shard {path}: holds {len(keys)} samples, {INDEX} lists {len(entry['keys'])}; "
+                                 f"they differ first at sample {n}: the shard is truncated or was rewritten, or the "
+                                 "index was edited; rebuild the shards")
+        if "judges" in entry:
+            for (k, j), listed in zip(samples, entry["judges"]):
+                if j != listed:
+                    raise BappsDataError(f"shard {path}, key {k}: judge {j!r} in the shard, {listed!r} in {INDEX} "
+                                         "(the index was edited?); rebuild the shards")
+        for k in keys:
+            if k in owner:
+                raise BappsDataError(f"sample {k} is in two shards, {owner[k]} and {path}")
+            owner[k] = str(path)
+
+
+def scan_keys_and_judges(path: Path, compression: Optional[str] = None) -> List[Tuple[str, Optional[float]]]:
+    """(key, judge or None) of each sample of a shard, from its headers and judge members only."""
+    where = f"corrupt or truncated shard {path}"
+    if compression is None:
+        problem = tar_problem(path)
+        if problem is not None:
+            raise BappsDataError(f"{where}: {problem}")
+    out = []
+    for s in scan_shard(str(path), f"shard {path}", BappsDataError, compression, read=lambda n: n.endswith(".judge.txt")):
+        raw = s.get("judge.txt")
+        judge = None
+        if raw is not None:
+            try:
+                judge = parse_judge_text(raw, f"shard {path}, key {s['__key__']}")
+            except BappsDataError:
+                judge = None  # reported with the sample's other problems while streaming
+        out.append((s["__key__"], judge))
+    return out
 
 
 def content_fingerprint(folder: Path, index: dict, hashes: HashCache) -> str:
@@ -218,30 +283,15 @@ class SkipLog:
         log.warning("skipping bad input: %s", what)
 
 
-def tar_error_handler(skip: Optional[SkipLog]) -> Callable[[Exception], bool]:
-    """webdataset handler: a corrupt or truncated shard raises naming the shard (or is skipped and counted)."""
-
-    def handler(exn: Exception) -> bool:
-        urls = [a for a in exn.args if isinstance(a, str) and a.endswith(".tar")]
-        shard = urls[-1] if urls else "?"
-        msg = f"corrupt or truncated shard {shard}: {type(exn).__name__}: {exn.args[0] if exn.args else exn}"
-        if skip is None:
-            raise BappsDataError(msg) from exn
-        skip.add(msg)
-        return True
-
-    return handler
-
-
 def tar_problem(path: str | Path) -> Optional[str]:
-    """Why ``path`` is not a complete tar, or None: a complete tar is whole 512-byte blocks ending in two
+    """Why ``path`` is not a complete plain tar, or None: a regular file of whole 512-byte blocks ending in two
     zero blocks (Python's tarfile can stop silently at a cut that falls on a header)."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        with open_regular(path, "shard") as f:
+            size = os.fstat(f.fileno()).st_size
             f.seek(max(0, size - 1024))
             tail = f.read(1024)
-    except OSError as e:
+    except InputError as e:
         return str(e)
     if size == 0 or size % 512:
         return f"size {size} is not a whole number of 512-byte tar blocks"
@@ -250,10 +300,11 @@ def tar_problem(path: str | Path) -> Optional[str]:
     return None
 
 
-def check_shards(src: Iterable[dict], skip: Optional[SkipLog]) -> Iterator[dict]:
-    """Refuse truncated tars before streaming them (see :func:`tar_problem`)."""
+def check_shards(src: Iterable[dict], skip: Optional[SkipLog], compression: Optional[Dict[str, str]] = None
+                 ) -> Iterator[dict]:
+    """Refuse truncated plain tars before streaming them (see :func:`tar_problem`)."""
     for item in src:
-        problem = tar_problem(item["url"])
+        problem = None if (compression or {}).get(item["url"]) else tar_problem(item["url"])
         if problem is None:
             yield item
             continue
@@ -285,12 +336,7 @@ def _validate(s: dict, shard: str, key: str) -> dict:
     missing = [m for m in MEMBERS if m not in fields]
     if missing:
         raise BappsDataError(f"{where}: missing members {missing}")
-    try:
-        judge = check_judge(float(s["judge.txt"].decode()), where)
-    except ValueError as e:
-        if isinstance(e, BappsDataError):
-            raise
-        raise BappsDataError(f"{where}: judge is not a number ({e})") from e
+    judge = parse_judge_text(s["judge.txt"], where)
     split, category, _ = key.split("/")
     return {"key": key, "category": category, "judge": judge, "shard": shard,
             "png": {m: s[f"{m}.png"] for m in ("ref", "p0", "p1")}}
@@ -321,25 +367,25 @@ def decode_samples(src: Iterable[dict], size: int, skip: Optional[SkipLog]) -> I
         yield out
 
 
-def read_local_shards(src: Iterable[dict], expected: Dict[str, List[str]], skip: Optional[SkipLog]) -> Iterator[dict]:
-    """Open each shard as a local file (never through webdataset's URL opener, which would run ``pipe:``
-    names as shell commands) and yield its grouped samples, checking them against the index: the keys it
-    lists, in order, and their count (a tar cut cleanly after a sample is caught here)."""
-    handler = tar_error_handler(skip)
+def read_local_shards(src: Iterable[dict], expected: Dict[str, List[str]], skip: Optional[SkipLog],
+                      compression: Optional[Dict[str, str]] = None) -> Iterator[dict]:
+    """Open each shard as a local regular file (never through webdataset's URL opener, which would run
+    ``pipe:`` names as shell commands) and yield its grouped samples through the bounded tar reader
+    (:mod:`lit_attacks.datamodules.tar_reader`), checking them against the index: the keys it lists, in
+    order, and their count (a tar cut cleanly after a sample is caught here)."""
     seen: Dict[str, str] = {}  # key -> shard, over the shards this stream reads
     for item in src:
         url = item["url"]
         keys = expected.get(url)
         try:
-            with open(url, "rb") as f:
-                files = tar_file_expander([{"url": url, "stream": f}], handler=handler)
+            with open_shard(url, BappsDataError, (compression or {}).get(url)) as f:
                 n = 0
-                for sample in group_by_keys(files, handler=handler):
-                    if keys is not None and (n >= len(keys) or sample.get("__key__") != keys[n]):
+                members = iter_members(f, f"corrupt or truncated shard {url}", BappsDataError)
+                for sample in group_samples(members, url, f"shard {url}", BappsDataError):
+                    key = sample["__key__"]
+                    if keys is not None and (n >= len(keys) or key != keys[n]):
                         listed = repr(keys[n]) if n < len(keys) else "no further sample"
-                        raise BappsDataError(f"shard {url}: sample {n} is {sample.get('__key__')!r} but {INDEX} "
-                                             f"lists {listed}")
-                    key = sample.get("__key__")
+                        raise BappsDataError(f"shard {url}: sample {n} is {key!r} but {INDEX} lists {listed}")
                     if key in seen:
                         raise BappsDataError(f"sample {key} is in two shards, {seen[key]} and {url}")
                     seen[key] = url
@@ -361,7 +407,8 @@ def read_local_shards(src: Iterable[dict], expected: Dict[str, List[str]], skip:
 
 def stream(urls: Sequence[str], keep: Callable[[dict], bool], size: int, slot: int, slots: int, by_shard: bool,
            skip: Optional[SkipLog], validate: Callable = None, decode: Callable = None,
-           expected: Optional[Dict[str, List[str]]] = None) -> wds.DataPipeline:
+           expected: Optional[Dict[str, List[str]]] = None,
+           compression: Optional[Dict[str, str]] = None) -> wds.DataPipeline:
     """The webdataset pipeline for one (rank, worker) slot of ``slots``.
 
     ``by_shard``: shards are dealt round-robin to slots. Otherwise every slot reads every shard and
@@ -376,9 +423,9 @@ def stream(urls: Sequence[str], keep: Callable[[dict], bool], size: int, slot: i
     stages = [wds.SimpleShardList(list(urls))]
     if by_shard:
         stages.append(deal)
-    stages.append(lambda src: check_shards(src, skip))
+    stages.append(lambda src: check_shards(src, skip, compression))
     validate, decode = validate or validate_samples, decode or decode_samples
-    stages += [lambda src: read_local_shards(src, expected or {}, skip),
+    stages += [lambda src: read_local_shards(src, expected or {}, skip, compression),
                lambda src: validate(src, skip),
                lambda src: (s for s in src if keep(s))]
     if not by_shard:

@@ -5,8 +5,10 @@ import difflib
 import math
 from typing import Any, Dict, Iterable, List, Optional
 
+from lit_attacks.safe_files import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A bad config file, key or value; the message is one line naming the problem."""
 
 

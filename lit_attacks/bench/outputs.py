@@ -12,8 +12,9 @@ from lit_attacks.report import atomic_write, write_json
 from lit_attacks.tables import tables
 
 
-def write_outputs(bench) -> None:
-    """Rows of every registered table (disabled ones: empty), their files and figures, then the summary."""
+def write_outputs(bench) -> List[Path]:
+    """Rows of every registered table (disabled ones: empty), their files and figures, then the summary;
+    returns the figures."""
     out, cfg = bench.out, bench.cfg
     running = {type(t).name: t for t in bench.tables}
     rows: Dict[str, List[Dict[str, Any]]] = {t.name: running[t.name].rows(bench) if t.name in running else []
@@ -51,6 +52,7 @@ def write_outputs(bench) -> None:
                                            dev, wandb_dir, unavailable=bench.unavailable))
     report(bench, {name: (running[name].console_title(cfg), text) for name, text in md.items() if text},
            wandb_dir, seconds)
+    return figs
 
 
 def report(bench, md: Dict[str, Any], wandb_dir, seconds: float) -> None:

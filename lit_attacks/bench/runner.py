@@ -10,12 +10,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytorch_lightning as pl
+import torch
 
 from lit_attacks import __version__, code_fingerprint
 from lit_attacks.bench.cells import CellFiles, CellStore, Progress, read_rows
+from lit_attacks.bench.devices import ENV_DDP_TIMEOUT, RunError, ddp_timeout, trainer_kwargs, waiting_line, world_size
+from lit_attacks.bench.folder import ResultsFolder
+from lit_attacks.datamodules.shards import sha256
 from lit_attacks.bench.wandb_log import WandbRun
 from lit_attacks.configuration import ConfigError
 from lit_attacks.metrics import CheckpointError, WeightsNotFoundError, create_metric
@@ -30,8 +34,10 @@ class Bench:
     :meth:`finish` (rank 0) writes tables, plots, summary, README and the W&B run."""
 
     def __init__(self, cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, source: Dict[str, Any], dm_all,
-                 dm_attack, store: CellStore, quiet: bool = False, is_zero: bool = True) -> None:
+                 dm_attack, store: CellStore, quiet: bool = False, is_zero: bool = True,
+                 folder: Optional[ResultsFolder] = None) -> None:
         self.cfg, self.devices, self.out, self.source = cfg, devices, out, source
+        self.folder = folder if folder is not None else ResultsFolder(out)  # rank 0 claimed it
         self.dm_all, self.dm_attack, self.store = dm_all, dm_attack, store
         self.quiet, self.is_zero = quiet, is_zero
         self.tables: List[Table] = [t() for t in tables() if t.enabled(cfg)]
@@ -50,16 +56,27 @@ class Bench:
                      "batch_invariant": cfg["batch_invariant"], "uint8": cfg["uint8"], "version": __version__,
                      "code": code_fingerprint()}
         self.produced: Set[str] = set()  # files (relative to out) of this run's cells
+        self._said_waiting = False
 
     # ---------------------------------------------------------------- what tables use (lit_attacks.tables.Run)
     def predict(self, module, callbacks: list, datamodule) -> None:
         """``trainer.predict``; Lightning's per-batch bar only on a terminal (in a log file the cell lines say
         enough, without carriage-return noise)."""
         bar = not self.quiet and sys.stdout.isatty()
+        if self.devices["num_nodes"] > 1 and not self._said_waiting:
+            self._said_waiting = True
+            print(waiting_line(self.devices), file=sys.stderr, flush=True)
         with third_party_warnings_silenced():
-            trainer = pl.Trainer(**self.devices, logger=False, enable_checkpointing=False, enable_progress_bar=bar,
-                                 enable_model_summary=False, callbacks=callbacks, inference_mode=False)
-            trainer.predict(module, datamodule=datamodule, return_predictions=False)
+            trainer = pl.Trainer(**trainer_kwargs(self.devices), logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=bar, enable_model_summary=False, callbacks=callbacks,
+                                 inference_mode=False)
+            try:
+                trainer.predict(module, datamodule=datamodule, return_predictions=False)
+            except torch.distributed.DistError as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise RunError(f"DDP: {world_size(self.devices)} processes did not all join or stay within "
+                               f"{ddp_timeout():g} s ({first}); start every node with the same --num-nodes, "
+                               f"MASTER_ADDR and MASTER_PORT, or raise ${ENV_DDP_TIMEOUT}") from None
 
     def datamodule(self, unanimous_only: bool):
         return self.dm_attack if unanimous_only else self.dm_all
@@ -74,6 +91,12 @@ class Bench:
 
     def say(self, line: str) -> None:
         self.progress.say(line)
+
+    def clear(self, rel: str) -> None:
+        """Remove what bench wrote at or below ``rel`` (rank 0; only files the manifest lists, never through a
+        link): e.g. the shards of an earlier attempt at a cell, before it is computed again."""
+        if self.is_zero:
+            self.folder.remove_all(self.folder.under(rel))
 
     # ---------------------------------------------------------------- cells
     def preflight(self) -> None:
@@ -107,7 +130,7 @@ class Bench:
         self.preflight()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.is_zero:
-            clear_run_files(self.out)
+            clear_run_files(self.folder)
         for table in self.tables:
             for cell in table.cells(self):
                 payload = self.run_cell(cell)
@@ -130,6 +153,8 @@ class Bench:
             hashes = files.hashes() if self.is_zero else {}
             if self.is_zero:
                 self.store.save(cell.id, fp, payload, hashes, files.types)
+                record = f"cells/{cell.id}.json"
+                self.folder.record({**hashes, record: sha256(self.out / record)})
             self.produced.update(hashes)
         else:
             self.progress.finish()
@@ -141,40 +166,42 @@ class Bench:
 
     # ---------------------------------------------------------------- outputs
     def finish(self) -> None:
+        """Remove what earlier runs left that this one did not produce, then write the run-level files. If
+        writing them fails (a full disk, a folder made read-only), those written so far are removed again: the
+        folder then holds the completed cells and no summary, and the same command finishes the run."""
         from lit_attacks.bench.outputs import write_outputs
 
-        remove_stale_files(self.out, self.produced, set(self.cells))
-        write_outputs(self)
-
-
-MANAGED_DIRS = ("samples", "scores", "plots", "transfer", "adv")
+        remove_stale_files(self.folder, self.produced, set(self.cells))
+        t0 = time.time_ns()
+        try:
+            figs = write_outputs(self)
+        except BaseException:
+            for p in run_files(self.out):
+                try:
+                    if not p.is_symlink() and p.is_file() and p.stat().st_mtime_ns >= t0:
+                        p.unlink()
+                except OSError:
+                    pass
+            raise
+        self.folder.record_files([str(p.relative_to(self.out)) for p in run_files(self.out) + list(figs)])
 
 
 def run_files(out: Path) -> List[Path]:
-    """The run-level files bench writes at the end: summary.json, README.md and every table's .csv/.md."""
-    names = ["summary.json", "README.md", "index.html"] + [f"{t.name}.{ext}" for t in tables() for ext in ("csv", "md")]
+    """The run-level files bench writes at the end: summary.json, README.md, index.html and every table's files."""
+    names = ["summary.json", "README.md", "index.html"] + [n for t in tables() for n in t.run_files()]
     return [out / n for n in names]
 
 
-def clear_run_files(out: Path) -> None:
+def clear_run_files(folder: ResultsFolder) -> None:
     """At the start of a run: a results folder never shows run-level files of an earlier run beside this
     one's cells (a run killed midway leaves no summary or README claiming anything)."""
-    for p in run_files(out):
-        p.unlink(missing_ok=True)
+    folder.remove_all([str(p.relative_to(folder.out)) for p in run_files(folder.out)])
 
 
-def remove_stale_files(out: Path, produced: Set[str], cell_ids: Set[str]) -> None:
-    """Before the run-level files are written: remove every file bench manages (per-sample CSVs, plots,
+def remove_stale_files(folder: ResultsFolder, produced: Set[str], cell_ids: Set[str]) -> None:
+    """Before the run-level files are written: remove every file bench wrote earlier (per-sample CSVs, plots,
     shards, cell records) that this run's cells did not produce, so the folder describes exactly this run.
-    Files bench does not manage (and the W&B runs in wandb/) are left alone."""
-    for sub in MANAGED_DIRS:
-        for p in sorted((out / sub).rglob("*")) if (out / sub).is_dir() else []:
-            if p.is_file() and str(p.relative_to(out)) not in produced:
-                p.unlink()
-    for p in (out / "cells").glob("*.json") if (out / "cells").is_dir() else []:
-        if p.stem not in cell_ids:
-            p.unlink()
-    for sub in MANAGED_DIRS:
-        for d in sorted((out / sub).rglob("*"), key=lambda q: -len(q.parts)) if (out / sub).is_dir() else []:
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+    Only files the manifest lists are removed; the user's own files and the W&B runs in wandb/ stay."""
+    keep = set(produced) | {f"cells/{c}.json" for c in cell_ids} | {str(p.relative_to(folder.out))
+                                                                   for p in run_files(folder.out)}
+    folder.remove_all([rel for rel in folder.files if rel not in keep])

@@ -12,11 +12,12 @@ from lit_attacks.metrics.lpips import ARCH, LPIPSDistance
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import load_exactly
 from lit_attacks.quiet import third_party_warnings_silenced
+from lit_attacks.safe_files import InputError
 
 CHECKPOINT_KIND = "lit_attacks.trainable_lpips"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A missing, unreadable or foreign checkpoint; the message names the file and the fix."""
 
 

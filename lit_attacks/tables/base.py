@@ -71,6 +71,9 @@ class Run(Protocol):
     def say(self, line: str) -> None:
         """A progress line (rank 0, unless quiet)."""
 
+    def clear(self, rel: str) -> None:
+        """Remove what bench wrote at or below ``rel`` (rank 0; files its manifest lists, never through a link)."""
+
 
 @dataclass
 class Cell:
@@ -135,6 +138,12 @@ class Table:
     def count(cls, cfg: Dict[str, Any]) -> int:
         """Number of cells (for the progress line)."""
         return 0
+
+    @classmethod
+    def run_files(cls) -> List[str]:
+        """The run-level files :meth:`write` may write, relative to the results folder (recorded in its
+        manifest, removed when a later run does not write them)."""
+        return [f"{cls.name}.csv", f"{cls.name}.md"]
 
     @classmethod
     def extra_metrics(cls, cfg: Dict[str, Any]) -> List[str]:

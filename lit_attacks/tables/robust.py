@@ -77,6 +77,10 @@ class Robust(Table):
     """Per metric: worst-case cells per radius, minimum-epsilon cells per norm and a certification cell."""
 
     name = "robust"
+
+    @classmethod
+    def run_files(cls) -> List[str]:
+        return ["robust.csv", "robust_curves.csv", "robust.md"]
     order = 60
     config = {"robust": None}
 

@@ -6,7 +6,6 @@ the config's parameters of the chosen attacks; ``''`` for none) and ``--param AT
 from __future__ import annotations
 
 import inspect
-import shutil
 from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -43,8 +42,7 @@ def attack_cell(run: Run, ctx: CellContext, attack: str, metric: str, params: Di
     callbacks = [rows, stats] + ([grid] if examples else [])
     if save_adv:
         adv_dir = run.out / "adv" / cid
-        if run.is_zero and adv_dir.exists():
-            shutil.rmtree(adv_dir)  # shards of an interrupted earlier attempt
+        run.clear(f"adv/{cid}")  # shards of an earlier attempt
         callbacks.append(AdvShardWriter(str(adv_dir), prefix=cid))
     run.predict(module, callbacks, run.datamodule(unanimous_only=True))
     ctx.save_rows(csv, rows.rows, rows.columns)

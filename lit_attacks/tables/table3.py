@@ -8,7 +8,6 @@ verdicts (``transfer/source-<source>.csv``); then one cell per target scores the
 """
 from __future__ import annotations
 
-import shutil
 from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -142,8 +141,7 @@ class Table3(Table):
                                 batch_invariant=run.cfg["batch_invariant"], uint8=run.cfg["uint8"],
                                 **run.metric_options())
         shard_dir = self.shards(run, src)
-        if run.is_zero and shard_dir.exists():
-            shutil.rmtree(shard_dir)  # shards of an interrupted earlier attempt
+        run.clear(f"transfer/adv-{slug(src)}")  # shards of an earlier attempt
         rows = SampleRows()
         run.predict(gen, [rows, AdvShardWriter(str(shard_dir), prefix=f"adv-{slug(src)}")],
                     run.datamodule(unanimous_only=True))
