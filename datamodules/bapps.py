@@ -288,7 +288,12 @@ class BappsDataModule(pl.LightningDataModule):
         shard's sha256, after checking the shards against it; without an index, every shard's sha256)."""
         folder = self.shard_folder(split or self.hparams.split)
         index = read_index(folder)
-        verify_shards(folder, index, self.hashes)
+        keys = verify_shards(folder, index, self.hashes)
+        present = sorted({k.split("/")[1] for k in keys if k.count("/") == 2})
+        for c in self.hparams.categories or []:
+            if c not in present:
+                raise BappsDataError(f"--categories {c!r}: no sample of that category in {folder}; present: "
+                                     f"{', '.join(present)}")
         return {"data": self.hparams.data or f"built-in {self.hparams.builtin} set (synthetic judges)", "shards": str(folder),
                 "index_sha256": content_fingerprint(folder, index, self.hashes)}
 

@@ -205,11 +205,11 @@ class HashCache:
             pass  # a read-only cache only costs re-hashing
 
 
-def verify_shards(folder: Path, index: dict, hashes: HashCache) -> None:
+def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str]:
     """Every shard the index lists exists as a regular file with the size and sha256 it records, and holds
     what it lists: its headers are read (bounded, see :mod:`lit_attacks.datamodules.tar_reader`) for the
     keys, in order, and its judges compared with the index's. A key in two shards is an error naming both,
-    also without an index. What the index does not record is not compared."""
+    also without an index. What the index does not record is not compared. Returns key -> shard path."""
     owner: Dict[str, str] = {}
     for entry in index["shards"]:
         path = Path(folder) / entry["name"]
@@ -237,6 +237,7 @@ def verify_shards(folder: Path, index: dict, hashes: HashCache) -> None:
             if k in owner:
                 raise BappsDataError(f"sample {k} is in two shards, {owner[k]} and {path}")
             owner[k] = str(path)
+    return owner
 
 
 def scan_keys_and_judges(path: Path, compression: Optional[str] = None) -> List[Tuple[str, Optional[float]]]:

@@ -197,6 +197,24 @@ def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: 
     return root
 
 
+BYTES_PER_SAMPLE_64 = 45_000  # cache bytes per sample at 64 px (tree and shards; measured 43.2 kB, photos)
+
+
+def _check_space(base: Path, n_per_category: int, size: int) -> None:
+    """Refuse, before writing, a built-in set that would not fit in the cache's free space (with 10% left)."""
+    import shutil
+
+    from lit_attacks.datamodules.tree import BappsDataError
+
+    need = n_per_category * len(CATEGORIES) * BYTES_PER_SAMPLE_64 * (size / 64) ** 2
+    probe = next(p for p in [base, *base.parents] if p.exists())
+    free = shutil.disk_usage(probe).free
+    if need > 0.9 * free:
+        raise BappsDataError(f"--builtin-n {n_per_category}: the built-in set would take about {need / 1e9:.2f} GB "
+                             f"in {base.parent}, which has {free / 1e9:.2f} GB free; choose a smaller --builtin-n "
+                             "or another $LIT_ATTACKS_CACHE")
+
+
 def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int = 40, seed: int = 0, size: int = 64,
                    split: str = "val", progress: bool = False, refresh: bool = False, kind: str = "photos") -> Path:
     """Shards of the ``kind`` built-in set for ``split``, generated once into the cache and reused
@@ -213,6 +231,7 @@ def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int =
     out = base / "shards" / split
     if (out / INDEX).is_file() and not refresh:
         return out
+    _check_space(base, n_per_category, size)
     write_tree(base / "tree", n_per_category, seed, size, splits=(split,), kind=kind)
     write_shards(scan_tree(base / "tree", split), out, shard_size=max(1, n_per_category * len(CATEGORIES) // 4),
                  prefix=f"{name.split('-')[0]}-{split}", progress=progress)

@@ -1,5 +1,6 @@
 """What a new user meets in the first hour: progress bars with totals, no third-party warning noise, one page
 per run (opened in a real headless browser where one is installed), standard JSON, clear small messages."""
+import hashlib
 import html.parser
 import json
 import shutil
@@ -158,6 +159,9 @@ def test_rlpips_is_labelled_by_its_run_and_file(tmp_path):
 
     m = TrainedLPIPSDistance(build_lpips("alex", False, None, "t"), "alex", pretrained=True)
     m.name = "rlpips:/data/results/train/quick/checkpoints/last.ckpt"
-    assert m.label == "rlpips:quick/last.ckpt"
+    tag = hashlib.sha256(m.name.encode()).hexdigest()[:6]  # distinct checkpoints, distinct labels
+    assert m.label == f"rlpips:quick/last.ckpt#{tag}"
     m.pretrained = False
-    assert m.label == "rlpips:quick/last.ckpt [random backbone]"
+    assert m.label == f"rlpips:quick/last.ckpt#{tag} [random backbone]"
+    m.name = "rlpips:/elsewhere/quick/checkpoints/last.ckpt"
+    assert m.label.startswith("rlpips:quick/last.ckpt#") and tag not in m.label

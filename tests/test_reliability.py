@@ -304,7 +304,7 @@ def test_a_tie_never_counts_as_agreeing_with_humans():
 @pytest.mark.parametrize("text,msg", [
     ("num_workers: -1", "num_workers must be an integer >= 0, got -1"),
     ('rmse_max: "abc"', "rmse_max must be a finite number, got 'abc'"),
-    ('seed: "abc"', "seed must be an integer, got 'abc'"),
+    ('seed: "abc"', "seed must be an integer >= 0, got 'abc'"),
     ("split: 5", "split must be a string, got 5"),
     ("batch_size: true", "batch_size must be an integer >= 1, got True"),
     ('pretrained: "false"', "pretrained must be true or false, got 'false' (a quoted string in YAML)"),

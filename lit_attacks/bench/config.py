@@ -14,8 +14,10 @@ from typing import Any, Dict, List
 import yaml
 
 from lit_attacks.attacks.objectives import UINT8_MODES
-from lit_attacks.configuration import ConfigError, as_name_list, check_keys, check_value
+from lit_attacks.configuration import (ConfigError, as_name_list, check_keys, check_value, load_yaml_text,
+                                       yaml_problem)
 from lit_attacks.metrics import METRICS
+from lit_attacks.safe_files import component, read_text
 from lit_attacks.tables import tables
 from lit_attacks.wandb_utils import MODES
 
@@ -61,13 +63,13 @@ __all__ = ["CONFIG_DIR", "ConfigError", "DEFAULTS", "DEFAULT_CONFIG", "load_yaml
 
 def load_yaml(path: str | Path) -> Dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"--config {path}: no such file; configs in {CONFIG_DIR}: {', '.join(names)}")
     try:
-        cfg = yaml.safe_load(p.read_text()) or {}
+        cfg = load_yaml_text(read_text(p, "--config", 16 << 20, ConfigError)) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(cfg).__name__}")
     check_keys(cfg, DEFAULTS, f"{path}: ")
@@ -92,11 +94,13 @@ def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "con
     return cfg
 
 
+MAX_SEED = 2 ** 32 - 1  # numpy's and Lightning's seed range
+MAX_BUILTIN_N = 100_000  # samples per category of the built-in set (about 22 GB of cache); BAPPS val has ~2,000
 # key -> (kind, minimum, optional) for the data and run keys (the tables check their own keys).
 SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("str", None, True),
           "split": ("str", None, False), "categories": ("names", None, True), "builtin_n": ("int", 1, False),
           "builtin": ("str", None, False),
-          "seed": ("int", None, False), "metrics": ("names", None, False), "pretrained": ("bool", None, False),
+          "seed": ("int", 0, False), "metrics": ("names", None, False), "pretrained": ("bool", None, False),
           "weights_dir": ("str", None, True), "skip_unavailable": ("bool", None, False), "batch_size": ("int", 1, False), "num_workers": ("int", 0, False),
           "batch_invariant": ("bool", None, False), "uint8": ("str", None, False), "save_adv": ("bool", None, False),
           "examples": ("int", 0, False),
@@ -120,7 +124,12 @@ def validate(cfg: Dict[str, Any]) -> None:
     """Types, names, parameters and values; raises :class:`ConfigError` (one line) on the first problem."""
     for key, (kind, minimum, optional) in SCHEMA.items():
         choices = {"wandb": MODES, "uint8": UINT8_MODES, "builtin": ("photos", "procedural")}.get(key)
-        check_value(key, cfg[key], kind, minimum, optional, choices=choices)
+        check_value(key, cfg[key], kind, minimum, optional, choices=choices,
+                    maximum={"seed": MAX_SEED, "builtin_n": MAX_BUILTIN_N}.get(key))
+    component(cfg["split"], "split", ConfigError)  # folder names in the cache and data folders
+    component(cfg["name"], "name", ConfigError)  # results/<name>
+    for c in cfg["categories"] or []:
+        component(c, "categories: category", ConfigError)
     if cfg["data"] == "builtin":  # the built-in set, overriding a config's BAPPS path from the command line
         cfg["data"] = None
     if not cfg["metrics"]:

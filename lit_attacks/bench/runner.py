@@ -116,6 +116,12 @@ class Bench:
                 raise ConfigError(str(e)) from None
         if self.unavailable:
             self.progress.total = sum(type(t).count(self.cfg) for t in self.tables)
+        by_label: Dict[str, str] = {}
+        for m, label in self.labels.items():
+            if label in by_label:
+                raise ConfigError(f"metrics {by_label[label]!r} and {m!r} are both labelled {label!r}: their rows "
+                                  "could not be told apart")
+            by_label[label] = m
 
     def _unavailable(self, metric: str, reason: str) -> None:
         if not self.cfg["skip_unavailable"] or metric not in self.cfg["metrics"]:
@@ -139,6 +145,9 @@ class Bench:
 
     def run_cell(self, cell: Cell) -> Dict[str, Any]:
         """Load the completed cell or compute it (files written on rank 0)."""
+        if cell.id in self.cells:  # ids name files: two cells of one id would overwrite each other
+            raise ConfigError(f"two cells of this run are named {cell.id!r} (the second: {cell.what}); make the "
+                              "values that name them (metrics, radii, epsilons) distinct")
         fp = fingerprint({"cell": cell.id, **self.base, **cell.spec})
         state = self.store.load(cell.id, fp)
         self.progress.start(cell.what, resumed=state is not None)

@@ -1,6 +1,7 @@
 """Trained LPIPS checkpoints (written by ``train.py``) as registry metrics: ``rlpips:<path to .ckpt>``."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Dict
 
@@ -36,14 +37,17 @@ class TrainedLPIPSDistance(LPIPSDistance):
 
     @property
     def label(self) -> str:
-        """``rlpips:<run>/<file>`` (``results/train/quick/checkpoints/last.ckpt`` -> ``rlpips:quick/last.ckpt``):
-        short enough for tables and plots; the full path is in the run README."""
+        """``rlpips:<run>/<file>#<hash>`` (``results/train/quick/checkpoints/last.ckpt`` ->
+        ``rlpips:quick/last.ckpt#1a2b3c``): short enough for tables and plots, and distinct for distinct
+        checkpoints (the hash is of the whole path: ``x/quick/last.ckpt`` and ``y/quick/last.ckpt`` differ);
+        the full path is in the run README."""
         prefix, sep, arg = self.name.partition(":")
         short = self.name
         if sep and arg:
             p = Path(arg)
             run = p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
             short = f"{prefix}:{run}/{p.name}" if run else f"{prefix}:{p.name}"
+            short += "#" + hashlib.sha256(self.name.encode()).hexdigest()[:6]
         return short if self.pretrained else f"{short} [random backbone]"
 
 

@@ -10,20 +10,28 @@ file's hash and column types) and returns a small JSON-able payload (labels, agg
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from lit_attacks.datamodules.shards import sha256
 from lit_attacks.registry import Registry
+from lit_attacks.safe_files import file_stem
 
 TABLES = Registry("table")
 
 
 def slug(name: str) -> str:
-    """A metric name usable in file names and cell ids (``rlpips:runs/x/last.ckpt`` -> ``rlpips_runs_x_last.ckpt``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+    """A metric name usable in file names and cell ids, unique for distinct names: a registered name as it is,
+    ``rlpips:runs/x/last.ckpt`` -> ``rlpips_runs_x_last.ckpt-<hash>`` (:func:`lit_attacks.safe_files.file_stem`)."""
+    return file_stem(name)
+
+
+def number_id(x: float, fmt: str = "g") -> str:
+    """A number in a cell id or file name, unique for distinct values: ``0.03`` -> ``0.03``, ``8/255`` ->
+    ``0.03137254901960784`` (``fmt`` where it gives the number back exactly, else every digit)."""
+    short = format(x, fmt)
+    return short if float(short) == float(x) else repr(float(x))
 
 
 def metric_file_fingerprint(name: str) -> Optional[str]:

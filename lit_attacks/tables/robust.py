@@ -32,7 +32,7 @@ from lit_attacks.certify import CertifyModule, certified_accuracy, check_certify
 from lit_attacks.configuration import ConfigError, check_keys
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, slug
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, number_id, slug
 from lit_attacks.tables.table2 import attack_cell, validate_attack
 
 DEFAULTS: Dict[str, Any] = {
@@ -158,7 +158,7 @@ class Robust(Table):
             mfp = {"metric_file": metric_file_fingerprint(metric)}
             for norm in ("linf", "l2"):
                 for r in s[norm]:
-                    cid = f"robust-{norm}-{r:g}-{slug(metric)}"
+                    cid = f"robust-{norm}-{number_id(r)}-{slug(metric)}"
                     params = self.worst_case_params(s, norm, r)
                     yield self._attack(run, cid, f"worst case {radius_label(norm, r)} on {metric}", "worst_case",
                                        metric, params, mfp, {"kind": "worst_case", "norm": norm, "radius": r})

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from lit_attacks.configuration import ConfigError, check_keys
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, slug
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, number_id, slug
 from lit_attacks.tables.table2 import attack_cell
 
 COLUMNS = ["metric", "eps", "alpha", "steps", "total", "flipped", "flip_rate", "flip_rate_agreed", "rmse_mean",
@@ -80,7 +80,7 @@ class Sweep(Table):
         for metric in run.cfg["metrics"]:
             mfp = {"metric_file": metric_file_fingerprint(metric)}
             for pt in sweep_points(run.cfg["sweep"]):
-                cid = f"sweep-pgd-eps{pt['eps']:.4f}-{slug(metric)}"
+                cid = f"sweep-pgd-eps{number_id(pt['eps'], '.4f')}-{slug(metric)}"
                 csv = f"samples/sweep/{cid[len('sweep-'):]}.csv"
                 compute = partial(self.compute, run, metric, pt, cid, csv)
                 yield Cell(cid, f"sweep pgd eps={pt['eps']:g} on {metric}", {"params": pt, **mfp}, compute,

@@ -17,7 +17,7 @@ from lit_attacks.callbacks.adv_shards import AdvShardWriter
 from lit_attacks.callbacks.attack_metrics import AttackMetrics
 from lit_attacks.callbacks.examples import ExampleCollector
 from lit_attacks.callbacks.samples import SampleRows
-from lit_attacks.configuration import ConfigError, as_name_list, suggest
+from lit_attacks.configuration import ConfigError, as_name_list, load_yaml_text, suggest, yaml_problem
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, slug
@@ -61,7 +61,11 @@ def parse_param(item: str, flag: str = "--param") -> Tuple[str, str, Any]:
         raise ConfigError(f"{flag} {item!r}: expected ATTACK.KEY=VALUE, e.g. pgd.steps=40")
     lhs, value = item.split("=", 1)
     attack, key = lhs.split(".", 1)
-    return attack, key, yaml.safe_load(value)
+    try:
+        return attack, key, load_yaml_text(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{flag} {item!r}: the value is not plain YAML ({yaml_problem(e)}); numbers, true/false, "
+                          "strings and lists only") from None
 
 
 def as_attacks(value: Any, where: str, key: str = "attacks") -> Dict[str, Dict[str, Any]]:
