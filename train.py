@@ -15,8 +15,11 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+import yaml
+from jsonargparse import set_loader
 from pytorch_lightning.cli import LightningCLI
 
+from lit_attacks.configuration import load_yaml_text
 from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.robust.module import RobustLPIPS
@@ -32,6 +35,14 @@ PARSER_DEFAULTS = {
 }
 
 
+# Configs are read by PyYAML's safe loader with repeated keys refused (a key given twice is an error, not
+# "the last one wins"). A config's class_path is imported by LightningCLI: a config is code (docs/training.md).
+YAML_MODE = "yaml_unique_keys"
+set_loader(YAML_MODE, load_yaml_text, exceptions=(yaml.YAMLError,))
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+PARSER_KWARGS = {"parser_mode": YAML_MODE, **{sub: {"parser_mode": YAML_MODE} for sub in SUBCOMMANDS}}
+
+
 class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults(PARSER_DEFAULTS)
@@ -40,7 +51,7 @@ class TrainCLI(LightningCLI):
 def main(args: Optional[List[str]] = None) -> LightningCLI:
     with third_party_warnings_silenced():  # known, understood third-party warnings only (lit_attacks.quiet)
         return TrainCLI(RobustLPIPS, BappsDataModule, trainer_defaults=TRAINER_DEFAULTS,
-                        save_config_kwargs={"overwrite": True}, args=args)
+                        save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args)
 
 
 if __name__ == "__main__":

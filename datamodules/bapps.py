@@ -73,7 +73,7 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
             write_shards(scan_tree(data, split), out, progress=progress)
         return out
     for cand in (data / split, data / "shards" / split, data):
-        if (cand / INDEX).is_file() or any(cand.glob("*.tar")):
+        if (cand / INDEX).exists() or any(cand.glob("*.tar")):
             return cand
     raise BappsDataError(f"data path {data} holds no shards (*.tar / {INDEX}, directly or in {split}/) and no "
                          "BAPPS tree (2afc/)")

@@ -243,6 +243,7 @@ def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str
 def scan_keys_and_judges(path: Path, compression: Optional[str] = None) -> List[Tuple[str, Optional[float]]]:
     """(key, judge or None) of each sample of a shard, from its headers and judge members only."""
     where = f"corrupt or truncated shard {path}"
+    open_shard(str(path), BappsDataError, compression).close()  # a regular file; compressed only if declared
     if compression is None:
         problem = tar_problem(path)
         if problem is not None:

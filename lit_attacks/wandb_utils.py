@@ -10,6 +10,17 @@ import os
 from typing import Any, Dict, Sequence
 
 MODES = ("auto", "online", "offline", "disabled")
+ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what W&B itself accepts in $WANDB_MODE
+
+
+def check_env_mode() -> None:
+    """``$WANDB_MODE``, when set, is a mode W&B accepts (W&B itself would fail deep inside ``wandb.init``)."""
+    env = os.environ.get("WANDB_MODE")
+    if env is not None and env not in ENV_MODES:
+        from lit_attacks.configuration import ConfigError
+
+        raise ConfigError(f"WANDB_MODE={env!r}: W&B accepts {', '.join(ENV_MODES)}; fix or unset it (or pass "
+                          "--wandb disabled)")
 
 
 def has_api_key() -> bool:

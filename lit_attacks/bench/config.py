@@ -19,7 +19,7 @@ from lit_attacks.configuration import (ConfigError, as_name_list, check_keys, ch
 from lit_attacks.metrics import METRICS
 from lit_attacks.safe_files import component, read_text
 from lit_attacks.tables import tables
-from lit_attacks.wandb_utils import MODES
+from lit_attacks.wandb_utils import MODES, check_env_mode
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs" / "bench"
@@ -130,6 +130,8 @@ def validate(cfg: Dict[str, Any]) -> None:
     component(cfg["name"], "name", ConfigError)  # results/<name>
     for c in cfg["categories"] or []:
         component(c, "categories: category", ConfigError)
+    if cfg["wandb"] != "disabled":
+        check_env_mode()
     if cfg["data"] == "builtin":  # the built-in set, overriding a config's BAPPS path from the command line
         cfg["data"] = None
     if not cfg["metrics"]:

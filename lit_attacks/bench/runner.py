@@ -7,6 +7,7 @@ fingerprint and unchanged files is loaded instead. The Bench knows no table by n
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,10 +24,14 @@ from lit_attacks.datamodules.shards import sha256
 from lit_attacks.bench.wandb_log import WandbRun
 from lit_attacks.configuration import ConfigError
 from lit_attacks.metrics import CheckpointError, WeightsNotFoundError, create_metric
+from lit_attacks.metrics.weights import WeightsFileError
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.report import fingerprint
 from lit_attacks.tables import Cell, Table, tables
 from lit_attacks.wandb_utils import resolve_mode
+
+
+ENV_DEBUG = "LIT_ATTACKS_DEBUG"  # set: tracebacks instead of one-line errors where bench would summarise
 
 
 class Bench:
@@ -112,8 +117,14 @@ class Bench:
                 self._unavailable(m, f"{e}; or run with --pretrained false (random backbones)")
             except ImportError as e:  # an optional extra is not installed
                 self._unavailable(m, str(e))
-            except CheckpointError as e:
+            except (CheckpointError, WeightsFileError) as e:
                 raise ConfigError(str(e)) from None
+            except Exception as e:  # any other failure to build a metric: one line naming it
+                if os.environ.get(ENV_DEBUG):
+                    raise
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                raise ConfigError(f"metric {m}: could not be built ({type(e).__name__}: {first}); set "
+                                  f"{ENV_DEBUG}=1 for the traceback") from None
         if self.unavailable:
             self.progress.total = sum(type(t).count(self.cfg) for t in self.tables)
         by_label: Dict[str, str] = {}

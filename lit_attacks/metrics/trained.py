@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Dict
 
@@ -13,7 +14,7 @@ from lit_attacks.metrics.lpips import ARCH, LPIPSDistance
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import load_exactly
 from lit_attacks.quiet import third_party_warnings_silenced
-from lit_attacks.safe_files import InputError
+from lit_attacks.safe_files import InputError, open_regular
 
 CHECKPOINT_KIND = "lit_attacks.trainable_lpips"
 
@@ -57,13 +58,14 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
     hint = "train one with `python train.py fit --config configs/train/rlpips.yaml`"
     if not p.is_file():
         raise CheckpointError(f"rlpips: checkpoint {str(p)!r} not found; {hint}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated or empty files, non-torch files
-        first = (str(e).splitlines() or ["no details"])[0][:200]
-        size = p.stat().st_size
-        raise CheckpointError(f"rlpips: {str(p)!r} ({size} bytes) is not a readable checkpoint "
-                              f"({type(e).__name__}: {first})") from None
+    with open_regular(p, "rlpips: checkpoint", error=CheckpointError) as f:  # a FIFO or device: refused
+        size = os.fstat(f.fileno()).st_size
+        try:  # weights_only: tensors and plain containers; a global the file names is refused, never imported
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle errors, truncated or empty files, non-torch files
+            first = (str(e).splitlines() or ["no details"])[0][:200]
+            raise CheckpointError(f"rlpips: {str(p)!r} ({size} bytes) is not a readable checkpoint "
+                                  f"({type(e).__name__}: {first})") from None
     meta = ckpt.get("lit_attacks") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != CHECKPOINT_KIND or "state_dict" not in ckpt:
         raise CheckpointError(f"rlpips: {str(p)!r} is not a trainable-metric checkpoint of train.py "
@@ -75,9 +77,11 @@ def load_trained_lpips(path: str | Path) -> TrainedLPIPSDistance:
     """Build the metric stored in a ``train.py`` checkpoint (backbone included: no other weights needed)."""
     ckpt = read_checkpoint(path)
     meta = ckpt["lit_attacks"]
-    net = meta["net"]
+    net = meta.get("net")
     if net not in ARCH:
-        raise CheckpointError(f"rlpips: {path}: unknown LPIPS net {net!r}")
+        raise CheckpointError(f"rlpips: {path}: its record names LPIPS net {net!r}; expected one of {sorted(ARCH)}")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"rlpips: {path}: 'state_dict' is a {type(ckpt['state_dict']).__name__}, not a dict")
     with third_party_warnings_silenced():  # torchvision's `pretrained` deprecation, from inside lpips
         model = lpips_pkg.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     prefix = "model."

@@ -19,6 +19,8 @@ from typing import Dict, Optional
 
 import torch
 
+from lit_attacks.safe_files import InputError, open_regular
+
 ENV_WEIGHTS_DIR = "LIT_ATTACKS_WEIGHTS_DIR"
 ENV_OFFLINE = "LIT_ATTACKS_OFFLINE"
 
@@ -38,6 +40,11 @@ class WeightsNotFoundError(FileNotFoundError):
     """No weights file could be found locally or downloaded."""
 
 
+class WeightsFileError(InputError):
+    """A weights file that exists but is not what it should be (truncated, foreign, wrong shapes, NaN);
+    the message is one line naming the file."""
+
+
 def resolve_weights_dir(weights_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
     """The folder to search first: the argument, else ``$LIT_ATTACKS_WEIGHTS_DIR``, else None."""
     wd = weights_dir if weights_dir is not None else os.environ.get(ENV_WEIGHTS_DIR) or None
@@ -49,12 +56,18 @@ def hub_checkpoints_dir() -> Path:
 
 
 def _load(path: Path) -> Dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with code, ...
-        raise RuntimeError(f"could not read weights file {str(path)!r}: {e}") from e
+    """A state dict from a torch file, read with ``weights_only=True`` (no code runs); any failure is one
+    :class:`WeightsFileError` line naming the file."""
+    with open_regular(path, "weights file", error=WeightsFileError) as f:  # a FIFO or device: refused, not read
+        size = os.fstat(f.fileno()).st_size
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, foreign, a pickle with code, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise WeightsFileError(f"weights file {str(path)!r} ({size} bytes) is not a readable torch state dict "
+                                   f"({type(e).__name__}: {first}); download it again or remove it") from None
     if not isinstance(obj, dict):
-        raise RuntimeError(f"weights file {str(path)!r} holds {type(obj).__name__}, not a state dict")
+        raise WeightsFileError(f"weights file {str(path)!r} holds {type(obj).__name__}, not a state dict")
     return obj
 
 
@@ -103,7 +116,7 @@ def _features_only(sd: Dict[str, torch.Tensor], path: Path, metric: str = "") ->
         return {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
     if all(k.split(".")[0].isdigit() for k in sd):
         return sd
-    raise RuntimeError(f"weights file {str(path)!r} is neither a torchvision checkpoint nor a features state dict")
+    raise WeightsFileError(f"weights file {str(path)!r} is neither a torchvision checkpoint nor a features state dict")
 
 
 def dists_alpha_beta(metric: str, weights_dir: Optional[str | os.PathLike] = None) -> Dict[str, torch.Tensor]:
@@ -181,6 +194,14 @@ def released_weights(metric: str, fname: str, url: str, weights_dir: Optional[st
 def load_exactly(module: torch.nn.Module, sd: Dict[str, torch.Tensor], what: str, error: type = RuntimeError) -> None:
     """Load ``sd`` into ``module``; a missing or unexpected key raises ``error`` with ``what`` (the metric and the
     file) and the first keys of each kind, instead of torch's message that names neither."""
+    own = module.state_dict()
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise error(f"{what} (entry {k!r} is a {type(v).__name__}, not a tensor)")
+        if k in own and tuple(v.shape) != tuple(own[k].shape):
+            raise error(f"{what} (tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)})")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise error(f"{what} (tensor {k!r} holds NaN or infinite values)")
     missing, unexpected = module.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise error(f"{what} (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -190,12 +211,16 @@ def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor]
     """Copy a features state dict into LPIPS' sliced backbone (``slice2.3.weight`` is ``3.weight``)."""
     own = {name.split(".", 1)[1]: p for name, p in net.named_parameters()}
     missing, extra = sorted(set(own) - set(features)), sorted(set(features) - set(own))
+    where = f" ({USED[metric]})" if metric in USED else ""
     if missing or extra:
-        raise RuntimeError(f"{metric}: backbone weights do not match (missing {missing}, unexpected {extra})")
+        raise WeightsFileError(f"{metric}: backbone weights{where} do not match (missing {missing}, unexpected {extra})")
     with torch.no_grad():
         for k, p in own.items():
-            if p.shape != features[k].shape:
-                raise RuntimeError(f"{metric}: backbone tensor {k} has shape {tuple(features[k].shape)}, expected {tuple(p.shape)}")
+            if not isinstance(features[k], torch.Tensor) or p.shape != features[k].shape:
+                shape = tuple(getattr(features[k], "shape", ()))
+                raise WeightsFileError(f"{metric}: backbone tensor {k}{where} has shape {shape}, expected {tuple(p.shape)}")
+            if not bool(torch.isfinite(features[k]).all()):
+                raise WeightsFileError(f"{metric}: backbone tensor {k}{where} holds NaN or infinite values")
             p.copy_(features[k])
 
 
