@@ -1,5 +1,6 @@
 """train.py: robust LPIPS training (clean and R-LPIPS adversarial), checkpoints as registry metrics, DDP fit."""
 import os
+import re
 import pickle
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def test_training_lowers_the_loss_changes_only_intended_parameters_and_reloads(t
     with torch.no_grad():
         expected = module.distance(ref, x)
     assert torch.allclose(loaded(ref, x), expected, rtol=1e-6, atol=0)
-    assert loaded.label == "rlpips:ckpt/last.ckpt [random backbone]"  # short: the run folder and the file
+    assert re.fullmatch(r"rlpips:ckpt/last\.ckpt#[0-9a-f]{6} \[random backbone\]", loaded.label)  # short: the run
+    # folder, the file and a hash of the whole path (distinct checkpoints get distinct labels)
     assert not any(p.requires_grad for p in loaded.parameters())
 
 

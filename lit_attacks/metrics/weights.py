@@ -40,7 +40,7 @@ class WeightsNotFoundError(FileNotFoundError):
     """No weights file could be found locally or downloaded."""
 
 
-class WeightsFileError(InputError):
+class WeightsFileError(InputError, RuntimeError):
     """A weights file that exists but is not what it should be (truncated, foreign, wrong shapes, NaN);
     the message is one line naming the file."""
 
@@ -136,7 +136,7 @@ def _file_digest(path: Path, algorithm: str = "sha256") -> str:
     import hashlib
 
     h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    with open_regular(path, "weights file", error=WeightsFileError) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -211,16 +211,16 @@ def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor]
     """Copy a features state dict into LPIPS' sliced backbone (``slice2.3.weight`` is ``3.weight``)."""
     own = {name.split(".", 1)[1]: p for name, p in net.named_parameters()}
     missing, extra = sorted(set(own) - set(features)), sorted(set(features) - set(own))
-    where = f" ({USED[metric]})" if metric in USED else ""
+    where = f" in {USED[metric]}" if metric in USED else ""
     if missing or extra:
-        raise WeightsFileError(f"{metric}: backbone weights{where} do not match (missing {missing}, unexpected {extra})")
+        raise WeightsFileError(f"{metric}: backbone weights do not match (missing {missing}, unexpected {extra}){where}")
     with torch.no_grad():
         for k, p in own.items():
             if not isinstance(features[k], torch.Tensor) or p.shape != features[k].shape:
                 shape = tuple(getattr(features[k], "shape", ()))
-                raise WeightsFileError(f"{metric}: backbone tensor {k}{where} has shape {shape}, expected {tuple(p.shape)}")
+                raise WeightsFileError(f"{metric}: backbone tensor {k} has shape {shape}, expected {tuple(p.shape)}{where}")
             if not bool(torch.isfinite(features[k]).all()):
-                raise WeightsFileError(f"{metric}: backbone tensor {k}{where} holds NaN or infinite values")
+                raise WeightsFileError(f"{metric}: backbone tensor {k} holds NaN or infinite values{where}")
             p.copy_(features[k])
 
 
