@@ -326,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        for split in a.split if isinstance(a.split, list) else [a.split]:
+            component(split, "--split", BappsDataError)  # a folder name under --out
         if a.cmd == "shards":
             cats = a.categories.split(",") if a.categories else None
             index = write_shards(scan_tree(a.root, a.split, cats), a.out, a.shard_size, progress=True)

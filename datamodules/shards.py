@@ -26,6 +26,7 @@ from tqdm import tqdm
 from lit_attacks.datamodules.tar_reader import MAX_PNG_BYTES, group_samples, iter_members, open_shard, scan_shard
 from lit_attacks.datamodules.tree import (BappsDataError, TreeSample, check_judge, check_key, check_triplet_sizes,
                                           decode_png, parse_judge_text, read_judge)
+from lit_attacks.report import atomic_write
 from lit_attacks.safe_files import InputError, open_regular, read_regular, read_text
 
 log = logging.getLogger(__name__)
@@ -66,26 +67,33 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
         name = f"{prefix}-{n:06d}.tar"
         judges = []
         tmp = out / (name + ".tmp")
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for s in chunk:
-                blobs = {m: read_regular(getattr(s, m), f"image", MAX_PNG_BYTES, BappsDataError)
-                         for m in ("ref", "p0", "p1")}
-                imgs = [(m, decode_png(b, f"{getattr(s, m)}")) for m, b in blobs.items()]
-                check_triplet_sizes(imgs, f"sample {s.key}")
-                judge = read_judge(s.judge, f"{s.judge}")
-                for m in ("ref", "p0", "p1"):
-                    _add(tar, f"{s.key}.{m}.png", blobs[m])
-                _add(tar, f"{s.key}.judge.txt", repr(judge).encode())
-                judges.append(judge)
-                categories[s.category] = categories.get(s.category, 0) + 1
-                bar.update()
+        try:
+            _write_chunk(tmp, chunk, judges, categories, bar)
+        except BaseException:  # a bad file, a full disk, an interrupt: no partial shard is left
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, out / name)
         shards.append({"name": name, "count": len(chunk), "keys": [s.key for s in chunk], "judges": judges,
                        "sha256": sha256(out / name), "size": (out / name).stat().st_size})
     bar.close()
     index = {"format": 1, "split": split, "count": len(samples), "categories": categories, "shards": shards}
-    (out / INDEX).write_text(json.dumps(index, indent=1))
+    atomic_write(out / INDEX, json.dumps(index, indent=1))
     return index
+
+
+def _write_chunk(tmp: Path, chunk: Sequence[TreeSample], judges: List[float], categories: Dict[str, int], bar) -> None:
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for s in chunk:
+            blobs = {m: read_regular(getattr(s, m), "image", MAX_PNG_BYTES, BappsDataError) for m in ("ref", "p0", "p1")}
+            imgs = [(m, decode_png(b, f"{getattr(s, m)}")) for m, b in blobs.items()]
+            check_triplet_sizes(imgs, f"sample {s.key}")
+            judge = read_judge(s.judge, f"{s.judge}")
+            for m in ("ref", "p0", "p1"):
+                _add(tar, f"{s.key}.{m}.png", blobs[m])
+            _add(tar, f"{s.key}.judge.txt", repr(judge).encode())
+            judges.append(judge)
+            categories[s.category] = categories.get(s.category, 0) + 1
+            bar.update()
 
 
 def sha256(path: Path) -> str:

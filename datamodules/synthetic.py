@@ -181,8 +181,15 @@ def make_sample(seed: int, split: str, category: str, idx: int, size: int, kind:
 
 def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: int = 64,
                splits: Sequence[str] = ("val",), categories: Sequence[str] = CATEGORIES, kind: str = "photos") -> Path:
-    """Write the ``kind`` built-in set as a BAPPS tree under ``root/2afc/<split>/<category>/``."""
+    """Write the ``kind`` built-in set as a BAPPS tree under ``root/2afc/<split>/<category>/`` (refused before
+    writing when it would not fit in the free space there)."""
+    from lit_attacks.datamodules.tree import BappsDataError
+    from lit_attacks.safe_files import component
+
     root = Path(root)
+    for name in list(splits) + list(categories):
+        component(name, "split or category", BappsDataError)
+    _check_space(root, n_per_category * len(splits), size, len(categories))
     for split in splits:
         for cat in categories:
             d = root / "2afc" / split / cat
@@ -200,13 +207,13 @@ def write_tree(root: str | Path, n_per_category: int = 40, seed: int = 0, size: 
 BYTES_PER_SAMPLE_64 = 45_000  # cache bytes per sample at 64 px (tree and shards; measured 43.2 kB, photos)
 
 
-def _check_space(base: Path, n_per_category: int, size: int) -> None:
-    """Refuse, before writing, a built-in set that would not fit in the cache's free space (with 10% left)."""
+def _check_space(base: Path, n_per_category: int, size: int, categories: int = len(CATEGORIES)) -> None:
+    """Refuse, before writing, a built-in set that would not fit in the free space there (with 10% left)."""
     import shutil
 
     from lit_attacks.datamodules.tree import BappsDataError
 
-    need = n_per_category * len(CATEGORIES) * BYTES_PER_SAMPLE_64 * (size / 64) ** 2
+    need = n_per_category * categories * BYTES_PER_SAMPLE_64 * (size / 64) ** 2
     probe = next(p for p in [base, *base.parents] if p.exists())
     free = shutil.disk_usage(probe).free
     if need > 0.9 * free:
@@ -225,13 +232,16 @@ def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int =
 
     if kind not in KINDS:
         raise ValueError(f"unknown built-in set {kind!r}; choose one of {', '.join(KINDS)}")
+    from lit_attacks.datamodules.tree import BappsDataError
+    from lit_attacks.safe_files import component
+
+    component(split, "split", BappsDataError)  # a folder name in the cache
     name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}" if kind == "procedural" else \
         f"photos-v{PHOTOS_VERSION}-n{n_per_category}-s{seed}-px{size}"
     base = (Path(cache_dir) if cache_dir else cache_root()) / name
     out = base / "shards" / split
     if (out / INDEX).is_file() and not refresh:
         return out
-    _check_space(base, n_per_category, size)
     write_tree(base / "tree", n_per_category, seed, size, splits=(split,), kind=kind)
     write_shards(scan_tree(base / "tree", split), out, shard_size=max(1, n_per_category * len(CATEGORIES) // 4),
                  prefix=f"{name.split('-')[0]}-{split}", progress=progress)

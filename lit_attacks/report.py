@@ -16,8 +16,12 @@ def atomic_write(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written temporary file is left either
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def csv_text(rows: Sequence[Dict[str, Any]], columns: Optional[List[str]] = None) -> str:

@@ -175,6 +175,29 @@ def test_values_that_become_path_components_are_single_names(tmp_path, capsys, m
     assert tree_listing(tmp_path) == []  # nothing made: not the cache, not results/, not ../escaped
 
 
+@pytest.mark.parametrize("cmd", ["builtin", "shards"])
+def test_the_data_command_line_refuses_a_split_that_is_a_path(tmp_path, capsys, cmd):
+    from lit_attacks.datamodules.bapps import main as bapps_main
+
+    extra = ["--root", str(tmp_path)] if cmd == "shards" else []
+    assert bapps_main([cmd, "--out", str(tmp_path / "o"), "--split", "../../escaped"] + extra) == 2
+    assert "--split '../../escaped': must be a single name" in capsys.readouterr().err
+    assert tree_listing(tmp_path) == []
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from lit_attacks.report import atomic_write
+
+    def full(self, text):
+        Path.write_bytes(self, text[:3].encode())
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(tmp_path / "summary.json", "{}" * 100)
+    assert tree_listing(tmp_path) == []
+
+
 def test_the_datamodule_refuses_a_split_that_is_a_path(tmp_path):
     with pytest.raises(BappsDataError, match="split '../x': must be a single name"):
         BappsDataModule(data=None, split="../x", cache_dir=str(tmp_path / "c")).prepare_data()
@@ -439,6 +462,7 @@ def test_non_regular_files_where_files_are_expected_end_with_an_error(tmp_path, 
     ref.symlink_to("/dev/zero")
     with pytest.raises(BappsDataError, match="is a character device"):
         write_shards(scan_tree(tree, "val"), tmp_path / "s2", progress=False)
+    assert tree_listing(tmp_path / "s1") == tree_listing(tmp_path / "s2") == []  # no partial shard left
 
 
 def test_a_symlink_loop_in_a_tree_ends_with_an_error(tmp_path, capsys):
