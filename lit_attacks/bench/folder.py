@@ -137,6 +137,8 @@ class ResultsFolder:
         if not self.out.is_dir():
             raise FolderError(f"--out {self.out} is not a folder")
         others = sorted(p.name for p in self.out.iterdir() if p.name not in OWN)
+        if self.path.is_symlink():
+            raise FolderError(f"results folder {self.out}: {self.path} is a symlink; choose another --out")
         if os.path.lexists(self.path):
             self.files = self._load()
         elif others:
