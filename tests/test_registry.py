@@ -47,3 +47,17 @@ def test_absent_metrics_say_why_and_are_listed_in_the_table():
     rows = table()
     for name in ABSENT:
         assert name not in list_metrics() and f"| `{name}` (not registered) |" in rows
+
+
+def test_every_metric_module_is_discovered_without_an_import_list():
+    """A metric family is one module: the package imports every module it holds (as attacks and tables do),
+    so a new module registers its metrics without a line elsewhere."""
+    import pkgutil
+    import sys
+
+    import lit_attacks.metrics as metrics
+
+    modules = {m.name for m in pkgutil.iter_modules(metrics.__path__)} - set(metrics.CLI_MODULES)
+    assert {"lpips", "pixel", "dreamsim", "absent"} <= modules
+    assert all(f"lit_attacks.metrics.{m}" in sys.modules for m in modules)
+    assert "METRICS.register" not in open(metrics.__file__).read()  # no hand-kept list of families

@@ -1,7 +1,9 @@
 """Victim metrics: every one a frozen :class:`Distance` created by name from :data:`METRICS`."""
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 import torch
 from typing import Any, List, Optional
@@ -9,8 +11,14 @@ from typing import Any, List, Optional
 from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, expected_distances, to01
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.metrics.weights import WeightsNotFoundError
-from lit_attacks.metrics import pixel, structural, lpips, deep, stlpips, trained, watson, classical, wadiqam, pim, dreamsim, rclip, lipsim, elpips, absent  # noqa: F401  (registration)
 from lit_attacks.metrics.trained import CheckpointError
+
+CLI_MODULES = ("catalog",)  # command-line tools of this package: they import it, so they are not imported here
+# Every other module is imported, and each metric family registers its factories where they are defined
+# (``@METRICS.register("lpips_alex")``), as attacks and tables do: adding a metric is adding one module.
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in CLI_MODULES:
+        importlib.import_module(f"{__name__}.{_m.name}")
 
 
 def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str] = None, init_seed: int = 0,
