@@ -22,21 +22,13 @@ from lit_attacks.datamodules.cache import cache_root
 from lit_attacks.datamodules.shards import (INDEX, HashCache, SkipLog, content_fingerprint, read_index, stream,
                                             verify_shards, write_shards)
 from lit_attacks.datamodules.synthetic import builtin_shards
-from lit_attacks.datamodules.tree import BappsDataError, scan_tree
+from lit_attacks.datamodules.tree import BappsDataError, key_from_judge_path, scan_tree
 from lit_attacks.safe_files import component, walk_files
 
 
 def is_unanimous(judge: float) -> bool:
     """Humans agreed: every rater preferred the same image (judge exactly 0 or 1)."""
     return judge == 0.0 or judge == 1.0
-
-
-def key_from_judge_path(path: str) -> str:
-    """``val/cnn/judge/000123.npy`` (official subset list) -> ``val/cnn/000123``."""
-    parts = Path(path).parts
-    if len(parts) < 4 or parts[-2] != "judge":
-        raise BappsDataError(f"not a BAPPS judge path: {path!r}")
-    return f"{parts[-4]}/{parts[-3]}/{Path(parts[-1]).stem}"
 
 
 def _tree_fingerprint(root: Path, split: str) -> str:

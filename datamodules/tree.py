@@ -48,6 +48,14 @@ def check_key(key: str, where: str) -> None:
         raise BappsDataError(f"{where}: member path outside a sample (expected <split>/<category>/<id>)")
 
 
+def key_from_judge_path(path: str) -> str:
+    """``val/cnn/judge/000123.npy`` (the official subset list, the official CSVs' ``path``) -> ``val/cnn/000123``."""
+    parts = Path(path).parts
+    if len(parts) < 4 or parts[-2] != "judge":
+        raise BappsDataError(f"not a BAPPS judge path: {path!r}")
+    return f"{parts[-4]}/{parts[-3]}/{Path(parts[-1]).stem}"
+
+
 def scan_tree(root: str | Path, split: str = "val", categories: Optional[Sequence[str]] = None) -> List[TreeSample]:
     """All triplets of ``root/2afc/<split>``, sorted by key.
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lit_attacks.configuration import ConfigError
+from lit_attacks.datamodules.tree import key_from_judge_path
 from lit_attacks.transfer import official_transfer_counts
 
 # The transfer CSVs' metric -> our registry name computing the same statistic.
@@ -26,12 +27,7 @@ PUBLISHED_COUNTS = {"l2": (2099, (101, 174, 77, 189, 257)), "ssim": (2093, (237,
 PGD_COLUMNS = ("path", "new_h", "orig_h", "i", "rmse", "d0", "d1", "di")
 
 
-def key_of_judge_path(path: str) -> str:
-    """``val/cnn/judge/000123.npy`` -> ``val/cnn/000123``."""
-    parts = Path(path).parts
-    if len(parts) < 4 or parts[-2] != "judge":
-        raise ConfigError(f"not a BAPPS judge path: {path!r}")
-    return f"{parts[-4]}/{parts[-3]}/{Path(parts[-1]).stem}"
+key_of_judge_path = key_from_judge_path  # ``val/cnn/judge/000123.npy`` -> ``val/cnn/000123``
 
 
 def key_of_sample(sample: str, split: str = "val") -> str:

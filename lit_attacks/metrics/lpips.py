@@ -46,7 +46,35 @@ def build_lpips(net: str, pretrained: bool, weights_dir: Optional[str | os.PathL
     return model
 
 
-class LPIPSDistance(Distance):
+class LinearHeadsDistance(Distance):
+    """A distance of LPIPS' form on ``self.model`` (an ``lpips``-style network with ``lins``): the sum over
+    layers of a linear head on squared differences of unit-normalised features, spatially averaged. A
+    subclass gives :meth:`features`; a bound reference's features are computed once and reused."""
+
+    def features(self, x: Tensor) -> List[Tensor]:
+        raise NotImplementedError
+
+    def from_features(self, f_ref: List[Tensor], f_x: List[Tensor]) -> Tensor:
+        """(B,) distance from two feature lists (same arithmetic as ``lpips.LPIPS.forward``)."""
+        d = 0
+        for lin, a, b in zip(self.model.lins, f_ref, f_x):
+            d = d + lin((a - b) ** 2).mean(dim=(2, 3), keepdim=True)
+        return d.flatten()
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return self.model(ref, x).flatten()
+
+    def _prepare(self, ref: Tensor) -> List[Tensor]:
+        return self.features(ref)
+
+    def _select(self, ctx: List[Tensor], idx: Tensor) -> List[Tensor]:
+        return [f[idx] for f in ctx]
+
+    def _distance_prepared(self, ctx: List[Tensor], x: Tensor) -> Tensor:
+        return self.from_features(ctx, self.features(x))
+
+
+class LPIPSDistance(LinearHeadsDistance):
     """LPIPS v0.1 with an AlexNet, SqueezeNet or VGG16 backbone.
 
     Args:
@@ -64,25 +92,6 @@ class LPIPSDistance(Distance):
         """Unit-normalised backbone features of ``x`` (B, 3, H, W) in [-1, 1]; cacheable for a fixed ref."""
         outs = self.model.net(self.model.scaling_layer(x))
         return [lpips_pkg.normalize_tensor(o) for o in outs]
-
-    def from_features(self, f_ref: List[Tensor], f_x: List[Tensor]) -> Tensor:
-        """(B,) LPIPS from two feature lists (same arithmetic as ``lpips.LPIPS.forward``)."""
-        d = 0
-        for lin, a, b in zip(self.model.lins, f_ref, f_x):
-            d = d + lin((a - b) ** 2).mean(dim=(2, 3), keepdim=True)
-        return d.flatten()
-
-    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
-        return self.model(ref, x).flatten()
-
-    def _prepare(self, ref: Tensor) -> List[Tensor]:
-        return self.features(ref)
-
-    def _select(self, ctx: List[Tensor], idx: Tensor) -> List[Tensor]:
-        return [f[idx] for f in ctx]
-
-    def _distance_prepared(self, ctx: List[Tensor], x: Tensor) -> Tensor:
-        return self.from_features(ctx, self.features(x))
 
     def pixel_scorer(self, bound: BoundDistance, prey: Tensor, local: bool = True, chunk: int = 128):
         """Local evaluation of one-pixel candidates on AlexNet and VGG16 backbones (convolutions, ReLUs and

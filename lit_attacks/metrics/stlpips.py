@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lit_attacks.metrics.base import Distance
+from lit_attacks.metrics.lpips import LinearHeadsDistance
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.metrics.registry import METRICS
 
@@ -51,7 +52,7 @@ def import_stlpips():
             sys.modules.pop(name, None)
 
 
-class STLPIPSDistance(Distance):
+class STLPIPSDistance(LinearHeadsDistance):
     """ST-LPIPS (variant ``shift_tolerant``) with an AlexNet or VGG backbone, as the official transfer benchmark.
 
     Args:
@@ -84,20 +85,6 @@ class STLPIPSDistance(Distance):
         outs = self.model.net.forward(self.model.scaling_layer(x))
         return [o / (o.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for o in outs]  # stlpips utils.normalize_tensor
 
-    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
-        return self.model(ref, x).flatten()
-
-    def _prepare(self, ref: Tensor) -> List[Tensor]:
-        return self.features(ref)
-
-    def _select(self, ctx: List[Tensor], idx: Tensor) -> List[Tensor]:
-        return [f[idx] for f in ctx]
-
-    def _distance_prepared(self, ctx: List[Tensor], x: Tensor) -> Tensor:
-        d = 0
-        for lin, a, b in zip(self.model.lins, ctx, self.features(x)):
-            d = d + lin((a - b) ** 2).mean(dim=(2, 3), keepdim=True)
-        return d.flatten()
 
 
 def weight_file(st, net: str) -> Path:
