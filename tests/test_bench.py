@@ -234,3 +234,35 @@ def test_skip_unavailable_lists_metrics_it_cannot_build_and_runs_the_rest(tmp_pa
     assert {r["metric"] for r in summary["table1"]} == {"l2"}
     readme = (out / "README.md").read_text()
     assert "Not run" in readme and "`watson_dft`" in readme
+
+
+@pytest.mark.slow
+def test_a_plain_install_finds_the_presets(tmp_path):
+    """`pip install .` (not editable) ships configs/ as package data: the library finds every preset by name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target",
+                    str(target), str(repo)], check=True, capture_output=True, cwd=tmp_path)
+    code = ("import lit_attacks.bench.config as c, sys; assert c.CONFIG_DIR.is_relative_to(sys.argv[1]), c.CONFIG_DIR; "
+            "print(sorted(p.stem for p in c.CONFIG_DIR.glob('*.yaml'))); print(sorted(c.load_yaml('table2')))")
+    r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path,
+                       env={**__import__("os").environ, "PYTHONPATH": str(target)})
+    assert r.returncode == 0, r.stderr
+    presets = sorted(p.stem for p in (repo / "configs" / "bench").glob("*.yaml"))
+    assert r.stdout.splitlines()[0] == str(presets) and "attacks" in r.stdout.splitlines()[1]
+    assert (target / "lit_attacks" / "configs" / "train" / "rlpips.yaml").is_file()
+
+
+def test_a_preset_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from lit_attacks.bench.config import CONFIG_DIR, find_config
+
+    monkeypatch.chdir(tmp_path)
+    for given in ("table2", "table2.yaml", "configs/bench/table2.yaml"):
+        assert find_config(given) == CONFIG_DIR / "table2.yaml"
+    assert find_config("nope/table2.yaml") == __import__("pathlib").Path("nope/table2.yaml")  # not a preset path
+    (tmp_path / "table2.yaml").write_text("metrics: [l2]\n")
+    assert find_config("table2.yaml").resolve() == tmp_path / "table2.yaml"  # the user's own file comes first

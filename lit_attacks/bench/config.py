@@ -21,8 +21,19 @@ from lit_attacks.safe_files import component, read_text
 from lit_attacks.tables import tables
 from lit_attacks.wandb_utils import MODES, check_env_mode
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "configs" / "bench"
+
+
+def _presets() -> Path:
+    """The presets folder: the installed ``lit_attacks.configs`` (the repository's ``configs/`` in a checkout or an
+    editable install; package data after ``pip install .``)."""
+    try:
+        import lit_attacks.configs as configs
+    except ImportError:  # an editable install made before configs/ was a package
+        return Path(__file__).resolve().parents[2] / "configs"
+    return Path(configs.__file__).resolve().parent
+
+
+CONFIG_DIR = _presets() / "bench"
 DEFAULT_CONFIG = CONFIG_DIR / "quick.yaml"
 
 DATA_KEYS: Dict[str, Any] = {
@@ -61,8 +72,19 @@ LIST_KEYS = ("metrics", "categories") + tuple(k for t in tables() for k in t.lis
 __all__ = ["CONFIG_DIR", "ConfigError", "DEFAULTS", "DEFAULT_CONFIG", "load_yaml", "merge", "validate"]
 
 
-def load_yaml(path: str | Path) -> Dict[str, Any]:
+def find_config(path: str | Path) -> Path:
+    """``path`` when it exists; else the preset it names (``table2``, ``table2.yaml`` or ``configs/bench/table2.yaml``
+    from another folder or an installed package); else ``path`` (reported as missing)."""
     p = Path(path)
+    if p.exists():
+        return p
+    name = p.name if p.name.endswith(".yaml") else f"{p.name}.yaml"
+    preset = CONFIG_DIR / name
+    return preset if preset.is_file() and (len(p.parts) == 1 or p.parts[-2:-1] == ("bench",)) else p
+
+
+def load_yaml(path: str | Path) -> Dict[str, Any]:
+    p = find_config(path)
     if not p.exists():
         names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"--config {path}: no such file; configs in {CONFIG_DIR}: {', '.join(names)}")
