@@ -63,6 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--wandb-project")
     p.add_argument("--fresh", action="store_true", help="recompute every cell, ignoring completed ones")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    p.add_argument("--print_config", "--print-config", dest="print_config", action="store_true",
+                   help="print the resolved config (defaults < --config < flags) as YAML and exit; usable as --config")
     flags = vars(p.parse_args(argv))
     for key in ("pretrained", "skip_unavailable"):
         if key in flags:
@@ -80,7 +82,7 @@ def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
     """Defaults < config < flags, validated; exits with a one-line error on bad input."""
     flags = dict(flags)
     path = flags.pop("config", None) or DEFAULT_CONFIG
-    for key in ("fresh", "quiet"):
+    for key in ("fresh", "quiet", "print_config"):
         flags.pop(key, None)
     try:
         cfg = merge(load_yaml(path), flags, str(path))
@@ -89,6 +91,15 @@ def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
         fail(str(e))
     cfg["config_file"] = str(path)
     return cfg
+
+
+def print_config(cfg: Dict[str, Any]) -> None:
+    """The resolved config as YAML that ``--config`` reads back to the same run."""
+    import yaml
+
+    from lit_attacks.bench.config import DEFAULTS
+
+    print(yaml.safe_dump({k: cfg[k] for k in DEFAULTS}, sort_keys=False, default_flow_style=None), end="")
 
 
 def resolve_devices(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -164,6 +175,9 @@ def quiet_lightning() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     flags = parse_args(argv)
     cfg = resolve_config(flags)
+    if flags.get("print_config"):
+        print_config(cfg)
+        return 0
     quiet_lightning()
     devices = resolve_devices(cfg)
     out = Path(cfg["out"])

@@ -266,3 +266,16 @@ def test_a_preset_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
     assert find_config("nope/table2.yaml") == __import__("pathlib").Path("nope/table2.yaml")  # not a preset path
     (tmp_path / "table2.yaml").write_text("metrics: [l2]\n")
     assert find_config("table2.yaml").resolve() == tmp_path / "table2.yaml"  # the user's own file comes first
+
+
+def test_print_config_prints_the_resolved_config_that_reads_back(tmp_path, capsys):
+    import yaml
+
+    assert bench.main(["--config", "table2", "--metrics", "l2", "--param", "pgd.steps=7", "--print_config"]) == 0
+    text = capsys.readouterr().out
+    cfg = yaml.safe_load(text)
+    assert cfg["metrics"] == ["l2"] and cfg["attacks"]["pgd"]["steps"] == 7 and cfg["name"] == "table2"
+    (tmp_path / "resolved.yaml").write_text(text)
+    assert bench.main(["--config", str(tmp_path / "resolved.yaml"), "--print_config"]) == 0
+    assert capsys.readouterr().out == text
+    assert not (tmp_path / "results").exists()
