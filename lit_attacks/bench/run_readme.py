@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from lit_attacks.bench.config import ROOT
+ROOT = Path(__file__).resolve().parents[2]  # the source checkout (its git commit goes in the run README)
+
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "lpips", "piq", "webdataset", "wandb",
             "scipy", "numpy")
