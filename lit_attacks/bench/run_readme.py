@@ -6,12 +6,12 @@ import shlex
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout (its git commit goes in the run README)
-
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "lpips", "piq", "webdataset", "wandb",
             "scipy", "numpy")
