@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_attacks.datamodules.bapps import ShardLoader, ShardStream, expected_keys, index_compression, shard_urls
-from lit_attacks.datamodules.shards import SkipLog, to_tensor
+from lit_attacks.datamodules.streaming import SkipLog, to_tensor
 from lit_attacks.datamodules.tree import BappsDataError, check_key, decode_png
 
 REQUIRED = ("ref.png", "other.png", "prey.png", "record.json")

@@ -19,10 +19,11 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lit_attacks.datamodules.cache import cache_root
-from lit_attacks.datamodules.shards import (INDEX, HashCache, SkipLog, content_fingerprint, read_index, stream,
-                                            verify_shards, write_shards)
+from lit_attacks.datamodules.shards import (INDEX, HashCache, content_fingerprint, read_index, verify_shards,
+                                            write_shards)
+from lit_attacks.datamodules.streaming import SkipLog, stream
 from lit_attacks.datamodules.synthetic import builtin_shards
-from lit_attacks.datamodules.tree import BappsDataError, key_from_judge_path, scan_tree
+from lit_attacks.datamodules.tree import BappsDataError, key_from_judge_path, scan_tree  # noqa: F401 (re-exported)
 from lit_attacks.safe_files import component, walk_files
 
 

@@ -137,7 +137,10 @@ def iter_members(f: BinaryIO, where: str, error: Type[Exception], read_data: Cal
             if size > MAX_META:
                 raise error(f"{where}: a {'pax' if kind == b'x' else 'long-name'} header of {size} bytes; refused")
             data = _read_exact(f, padded, where, error)[:size]
-            long_name = _pax_path(data, where, error) if kind == b"x" else data.split(b"\0", 1)[0].decode("utf-8", "replace")
+            if kind == b"x":
+                long_name = _pax_path(data, where, error)
+            else:
+                long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
             continue
         if long_name is not None:
             name, long_name = long_name, None

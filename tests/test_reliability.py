@@ -78,7 +78,7 @@ def test_a_tar_named_like_a_command_is_refused_and_never_run(tmp_path, monkeypat
 
 
 def test_shards_are_opened_as_local_files_only(tmp_path, monkeypatch):
-    from lit_attacks.datamodules.shards import read_local_shards
+    from lit_attacks.datamodules.streaming import read_local_shards
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BappsDataError, match="cannot be read"):

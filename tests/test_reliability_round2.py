@@ -6,11 +6,8 @@ import gzip
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import tarfile
-import textwrap
 from pathlib import Path
 
 import lpips as lpips_pkg
