@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, validate
 from lit_attacks.bench.devices import RunError
+from lit_attacks.bench.folder import LOCK_NAME, OWN  # noqa: F401 (LOCK_NAME: tests name the lock file by it)
 from lit_attacks.safe_files import InputError
 from lit_attacks.tables import tables
 
@@ -114,7 +115,6 @@ def resolve_devices(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return devices
 
 
-LOCK_NAME = ".bench.lock"  # as lit_attacks.bench.folder.LOCK_NAME
 _LOCK: Dict[str, Any] = {}  # this process's RunLock and ResultsFolder, while its run lives
 
 
@@ -150,8 +150,7 @@ def release_lock() -> None:
     """Release this process's results-folder lock; a folder made for the run that holds nothing else is removed."""
     lock, folder = _LOCK.pop("lock", None), _LOCK.pop("folder", None)
     if lock is not None:
-        rest = [p.name for p in lock.out.iterdir() if p.name not in (LOCK_NAME, ".bench-manifest.json")] \
-            if lock.out.is_dir() else []
+        rest = [p.name for p in lock.out.iterdir() if p.name not in OWN] if lock.out.is_dir() else []
         lock.release(leave_nothing=not rest and not (folder is not None and folder.files))
 
 
@@ -209,7 +208,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str, Any], is_zero: bool) -> int:
     from lit_attacks.datamodules.bapps import BappsDataModule
-    from lit_attacks.datamodules.tree import BappsDataError
     from lit_attacks.bench.cells import CellStore
     from lit_attacks.bench.runner import Bench
 
@@ -222,8 +220,6 @@ def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str
     dm_attack = BappsDataModule(unanimous_only=True, **dm_kw)
     try:
         source = dm_all.describe()
-    except BappsDataError:
-        raise
     except OSError as e:
         fail(f"{e.filename or 'the data cache'}: {e.strerror or e} (the cache folder is $LIT_ATTACKS_CACHE, "
              f"default ~/.cache/lit_attacks)")

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lit_attacks.datamodules.bapps import ShardLoader, ShardStream, expected_keys, index_compression, shard_urls
+from lit_attacks.datamodules.bapps import ShardLoader, ShardStream, index_field, shard_urls
 from lit_attacks.datamodules.streaming import SkipLog, to_tensor
 from lit_attacks.datamodules.tree import BappsDataError, check_key, decode_png
 
@@ -69,6 +69,6 @@ class AdvShardDataModule(pl.LightningDataModule):
         urls: List[str] = shard_urls(folder)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         ds = ShardStream(urls, lambda s: True, self.hparams.load_size, rank, world, "sample",
-                         validate=validate_adv, decode=decode_adv, expected=expected_keys(folder),
-                         compression=index_compression(folder))
+                         validate=validate_adv, decode=decode_adv, expected=index_field(folder, "keys"),
+                         compression=index_field(folder, "compression"))
         return ShardLoader(ds, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)

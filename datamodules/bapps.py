@@ -80,22 +80,13 @@ def shard_urls(folder: Path, hashes: Optional[HashCache] = None) -> List[str]:
     return [str(folder / s["name"]) for s in index["shards"]]
 
 
-def expected_keys(folder: Path) -> Dict[str, List[str]]:
-    """Shard path -> the keys its index lists (shards without keys in the index: not checked)."""
+def index_field(folder: Path, field: str, index: Optional[dict] = None) -> Dict[str, object]:
+    """Shard path -> ``field`` of its index entry, for the shards whose entry has it: ``keys`` (checked while
+    streaming), ``judges`` (counts without a pass over the shards), ``compression``. ``index``: the folder's
+    index when already read."""
     folder = Path(folder).resolve()
-    return {str(folder / s["name"]): s["keys"] for s in read_index(folder)["shards"] if "keys" in s}
-
-
-def index_compression(folder: Path) -> Dict[str, str]:
-    """Shard path -> the compression its index entry declares (only shards that declare one)."""
-    folder = Path(folder).resolve()
-    return {str(folder / s["name"]): s["compression"] for s in read_index(folder)["shards"] if s.get("compression")}
-
-
-def index_judges(folder: Path) -> Dict[str, List[float]]:
-    """Shard path -> the judges its index lists (indexes written before judges were recorded have none)."""
-    folder = Path(folder).resolve()
-    return {str(folder / s["name"]): s["judges"] for s in read_index(folder)["shards"] if "judges" in s}
+    entries = (index or read_index(folder))["shards"]
+    return {str(folder / s["name"]): s[field] for s in entries if s.get(field) is not None}
 
 
 class ShardLoader(DataLoader):
@@ -247,9 +238,11 @@ class BappsDataModule(pl.LightningDataModule):
         split = split or self.hparams.split
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         folder = self.shard_folder(split)
+        index = read_index(folder)
+        fields = {f: index_field(folder, f, index) for f in ("keys", "judges", "compression")}
         return ShardStream(shard_urls(folder, self.hashes), self.keep, self.hparams.load_size, rank, world,
-                           self.hparams.split_by, self.hparams.skip_bad, expected=expected_keys(folder),
-                           judges=index_judges(folder), compression=index_compression(folder))
+                           self.hparams.split_by, self.hparams.skip_bad, expected=fields["keys"],
+                           judges=fields["judges"], compression=fields["compression"])
 
     def _loader(self, split: Optional[str] = None) -> DataLoader:
         return ShardLoader(self.dataset(split), batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)

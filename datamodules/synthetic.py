@@ -232,10 +232,6 @@ def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int =
 
     if kind not in KINDS:
         raise ValueError(f"unknown built-in set {kind!r}; choose one of {', '.join(KINDS)}")
-    from lit_attacks.datamodules.tree import BappsDataError
-    from lit_attacks.safe_files import component
-
-    component(split, "split", BappsDataError)  # a folder name in the cache
     name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}" if kind == "procedural" else \
         f"photos-v{PHOTOS_VERSION}-n{n_per_category}-s{seed}-px{size}"
     base = (Path(cache_dir) if cache_dir else cache_root()) / name

@@ -30,6 +30,12 @@ class InputError(ValueError):
     """Bad input (an argument, a file); the message is one line naming it."""
 
 
+def first_line(e: BaseException, limit: Optional[int] = None, default: Optional[str] = None) -> str:
+    """The first line of an exception's message (``default``, else its type's name, when it has none), cut
+    to ``limit`` characters: what a one-line error quotes of a library's exception."""
+    return (str(e).strip().splitlines() or [type(e).__name__ if default is None else default])[0][:limit]
+
+
 def component(value: object, arg: str, error: Type[Exception] = InputError) -> str:
     """``value`` if it is one safe path component (letters, digits, ``_ . -``; not starting with ``.`` or
     ``-``; at most :data:`MAX_NAME` characters), else ``error`` naming ``arg``. No ``/``, no ``..``."""

@@ -13,6 +13,7 @@ import os
 from typing import Any, Dict
 
 from lit_attacks.configuration import ConfigError, suggest
+from lit_attacks.safe_files import first_line
 
 ENV_DDP_TIMEOUT = "LIT_ATTACKS_DDP_TIMEOUT"
 DEFAULT_DDP_TIMEOUT = 300.0
@@ -119,6 +120,5 @@ def check_trainer(devices: Dict[str, Any]) -> None:
             pl.Trainer(**trainer_kwargs(devices), logger=False, enable_checkpointing=False, enable_progress_bar=False,
                        enable_model_summary=False)
     except (ValueError, RuntimeError, TypeError, ImportError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"--accelerator {devices['accelerator']} --devices {devices['devices']} --strategy "
-                          f"{devices['strategy']} --num-nodes {devices['num_nodes']}: {first}") from None
+                          f"{devices['strategy']} --num-nodes {devices['num_nodes']}: {first_line(e)}") from None

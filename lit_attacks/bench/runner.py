@@ -27,6 +27,7 @@ from lit_attacks.metrics import CheckpointError, WeightsNotFoundError, create_me
 from lit_attacks.metrics.weights import WeightsFileError
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.report import fingerprint
+from lit_attacks.safe_files import first_line
 from lit_attacks.tables import Cell, Table, tables
 from lit_attacks.wandb_utils import resolve_mode
 
@@ -78,9 +79,8 @@ class Bench:
             try:
                 trainer.predict(module, datamodule=datamodule, return_predictions=False)
             except torch.distributed.DistError as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise RunError(f"DDP: {world_size(self.devices)} processes did not all join or stay within "
-                               f"{ddp_timeout():g} s ({first}); start every node with the same --num-nodes, "
+                               f"{ddp_timeout():g} s ({first_line(e)}); start every node with the same --num-nodes, "
                                f"MASTER_ADDR and MASTER_PORT, or raise ${ENV_DDP_TIMEOUT}") from None
 
     def datamodule(self, unanimous_only: bool):
@@ -122,8 +122,8 @@ class Bench:
             except Exception as e:  # any other failure to build a metric: one line naming it
                 if os.environ.get(ENV_DEBUG):
                     raise
-                first = (str(e).strip().splitlines() or [""])[0][:300]
-                raise ConfigError(f"metric {m}: could not be built ({type(e).__name__}: {first}); set "
+                why = f"{type(e).__name__}: {first_line(e, 300, '')}"
+                raise ConfigError(f"metric {m}: could not be built ({why}); set "
                                   f"{ENV_DEBUG}=1 for the traceback") from None
         if self.unavailable:
             self.progress.total = sum(type(t).count(self.cfg) for t in self.tables)

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Dict
 
 import lpips as lpips_pkg
-import torch
 
 from lit_attacks.metrics.base import Distance
 from lit_attacks.metrics.lpips import ARCH, LPIPSDistance
 from lit_attacks.metrics.registry import METRICS
-from lit_attacks.metrics.weights import load_exactly
+from lit_attacks.metrics.weights import load_exactly, read_torch
 from lit_attacks.quiet import third_party_warnings_silenced
-from lit_attacks.safe_files import InputError, open_regular
+from lit_attacks.safe_files import InputError
 
 CHECKPOINT_KIND = "lit_attacks.trainable_lpips"
 
@@ -58,14 +56,7 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
     hint = "train one with `python train.py fit --config configs/train/rlpips.yaml`"
     if not p.is_file():
         raise CheckpointError(f"rlpips: checkpoint {str(p)!r} not found; {hint}")
-    with open_regular(p, "rlpips: checkpoint", error=CheckpointError) as f:  # a FIFO or device: refused
-        size = os.fstat(f.fileno()).st_size
-        try:  # weights_only: tensors and plain containers; a global the file names is refused, never imported
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors, truncated or empty files, non-torch files
-            first = (str(e).splitlines() or ["no details"])[0][:200]
-            raise CheckpointError(f"rlpips: {str(p)!r} ({size} bytes) is not a readable checkpoint "
-                                  f"({type(e).__name__}: {first})") from None
+    ckpt = read_torch(p, "rlpips:", "checkpoint", CheckpointError, default="no details")
     meta = ckpt.get("lit_attacks") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != CHECKPOINT_KIND or "state_dict" not in ckpt:
         raise CheckpointError(f"rlpips: {str(p)!r} is not a trainable-metric checkpoint of train.py "

@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 import torch
 
-from lit_attacks.safe_files import InputError, open_regular
+from lit_attacks.safe_files import InputError, first_line, open_regular
 
 ENV_WEIGHTS_DIR = "LIT_ATTACKS_WEIGHTS_DIR"
 ENV_OFFLINE = "LIT_ATTACKS_OFFLINE"
@@ -55,17 +55,22 @@ def hub_checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _load(path: Path) -> Dict[str, torch.Tensor]:
-    """A state dict from a torch file, read with ``weights_only=True`` (no code runs); any failure is one
-    :class:`WeightsFileError` line naming the file."""
-    with open_regular(path, "weights file", error=WeightsFileError) as f:  # a FIFO or device: refused, not read
+def read_torch(path: Path, what: str, kind: str, error: type, hint: str = "", default: Optional[str] = None):
+    """The object in a torch file, read with ``weights_only=True`` (tensors and plain containers: a global the
+    file names is refused, never imported) from a regular file only (a FIFO or device is refused, not read).
+    Any failure is one ``error`` line: ``<what> '<path>' (<size> bytes) is not a readable <kind> (...)<hint>``."""
+    with open_regular(path, what, error=error) as f:
         size = os.fstat(f.fileno()).st_size
         try:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, foreign, a pickle with code, ...
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise WeightsFileError(f"weights file {str(path)!r} ({size} bytes) is not a readable torch state dict "
-                                   f"({type(e).__name__}: {first}); download it again or remove it") from None
+            raise error(f"{what} {str(path)!r} ({size} bytes) is not a readable {kind} "
+                        f"({type(e).__name__}: {first_line(e, 200, default)}){hint}") from None
+
+
+def _load(path: Path) -> Dict[str, torch.Tensor]:
+    """A state dict from a torch file (:func:`read_torch`); any failure is one :class:`WeightsFileError` line."""
+    obj = read_torch(path, "weights file", "torch state dict", WeightsFileError, "; download it again or remove it")
     if not isinstance(obj, dict):
         raise WeightsFileError(f"weights file {str(path)!r} holds {type(obj).__name__}, not a state dict")
     return obj
