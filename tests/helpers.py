@@ -278,3 +278,49 @@ def write_open_clip_convnext(path, seed: int = 0, full_model: bool = False) -> P
         out = {**{f"visual.{k}": v for k, v in out.items()}, "logit_scale": torch.tensor(4.6)}
     torch.save(out, path)
     return Path(path)
+
+
+def official_looking_tree(root: Path, subset_npy: Path, n: int = 6) -> list:
+    """Samples at official keys (the first ``n`` of the official subset list) with made-up smooth images (64 px)
+    and unanimous judges."""
+    from lit_attacks import official as off
+
+    keys = [off.key_of_judge_path(str(p)) for p in np.load(subset_npy)[:n]]
+    rng = np.random.default_rng(0)
+    for i, key in enumerate(keys):
+        _, cat, stem = key.split("/")
+        base = rng.random((8, 8, 3))
+        imgs = []
+        for noise in (0.0, 0.05, 0.3):
+            im = np.clip(base + noise * rng.standard_normal(base.shape), 0, 1)
+            imgs.append(np.asarray(Image.fromarray((im * 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR)))
+        add_sample(root, "val", cat, stem, imgs[0], imgs[1], imgs[2], float(i % 2))
+    return keys
+
+
+def fake_official(run: Path, folder: Path) -> None:
+    """Official-format CSVs (lpipsAlex_pgd.csv, <metric>_transferableAdv.csv) written from our own run."""
+    import csv
+
+    from lit_attacks import official as off
+    from lit_attacks.report import read_csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pgd = read_csv(run / "samples" / "pgd-lpips_alex.csv")
+    with open(folder / "lpipsAlex_pgd.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "new_h", "orig_h", "i", "rmse", "d0", "d1", "di"])
+        for r in pgd:
+            _, cat, stem = r["key"].split("/")
+            prey, flipped = int(r["prey"]), r["flipped_official"] == "True"
+            w.writerow([f"val/{cat}/judge/{stem}.npy", 1 - prey if flipped else prey, prey, r["iterations_official"],
+                        round(float(r["rmse_official"]), 3), round(float(r["s0"]), 3), round(float(r["s1"]), 3),
+                        round(float(r["s_adv"]), 3)])
+    for name, metric in off.TRANSFER_METRICS.items():
+        scores = read_csv(run / "scores" / f"{metric}.csv")
+        with open(folder / f"{name}_transferableAdv.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample", "d0", "d1"] + list(off.NOTEBOOK_COLUMNS.values()))
+            for r in scores:
+                _, cat, stem = r["key"].split("/")
+                w.writerow([f"{cat}_{stem}", r["s0"], r["s1"]] + [float(r["s0"]) + 1] * len(off.NOTEBOOK_COLUMNS))

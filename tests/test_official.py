@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy.optimize import differential_evolution
 from scipy.signal import convolve2d
 
@@ -29,7 +28,7 @@ from lit_attacks.tables.table3 import table3_rows
 from lit_attacks.transfer import official_transfer_counts
 
 from conftest import load_image, shared_file
-from helpers import add_sample
+from helpers import fake_official, official_looking_tree
 
 BAPPS = os.environ.get("LIT_ATTACKS_BAPPS")
 needs_bapps = pytest.mark.skipif(not BAPPS, reason="set LIT_ATTACKS_BAPPS to a BAPPS tree root for this check")
@@ -309,41 +308,7 @@ def test_reverse_attacks_stay_out_of_table2(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ the reproduce check
 def _official_looking_tree(root: Path, n: int = 6):
-    """Samples at official keys with made-up smooth images (64 px) and unanimous judges."""
-    keys = [off.key_of_judge_path(str(p)) for p in np.load(shared_file("bapps/bapps_clearWinner_subset.npy"))[:n]]
-    rng = np.random.default_rng(0)
-    for i, key in enumerate(keys):
-        _, cat, stem = key.split("/")
-        base = rng.random((8, 8, 3))
-        imgs = []
-        for noise in (0.0, 0.05, 0.3):
-            im = np.clip(base + noise * rng.standard_normal(base.shape), 0, 1)
-            imgs.append(np.asarray(Image.fromarray((im * 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR)))
-        add_sample(root, "val", cat, stem, imgs[0], imgs[1], imgs[2], float(i % 2))
-    return keys
-
-
-def _fake_official(run: Path, folder: Path):
-    """Official-format CSVs written from our own run."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pgd = read_csv(run / "samples" / "pgd-lpips_alex.csv")
-    with open(folder / "lpipsAlex_pgd.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "new_h", "orig_h", "i", "rmse", "d0", "d1", "di"])
-        for r in pgd:
-            _, cat, stem = r["key"].split("/")
-            prey, flipped = int(r["prey"]), r["flipped_official"] == "True"
-            w.writerow([f"val/{cat}/judge/{stem}.npy", 1 - prey if flipped else prey, prey, r["iterations_official"],
-                        round(float(r["rmse_official"]), 3), round(float(r["s0"]), 3), round(float(r["s1"]), 3),
-                        round(float(r["s_adv"]), 3)])
-    for name, metric in off.TRANSFER_METRICS.items():
-        scores = read_csv(run / "scores" / f"{metric}.csv")
-        with open(folder / f"{name}_transferableAdv.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["sample", "d0", "d1"] + list(off.NOTEBOOK_COLUMNS.values()))
-            for r in scores:
-                _, cat, stem = r["key"].split("/")
-                w.writerow([f"{cat}_{stem}", r["s0"], r["s1"]] + [float(r["s0"]) + 1] * len(off.NOTEBOOK_COLUMNS))
+    return official_looking_tree(root, shared_file("bapps/bapps_clearWinner_subset.npy"), n)
 
 
 @pytest.mark.slow  # two end-to-end bench runs, ~35 s
@@ -353,7 +318,7 @@ def test_reproduce_reports_full_agreement_with_itself_and_every_altered_row(tmp_
             "--data", str(tmp_path / "tree"), "--pretrained", "false", "--param", "pgd.steps=6", "--quiet",
             "--wandb", "disabled", "--out", str(tmp_path / "run"), "--batch-size", "4"]
     assert bench.main(argv) == 0
-    _fake_official(tmp_path / "run", tmp_path / "official")
+    fake_official(tmp_path / "run", tmp_path / "official")
     check = argv + ["--official-pgd", str(tmp_path / "official" / "lpipsAlex_pgd.csv"),
                     "--official-transfer", str(tmp_path / "official")]
     assert bench.main(check) == 0

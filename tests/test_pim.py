@@ -135,7 +135,7 @@ def test_pim_reads_the_authors_folder_from_the_weights_dir(empty_hub):
     m = create_metric("pim_1", weights_dir=str(empty_hub / "w")).double()
     x, y = images(torch.float64)
     np.testing.assert_allclose(m(x, y).numpy(), REF["pim1_distance"], rtol=1e-5)
-    assert W.USED["pim_1"] == str(empty_hub / "w" / "pim-1")
+    assert m.weights_file == str(empty_hub / "w" / "pim-1")
 
 
 def test_missing_pim_weights_name_the_folder_and_the_url(empty_hub, monkeypatch):

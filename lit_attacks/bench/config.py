@@ -103,11 +103,9 @@ def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "con
     takes the flags that need more than a plain override (``--attacks``, ``--param``, ``--sweep-eps``)."""
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update(copy.deepcopy(config))
-    for t in tables():
-        t.normalise(cfg, config_name)
     flags = dict(flags)
     for t in tables():
-        t.apply_flags(cfg, flags)
+        t.configure(cfg, flags, config_name)
     cfg.update(flags)
     for key in LIST_KEYS:
         cfg[key] = as_name_list(key, cfg[key], config_name)

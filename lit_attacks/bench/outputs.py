@@ -7,7 +7,6 @@ from typing import Any, Dict, List
 
 from lit_attacks.bench import index_page
 from lit_attacks.bench.run_readme import command_line, render
-from lit_attacks.metrics.weights import USED
 from lit_attacks.report import atomic_write, write_json
 from lit_attacks.tables import tables
 
@@ -17,13 +16,13 @@ def write_outputs(bench) -> List[Path]:
     returns the figures."""
     out, cfg = bench.out, bench.cfg
     running = {type(t).name: t for t in bench.tables}
-    rows: Dict[str, List[Dict[str, Any]]] = {t.name: running[t.name].rows(bench) if t.name in running else []
+    rows: Dict[str, List[Dict[str, Any]]] = {t.name: running[t.name].aggregate(bench) if t.name in running else []
                                              for t in tables()}
-    md = {name: t.write(bench, rows[name]) for name, t in running.items()}
-    figs: List[Path] = [f for name, t in running.items() for f in t.figures(bench, rows[name])]
+    written = {name: t.write(bench, rows[name]) for name, t in running.items()}
+    figs: List[Path] = [f for w in written.values() for f in w.figures]
 
     seconds = time.time() - bench.t0
-    weights = {m: USED[m] for m in bench.labels if m in USED and cfg["pretrained"]}
+    weights = dict(bench.weights) if cfg["pretrained"] else {}
     write_json(out / "summary.json", {"config": cfg, "data": bench.source, "devices": bench.devices,
                                       "metrics": bench.labels, "unavailable": bench.unavailable, "weights": weights, "seconds": seconds,
                                       "cells": {cid: {"seconds": p.get("seconds"), "samples_per_s": p.get("samples_per_s")}
@@ -31,10 +30,10 @@ def write_outputs(bench) -> List[Path]:
                                       **rows})
     panels: Dict[str, Any] = {}
     summary: Dict[str, Any] = {}
-    for name, t in running.items():
+    for name, w in written.items():
         if rows[name] and bench.wandb.enabled:
-            panels.update(t.wandb_panels(bench, rows[name]))
-            summary.update(t.wandb_summary(rows[name]))
+            panels.update(w.panels() if w.panels is not None else {})
+            summary.update(w.summary)
     bench.wandb.log_final({name: r for name, r in rows.items() if r}, panels, figs, summary)
     wandb_dir = bench.wandb.finish()
     listed = lambda: sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()  # noqa: E731
@@ -42,7 +41,7 @@ def write_outputs(bench) -> List[Path]:
     notes = [] if cfg["pretrained"] else ["WARNING: random backbones (pretrained: false): the numbers are for testing "
                                           "and timing only."]
     notes += [f"Not run (unavailable here): {m}: {why}" for m, why in bench.unavailable.items()]
-    page_tables = [(name, running[name].console_title(cfg), rows[name]) for name in running if rows[name]]
+    page_tables = [(name, written[name].title, rows[name]) for name in running if rows[name]]
     command = "python bench.py " + " ".join(command_line())
     atomic_write(out / "index.html", index_page.render(out, f"Bench run {cfg['name']}", command, notes, page_tables,
                                                        figs, listed() + ["README.md"]))
@@ -50,7 +49,7 @@ def write_outputs(bench) -> List[Path]:
     files = listed()
     atomic_write(out / "README.md", render(cfg, command_line(), bench.source, bench.labels, weights, files, seconds,
                                            dev, wandb_dir, unavailable=bench.unavailable))
-    report(bench, {name: (running[name].console_title(cfg), text) for name, text in md.items() if text},
+    report(bench, {name: (w.title, w.markdown) for name, w in written.items() if w.markdown},
            wandb_dir, seconds)
     return figs
 

@@ -46,10 +46,11 @@ class Bench:
         self.folder = folder if folder is not None else ResultsFolder(out)  # rank 0 claimed it
         self.dm_all, self.dm_attack, self.store = dm_all, dm_attack, store
         self.quiet, self.is_zero = quiet, is_zero
-        self.tables: List[Table] = [t() for t in tables() if t.enabled(cfg)]
-        self.progress = Progress(sum(type(t).count(cfg) for t in self.tables), quiet=quiet, is_zero=is_zero)
+        self.tables: List[Table] = [t() for t in tables() if t.plan(cfg).cells > 0]
+        self.progress = Progress(self.planned_cells(), quiet=quiet, is_zero=is_zero)
         self.t0 = time.time()
         self.labels: Dict[str, str] = {}
+        self.weights: Dict[str, str] = {}  # metric -> the weights file or folder it was built from
         self.unavailable: Dict[str, str] = {}  # metric -> why it could not be built (skip_unavailable)
         self.cells: Dict[str, Dict[str, Any]] = {}  # cell id -> payload, in run order
         self._rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}  # rows computed in this run
@@ -109,10 +110,13 @@ class Bench:
         (:class:`ConfigError`, reported by bench.py in one line). With ``skip_unavailable`` a metric whose weights
         cannot be found or whose optional extra is not installed is dropped from the run and listed, with the
         reason, in :attr:`unavailable` (the console, the run README and summary.json say so)."""
-        names = list(self.cfg["metrics"]) + [m for t in self.tables for m in t.extra_metrics(self.cfg)]
+        names = list(self.cfg["metrics"]) + [m for t in self.tables for m in t.plan(self.cfg).metrics]
         for m in dict.fromkeys(names):
             try:
-                self.labels[m] = create_metric(m, **self.metric_options()).label
+                built = create_metric(m, **self.metric_options())
+                self.labels[m] = built.label
+                if built.weights_file is not None:
+                    self.weights[m] = built.weights_file
             except WeightsNotFoundError as e:
                 self._unavailable(m, f"{e}; or run with --pretrained false (random backbones)")
             except ImportError as e:  # an optional extra is not installed
@@ -126,13 +130,16 @@ class Bench:
                 raise ConfigError(f"metric {m}: could not be built ({why}); set "
                                   f"{ENV_DEBUG}=1 for the traceback") from None
         if self.unavailable:
-            self.progress.total = sum(type(t).count(self.cfg) for t in self.tables)
+            self.progress.total = self.planned_cells()
         by_label: Dict[str, str] = {}
         for m, label in self.labels.items():
             if label in by_label:
                 raise ConfigError(f"metrics {by_label[label]!r} and {m!r} are both labelled {label!r}: their rows "
                                   "could not be told apart")
             by_label[label] = m
+
+    def planned_cells(self) -> int:
+        return sum(t.plan(self.cfg).cells for t in self.tables)
 
     def _unavailable(self, metric: str, reason: str) -> None:
         if not self.cfg["skip_unavailable"] or metric not in self.cfg["metrics"]:
@@ -152,7 +159,8 @@ class Bench:
             for cell in table.cells(self):
                 payload = self.run_cell(cell)
                 table.add(cell, payload)
-                self.wandb.log_metrics(table.log_cell(self, cell, payload))
+                if cell.log is not None:
+                    self.wandb.log_metrics(cell.log(payload))
 
     def run_cell(self, cell: Cell) -> Dict[str, Any]:
         """Load the completed cell or compute it (files written on rank 0)."""
@@ -208,7 +216,7 @@ class Bench:
 
 def run_files(out: Path) -> List[Path]:
     """The run-level files bench writes at the end: summary.json, README.md, index.html and every table's files."""
-    names = ["summary.json", "README.md", "index.html"] + [n for t in tables() for n in t.run_files()]
+    names = ["summary.json", "README.md", "index.html"] + [n for t in tables() for n in t.files]
     return [out / n for n in names]
 
 

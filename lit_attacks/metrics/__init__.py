@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 
 from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, expected_distances, to01
 from lit_attacks.metrics.registry import METRICS
-from lit_attacks.metrics.weights import WeightsNotFoundError
+from lit_attacks.metrics.weights import WeightsNotFoundError, recording
 from lit_attacks.metrics.trained import CheckpointError
 
 CLI_MODULES = ("catalog",)  # command-line tools of this package: they import it, so they are not imported here
@@ -38,8 +38,10 @@ def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str]
         kwargs["weights_dir"] = weights_dir
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        metric = factory(**kwargs)
+        with recording() as files:
+            metric = factory(**kwargs)
     metric.name = name
+    metric.weights_file = files.get(name)  # the weights file or folder it was built from (None: none, or random)
     return metric
 
 

@@ -19,7 +19,7 @@ from lit_attacks.metrics.base import BoundDistance, Distance
 from lit_attacks.metrics.local import LocalConvScorer, conv_chain
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.metrics.registry import METRICS
-from lit_attacks.metrics.weights import USED, backbone_features, load_sliced_features, released_weights
+from lit_attacks.metrics.weights import backbone_features, load_sliced_features, released_weights, used
 
 ARCH = {"alex": "alexnet", "squeeze": "squeezenet1_1", "vgg": "vgg16"}
 
@@ -160,7 +160,7 @@ def load_released_rlpips(name: str, pretrained: bool, weights_dir: Optional[str]
     want = [k for k in model.state_dict() if k.startswith("lin") and not k.startswith("lins.")]
     missing = [k for k in want if k not in heads]
     if missing:
-        raise RuntimeError(f"{name}: {USED.get(name, fname)} is not an R-LPIPS (LPIPS-Alex) checkpoint: it lacks {missing}")
+        raise RuntimeError(f"{name}: {used(name, fname)} is not an R-LPIPS (LPIPS-Alex) checkpoint: it lacks {missing}")
     model.load_state_dict(heads, strict=False)
     if backbone:
         load_sliced_features(model.net, {k.split(".", 1)[1]: v for k, v in backbone.items()}, name)

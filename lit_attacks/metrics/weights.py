@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Dict, Iterator, Optional
 
 import torch
 
@@ -109,14 +111,36 @@ def backbone_features(metric: str, arch: str, weights_dir: Optional[str | os.Pat
     return _features_only(_download(_TV_ROOT + fname, metric, fname, wd), hub_checkpoints_dir() / fname, metric)
 
 
-#: metric name -> the weights file (or URL file name) it was last built from, for run READMEs.
-USED: Dict[str, str] = {}
+_USED: ContextVar[Optional[Dict[str, str]]] = ContextVar("lit_attacks_weights_used", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[Dict[str, str]]:
+    """Within the block, every weights file (or folder) a metric is built from is recorded as metric name -> path
+    in the dict it yields (``create_metric`` keeps it as ``Distance.weights_file``, for run READMEs); per context,
+    so concurrent builds (threads, notebooks) never see each other's files."""
+    files: Dict[str, str] = {}
+    token = _USED.set(files)
+    try:
+        yield files
+    finally:
+        _USED.reset(token)
+
+
+def note_used(metric: str, path) -> None:
+    files = _USED.get()
+    if files is not None and metric:
+        files[metric] = str(path)
+
+
+def used(metric: str, default: str = "") -> str:
+    """The weights file ``metric`` was built from so far in the current :func:`recording` block (else ``default``)."""
+    return (_USED.get() or {}).get(metric, default)
 
 
 def _features_only(sd: Dict[str, torch.Tensor], path: Path, metric: str = "") -> Dict[str, torch.Tensor]:
     """Accept a full torchvision checkpoint (``features.N.*``) or a features-only one (``N.*``)."""
-    if metric:
-        USED[metric] = str(path)
+    note_used(metric, path)
     if any(k.startswith("features.") for k in sd):
         return {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
     if all(k.split(".")[0].isdigit() for k in sd):
@@ -131,7 +155,7 @@ def dists_alpha_beta(metric: str, weights_dir: Optional[str | os.PathLike] = Non
     candidates.append(hub_checkpoints_dir() / DISTS_FILES[0])
     found = next((p for p in candidates if p.is_file()), None)
     sd = _load(found) if found else _download(DISTS_URL, metric, DISTS_FILES[0], wd)
-    USED[metric] = str(found or hub_checkpoints_dir() / DISTS_FILES[0])
+    note_used(metric, found or hub_checkpoints_dir() / DISTS_FILES[0])
     if "alpha" not in sd or "beta" not in sd:
         raise RuntimeError(f"{metric}: DISTS weights {str(found or DISTS_URL)!r} lack 'alpha'/'beta'")
     return {"alpha": sd["alpha"], "beta": sd["beta"]}
@@ -186,7 +210,7 @@ def released_file(metric: str, fname: str, url: str, weights_dir: Optional[str |
         if got != sha256:
             raise RuntimeError(f"{metric}: weights file {str(found)!r} has sha256 {got[:16]}..., expected "
                                f"{sha256[:16]}... (the authors' release); delete it to download it again")
-    USED[metric] = str(found)
+    note_used(metric, found)
     return found
 
 
@@ -216,7 +240,7 @@ def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor]
     """Copy a features state dict into LPIPS' sliced backbone (``slice2.3.weight`` is ``3.weight``)."""
     own = {name.split(".", 1)[1]: p for name, p in net.named_parameters()}
     missing, extra = sorted(set(own) - set(features)), sorted(set(features) - set(own))
-    where = f" in {USED[metric]}" if metric in USED else ""
+    where = f" in {used(metric)}" if used(metric) else ""
     if missing or extra:
         raise WeightsFileError(f"{metric}: backbone weights do not match (missing {missing}, unexpected {extra}){where}")
     with torch.no_grad():
@@ -269,5 +293,5 @@ def released_archive(metric: str, folder: str, url: str, marker: str, weights_di
                 raise RuntimeError(f"{metric}: archive {url} has no {folder}/{marker}; nothing was kept")
             shutil.move(str(Path(tmp) / folder), str(cache / folder))
         found = cache / folder
-    USED[metric] = str(found)
+    note_used(metric, found)
     return found

@@ -94,6 +94,7 @@ class Cell:
             weights (parameters, checkpoint hashes); fingerprinted.
         compute: ``compute(ctx) -> payload`` (a JSON-able dict), run on every rank.
         info: what the table needs to know about the cell later (metric, attack, ...).
+        log: ``log(payload) -> {name: scalar}`` logged to W&B once the cell is complete (None: nothing).
     """
 
     id: str
@@ -101,22 +102,67 @@ class Cell:
     spec: Dict[str, Any]
     compute: Callable[[CellContext], Dict[str, Any]]
     info: Dict[str, Any] = field(default_factory=dict)
+    log: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+
+
+@dataclass
+class Plan:
+    """What a config asks of a table, known before any work.
+
+    Attributes:
+        cells: how many cells it will yield (0: the table is off for this config).
+        metrics: metrics it builds besides ``cfg["metrics"]`` (built, and checked, in the preflight).
+    """
+
+    cells: int = 0
+    metrics: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Written:
+    """What :meth:`Table.write` wrote, for the console, the index page and W&B.
+
+    Attributes:
+        title: heading of the table on the console and the index page.
+        markdown: the table as Markdown (None: nothing to show).
+        figures: PNG figures of the table (drawn by :meth:`Table.write` or by its cells).
+        summary: scalars for the W&B run summary.
+        panels: ``panels() -> {name: W&B object}`` (tables, charts, histograms), called only when W&B logs.
+    """
+
+    title: str
+    markdown: Optional[str] = None
+    figures: List[Path] = field(default_factory=list)
+    summary: Dict[str, Any] = field(default_factory=dict)
+    panels: Optional[Callable[[], Dict[str, Any]]] = None
 
 
 class Table:
-    """Base of the result tables. Class-level hooks configure; an instance runs one bench invocation.
+    """Base of the result tables: a table declares its config, its cells, how it aggregates finished cells and
+    what it writes. The bench (:mod:`lit_attacks.bench.runner`) knows no table by name.
 
-    Class attributes:
+    Declared (class attributes):
         name: registry name, also the key of its rows in ``summary.json`` and the W&B table name.
         order: position among the tables (cells, files and reports follow it).
         config: the bench config keys this table owns, with their defaults.
         list_keys: which of them are lists of names (a comma-separated string is accepted).
+        files: the run-level files :meth:`write` may write, relative to the results folder (recorded in the
+            folder's manifest; removed when a later run does not write them).
+        example: a config (over the built-in defaults) that turns the table on for a few cells on the built-in set;
+            the table contract test (tests/test_table_contract.py) runs every registered table with it.
+
+    The contract, in the order a run uses it:
+        :meth:`add_arguments`, :meth:`configure`, :meth:`validate` (config), :meth:`plan` (how many cells,
+        which extra metrics), :meth:`cells` (the work), :meth:`aggregate` (the rows, from the finished cells'
+        payloads and per-sample records), :meth:`write` (files, figures, W&B; rank 0).
     """
 
     name: ClassVar[str] = "table"
     order: ClassVar[int] = 100
     config: ClassVar[Dict[str, Any]] = {}
     list_keys: ClassVar[Tuple[str, ...]] = ()
+    files: ClassVar[Tuple[str, ...]] = ()
+    example: ClassVar[Dict[str, Any]] = {}
 
     def __init__(self) -> None:
         self.done: Dict[str, Tuple[Cell, Dict[str, Any]]] = {}  # cell id -> (cell, payload), in run order
@@ -127,36 +173,19 @@ class Table:
         """Add this table's command-line flags (``argument_default`` is SUPPRESS: only given flags arrive)."""
 
     @classmethod
-    def apply_flags(cls, cfg: Dict[str, Any], flags: Dict[str, Any]) -> None:
-        """Apply and remove from ``flags`` the flags that do not map one-to-one onto a config key."""
-
-    @classmethod
-    def normalise(cls, cfg: Dict[str, Any], where: str) -> None:
-        """Bring this table's config values to their canonical form (after the config file is read)."""
+    def configure(cls, cfg: Dict[str, Any], flags: Dict[str, Any], where: str) -> None:
+        """Bring this table's keys of ``cfg`` (defaults < config file) to their canonical form, then apply and
+        remove from ``flags`` the flags that do not map one-to-one onto a key (``where`` names the config)."""
 
     @classmethod
     def validate(cls, cfg: Dict[str, Any]) -> None:
-        """Raise :class:`lit_attacks.configuration.ConfigError` (one line) on a bad value of this table's keys."""
+        """Raise :class:`lit_attacks.configuration.ConfigError` (one line) on a bad value of this table's keys
+        (the whole config is resolved: other tables' keys are canonical, ``metrics`` expanded)."""
 
     @classmethod
-    def enabled(cls, cfg: Dict[str, Any]) -> bool:
-        return True
-
-    @classmethod
-    def count(cls, cfg: Dict[str, Any]) -> int:
-        """Number of cells (for the progress line)."""
-        return 0
-
-    @classmethod
-    def run_files(cls) -> List[str]:
-        """The run-level files :meth:`write` may write, relative to the results folder (recorded in its
-        manifest, removed when a later run does not write them)."""
-        return [f"{cls.name}.csv", f"{cls.name}.md"]
-
-    @classmethod
-    def extra_metrics(cls, cfg: Dict[str, Any]) -> List[str]:
-        """Metrics this table builds besides ``cfg["metrics"]`` (checked before any work)."""
-        return []
+    def plan(cls, cfg: Dict[str, Any]) -> Plan:
+        """How many cells the config gives (0: off) and the metrics built besides ``cfg["metrics"]``."""
+        return Plan()
 
     # ------------------------------------------------------------------ running
     def cells(self, run: Run) -> Iterator[Cell]:
@@ -166,33 +195,14 @@ class Table:
     def add(self, cell: Cell, payload: Dict[str, Any]) -> None:
         self.done[cell.id] = (cell, payload)
 
-    def log_cell(self, run: Run, cell: Cell, payload: Dict[str, Any]) -> Dict[str, Any]:
-        """Scalars to log to W&B once ``cell`` is complete."""
-        return {}
-
     # ------------------------------------------------------------------ finishing (rank 0)
-    def rows(self, run: Run) -> List[Dict[str, Any]]:
-        """The table's rows (``<name>.csv`` and ``summary.json``)."""
+    def aggregate(self, run: Run) -> List[Dict[str, Any]]:
+        """The table's rows (``summary.json``, ``<name>.csv``) from the finished cells (:attr:`done`)."""
         return []
 
-    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
-        """Write ``<name>.csv``/``.md`` (and any other file); return the Markdown table for the console."""
-        return None
-
-    def console_title(self, cfg: Dict[str, Any]) -> str:
-        return self.name
-
-    def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List[Path]:
-        """PNG figures of the table (drawn here or by its cells)."""
-        return []
-
-    def wandb_panels(self, run: Run, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-        """W&B objects (tables, charts, histograms) logged at the end, keyed by panel name."""
-        return {}
-
-    def wandb_summary(self, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-        """Scalars for the W&B run summary."""
-        return {}
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
+        """Write the table's files (of :attr:`files`) and figures; what was written, for the console and W&B."""
+        return Written(self.name)
 
 
 def tables() -> List[type]:

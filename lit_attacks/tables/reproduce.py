@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 from lit_attacks import official as off
 from lit_attacks.configuration import ConfigError, check_value
 from lit_attacks.datamodules.shards import sha256
 from lit_attacks.report import atomic_write, fingerprint
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, slug
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, slug
 
 PGD_METRIC = "lpips_alex"
 PGD_CELL, PGD_CSV = f"pgd-{PGD_METRIC}", f"samples/pgd-{PGD_METRIC}.csv"
@@ -38,6 +38,11 @@ class Reproduce(Table):
     name = "reproduce"
     order = 90
     config = {"official_pgd": None, "official_transfer": None}
+    files = ("reproduce.md",)
+    # official_pgd / official_transfer: results in the official format of a run on BAPPS-named data (the contract
+    # test writes them from a first run; see tests/test_table_contract.py)
+    example = {"metrics": ["lpips_alex", "l2", "ssim_official", "stlpips_alex"],
+               "attacks": {"pgd": {"counting": "official", "steps": 3}}}
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -62,12 +67,8 @@ class Reproduce(Table):
                 raise ConfigError(f"official_transfer: the comparison needs the metrics {missing}")
 
     @classmethod
-    def enabled(cls, cfg: Dict[str, Any]) -> bool:
-        return bool(cfg["official_pgd"] or cfg["official_transfer"])
-
-    @classmethod
-    def count(cls, cfg: Dict[str, Any]) -> int:
-        return 1
+    def plan(cls, cfg: Dict[str, Any]) -> Plan:
+        return Plan(cells=1 if cfg["official_pgd"] or cfg["official_transfer"] else 0)
 
     def inputs(self, run: Run) -> Dict[str, Any]:
         cfg = run.cfg
@@ -114,7 +115,7 @@ class Reproduce(Table):
                 payload["transfer"][name] = summary
         return payload
 
-    def rows(self, run: Run) -> List[Dict[str, Any]]:
+    def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         out = []
         for _, payload in self.done.values():
             if "pgd" in payload:
@@ -127,20 +128,17 @@ class Reproduce(Table):
                             "d_max_diff": max(s["d0"]["max"], s["d1"]["max"])})
         return out
 
-    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
+        title = "Reproduction check (this run with official semantics vs the official per-sample results)"
         if not self.done:
-            return None
+            return Written(title)
         payload = next(iter(self.done.values()))[1]
         text = report(payload)
         atomic_write(run.out / "reproduce.md", "# Reproduction of the official results\n\n" + text)
-        return text
+        return Written(title, text, self.figures(run))
 
-    def console_title(self, cfg: Dict[str, Any]) -> str:
-        return "Reproduction check (this run with official semantics vs the official per-sample results)"
-
-    def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
-        if not self.done:
-            return []
+    @staticmethod
+    def figures(run: Run) -> List:
         diffs = {}
         if (run.out / "reproduce" / f"pgd-{PGD_METRIC}.csv").is_file():
             r = run.rows("reproduce", f"reproduce/pgd-{PGD_METRIC}.csv")

@@ -21,3 +21,5 @@ class ReverseTable(Table2):
                "were unanimous")
     title = "Reverse attack (flipped = the farther image became the closer one; RMSE/PSNR over flipped)"
     config = {"reverse": None}
+    files = ("reverse.csv", "reverse.md")
+    example = {"metrics": ["l2"], "attacks": {}, "reverse": {"pgd_reverse": {"steps": 3}}}

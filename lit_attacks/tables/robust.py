@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import numpy as np
 
@@ -32,7 +32,8 @@ from lit_attacks.certify import CertifyModule, certified_accuracy, check_certify
 from lit_attacks.configuration import ConfigError, check_keys
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, number_id, slug
+from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
+                                     number_id, slug)
 from lit_attacks.tables.table2 import attack_cell, validate_attack
 
 DEFAULTS: Dict[str, Any] = {
@@ -77,12 +78,13 @@ class Robust(Table):
     """Per metric: worst-case cells per radius, minimum-epsilon cells per norm and a certification cell."""
 
     name = "robust"
-
-    @classmethod
-    def run_files(cls) -> List[str]:
-        return ["robust.csv", "robust_curves.csv", "robust.md"]
     order = 60
     config = {"robust": None}
+    files = ("robust.csv", "robust_curves.csv", "robust.md")
+    example = {"metrics": ["l2"], "attacks": {}, "robust": {
+        "linf": [8], "l2": [], "ensemble": [{"attack": "apgd", "params": {"steps": 3}}],
+        "min_eps": {"attack": "apgd", "params": {"steps": 3}, "linf_max": 16, "l2_max": 4.0, "bisections": 2},
+        "certify": {"sigma": 0.25, "n0": 4, "n": 16, "alpha": 0.01, "radii": [0.05]}}}
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -90,7 +92,7 @@ class Robust(Table):
                             help="the image the robust table's attacks perturb (turns the table on with its defaults)")
 
     @classmethod
-    def apply_flags(cls, cfg: Dict[str, Any], flags: Dict[str, Any]) -> None:
+    def configure(cls, cfg: Dict[str, Any], flags: Dict[str, Any], where: str) -> None:
         if "robust_target" in flags:
             cfg["robust"] = {**(cfg["robust"] or {}), "target": flags.pop("robust_target")}
 
@@ -142,14 +144,12 @@ class Robust(Table):
                 "eps_max": to_attacked(norm, m[f"{norm}_max"]), "bisections": m["bisections"]}
 
     @classmethod
-    def enabled(cls, cfg: Dict[str, Any]) -> bool:
-        return cfg["robust"] is not None
-
-    @classmethod
-    def count(cls, cfg: Dict[str, Any]) -> int:
+    def plan(cls, cfg: Dict[str, Any]) -> Plan:
+        if cfg["robust"] is None:
+            return Plan()
         s = settings(cfg)
         per = len(s["linf"]) + len(s["l2"]) + (2 if s["min_eps"] else 0) + (1 if s["certify"] else 0)
-        return len(cfg["metrics"]) * per
+        return Plan(cells=len(cfg["metrics"]) * per)
 
     # ------------------------------------------------------------------ cells
     def cells(self, run: Run) -> Iterator[Cell]:
@@ -181,7 +181,7 @@ class Robust(Table):
         compute = partial(attack_cell, run, attack=attack, metric=metric, params=params, cid=cid, csv=csv,
                           examples=False, save_adv=False)
         return Cell(cid, what, {"params": params, **mfp}, compute,
-                    info={**info, "metric": metric, "csv": csv})
+                    info={**info, "metric": metric, "csv": csv}, log=partial(self.scalars, cid, metric))
 
     @staticmethod
     def certify(run: Run, metric: str, c: Dict[str, Any], csv: str, ctx: CellContext) -> Dict[str, Any]:
@@ -238,7 +238,7 @@ class Robust(Table):
             cols += ["certified clean"] + [f"certified l2 {r:g}" for r in s["certify"]["radii"]]
         return cols + ["failed"]
 
-    def rows(self, run: Run) -> List[Dict[str, Any]]:
+    def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         return [{k: v for k, v in r.items() if k != "_curves"} for r in self.metric_rows(run).values()]
 
     def curve_rows(self, run: Run) -> List[Dict[str, Any]]:
@@ -246,36 +246,27 @@ class Robust(Table):
                 for r in self.metric_rows(run).values() for norm, (grid, acc) in r.get("_curves", {}).items()
                 for g, a in zip(grid, acc)]
 
-    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
+        s = settings(run.cfg)
+        title = f"Robust 2AFC accuracy (unanimous samples; perturbed: {s['target']})"
         if not rows:
-            return None
+            return Written(title)
         cols = self.columns(run)
         write_csv(run.out / "robust.csv", rows, cols)
         curves = self.curve_rows(run)
         if curves:
             write_csv(run.out / "robust_curves.csv", curves, ["metric", "norm", "eps", "robust_accuracy"])
         md = markdown_table(rows, cols, digits=3)
-        s = settings(run.cfg)
         atomic_write(run.out / "robust.md", "# Robust 2AFC accuracy (unanimous samples)\n\n"
                      f"Radii on [0, 1] images (l_inf in 1/255); perturbed image: {s['target']}. Robust = ranked like "
                      "the humans and not flipped by any attack of the ensemble; certified = randomized smoothing "
                      "(Cohen et al. 2019) certifies the preferred image closer within the l_2 radius.\n\n" + md)
-        return md
-
-    def console_title(self, cfg: Dict[str, Any]) -> str:
-        return f"Robust 2AFC accuracy (unanimous samples; perturbed: {settings(cfg)['target']})"
-
-    def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
-        curves = self.curve_rows(run)
         fig = plots.min_eps_curves(curves, run.out / "plots" / "robust-min-eps.png") if curves else None
-        return [fig] if fig is not None else []
+        summary = {f"robust/{r['metric']}/{k}": v for r in rows for k, v in r.items()
+                   if k not in ("metric", "samples") and isinstance(v, (int, float))}
+        return Written(title, md, [fig] if fig is not None else [], summary)
 
-    def log_cell(self, run: Run, cell: Cell, payload: Dict[str, Any]) -> Dict[str, Any]:
+    @staticmethod
+    def scalars(cell_id: str, metric: str, payload: Dict[str, Any]) -> Dict[str, Any]:
         res = payload.get("results", {}).get("all")
-        if not res:
-            return {}
-        return {f"robust/{slug(cell.info['metric'])}/{cell.id}/flip_rate": res["flip_rate"]}
-
-    def wandb_summary(self, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-        return {f"robust/{r['metric']}/{k}": v for r in rows for k, v in r.items()
-                if k not in ("metric", "samples") and isinstance(v, (int, float))}
+        return {f"robust/{slug(metric)}/{cell_id}/flip_rate": res["flip_rate"]} if res else {}

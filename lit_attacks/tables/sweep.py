@@ -12,7 +12,8 @@ from typing import Any, Dict, Iterator, List, Optional
 from lit_attacks.configuration import ConfigError, check_keys
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, number_id, slug
+from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
+                                     number_id, slug)
 from lit_attacks.tables.table2 import attack_cell
 
 COLUMNS = ["metric", "eps", "alpha", "steps", "total", "flipped", "flip_rate", "flip_rate_agreed", "rmse_mean",
@@ -35,13 +36,15 @@ class Sweep(Table):
     name = "sweep"
     order = 30
     config = {"sweep": None}
+    files = ("sweep.csv", "sweep.md")
+    example = {"metrics": ["l2"], "attacks": {}, "sweep": {"eps": [0.01, 0.03], "steps": 3}}
 
     @classmethod
     def add_arguments(cls, parser) -> None:
         parser.add_argument("--sweep-eps", help="comma-separated PGD epsilons for robustness curves ('' disables)")
 
     @classmethod
-    def apply_flags(cls, cfg: Dict[str, Any], flags: Dict[str, Any]) -> None:
+    def configure(cls, cfg: Dict[str, Any], flags: Dict[str, Any], where: str) -> None:
         if "sweep_eps" not in flags:
             return
         text = flags.pop("sweep_eps")
@@ -69,12 +72,8 @@ class Sweep(Table):
             raise ConfigError(f"sweep.steps must be an integer >= 1, got {sweep.get('steps')!r}")
 
     @classmethod
-    def enabled(cls, cfg: Dict[str, Any]) -> bool:
-        return bool(sweep_points(cfg["sweep"]))
-
-    @classmethod
-    def count(cls, cfg: Dict[str, Any]) -> int:
-        return len(cfg["metrics"]) * len(sweep_points(cfg["sweep"]))
+    def plan(cls, cfg: Dict[str, Any]) -> Plan:
+        return Plan(cells=len(cfg["metrics"]) * len(sweep_points(cfg["sweep"])))
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
@@ -84,17 +83,17 @@ class Sweep(Table):
                 csv = f"samples/sweep/{cid[len('sweep-'):]}.csv"
                 compute = partial(self.compute, run, metric, pt, cid, csv)
                 yield Cell(cid, f"sweep pgd eps={pt['eps']:g} on {metric}", {"params": pt, **mfp}, compute,
-                           info={"metric": metric, **pt})
+                           info={"metric": metric, **pt}, log=partial(self.scalars, metric, pt["eps"]))
 
     @staticmethod
     def compute(run: Run, metric: str, pt: Dict[str, Any], cid: str, csv: str, ctx: CellContext) -> Dict[str, Any]:
         return attack_cell(run, ctx, "pgd", metric, pt, cid, csv, examples=False, save_adv=False)
 
-    def log_cell(self, run: Run, cell: Cell, payload: Dict[str, Any]) -> Dict[str, Any]:
-        return {f"sweep/{slug(cell.info['metric'])}/eps={cell.info['eps']:g}/flip_rate":
-                payload["results"]["all"]["flip_rate"]}
+    @staticmethod
+    def scalars(metric: str, eps: float, payload: Dict[str, Any]) -> Dict[str, Any]:
+        return {f"sweep/{slug(metric)}/eps={eps:g}/flip_rate": payload["results"]["all"]["flip_rate"]}
 
-    def rows(self, run: Run) -> List[Dict[str, Any]]:
+    def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         out = []
         for cell, payload in self.done.values():
             res = payload["results"]
@@ -104,24 +103,18 @@ class Sweep(Table):
                         "rmse_mean": res["all"]["rmse_mean"], "samples_per_s": payload.get("samples_per_s")})
         return out
 
-    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
+        title = "PGD epsilon sweep (flip rate over unanimous samples)"
         if not rows:
-            return None
+            return Written(title)
         write_csv(run.out / "sweep.csv", rows, COLUMNS)
         md = markdown_table(rows, COLUMNS, digits=4)
         atomic_write(run.out / "sweep.md", "# PGD epsilon sweep (robustness curves; alpha = eps / steps)\n\n" + md)
-        return md
-
-    def console_title(self, cfg: Dict[str, Any]) -> str:
-        return "PGD epsilon sweep (flip rate over unanimous samples)"
-
-    def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
         fig = plots.robustness_curves(rows, run.out / "plots" / "robustness.png")
-        return [fig] if fig is not None else []
+        return Written(title, md, [fig] if fig is not None else [], panels=partial(self.panels, rows))
 
-    def wandb_panels(self, run: Run, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-        if not rows:
-            return {}
+    @staticmethod
+    def panels(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         import wandb
 
         metrics = list(dict.fromkeys(r["metric"] for r in rows))

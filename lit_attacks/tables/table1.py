@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Sequence
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from lit_attacks.datamodules.tree import BappsDataError
 from lit_attacks.evaluation import two_afc
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.scoring import ScoreModule
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, slug
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
 
 COLUMNS = ["metric", "category", "samples", "unanimous", "two_afc", "accuracy"]
 
@@ -46,15 +46,19 @@ class Table1(Table):
 
     name = "table1"
     order = 10
+    files = ("table1.csv", "table1.md")
+    example = {"metrics": ["l2", "ssim"], "attacks": {}}
 
     @classmethod
-    def count(cls, cfg: Dict[str, Any]) -> int:
-        return len(cfg["metrics"])
+    def plan(cls, cfg: Dict[str, Any]) -> Plan:
+        return Plan(cells=len(cfg["metrics"]))
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
-            yield Cell(f"table1-{slug(metric)}", f"table1 {metric}", {"metric_file": metric_file_fingerprint(metric)},
-                       partial(self.score, run, metric), info={"metric": metric})
+            cid = f"table1-{slug(metric)}"
+            yield Cell(cid, f"table1 {metric}", {"metric_file": metric_file_fingerprint(metric)},
+                       partial(self.score, run, metric), info={"metric": metric},
+                       log=partial(self.scalars, run, cid, metric))
 
     @staticmethod
     def csv(metric: str) -> str:
@@ -71,24 +75,21 @@ class Table1(Table):
         ctx.save_rows(self.csv(metric), rows.rows, rows.columns)
         return {"label": module.metric.label}
 
-    def metric_rows(self, run: Run, cell: Cell) -> List[Dict[str, Any]]:
-        return table1_rows(cell.info["metric"], run.rows(cell.id, self.csv(cell.info["metric"])))
+    def metric_rows(self, run: Run, cell_id: str, metric: str) -> List[Dict[str, Any]]:
+        return table1_rows(metric, run.rows(cell_id, self.csv(metric)))
 
-    def log_cell(self, run: Run, cell: Cell, payload: Dict[str, Any]) -> Dict[str, Any]:
-        row = self.metric_rows(run, cell)[-1]
-        m = slug(cell.info["metric"])
+    def scalars(self, run: Run, cell_id: str, metric: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+        row = self.metric_rows(run, cell_id, metric)[-1]
+        m = slug(metric)
         return {f"table1/{m}/two_afc": row["two_afc"], f"table1/{m}/accuracy": row["accuracy"]}
 
-    def rows(self, run: Run) -> List[Dict[str, Any]]:
+    def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         return [{**r, "metric": payload["label"]} for cell, payload in self.done.values()
-                for r in self.metric_rows(run, cell)]
+                for r in self.metric_rows(run, cell.id, cell.info["metric"])]
 
-    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
         write_csv(run.out / "table1.csv", rows, COLUMNS)
         md = markdown_table(rows, COLUMNS)
         atomic_write(run.out / "table1.md", "# Table 1: 2AFC score (all samples) and accuracy (unanimous samples)\n\n"
                      + md)
-        return md
-
-    def console_title(self, cfg: Dict[str, Any]) -> str:
-        return "Table 1 (2AFC over all samples; accuracy over unanimous samples)"
+        return Written("Table 1 (2AFC over all samples; accuracy over unanimous samples)", md)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import yaml
 
@@ -20,7 +20,7 @@ from lit_attacks.callbacks.samples import SampleRows
 from lit_attacks.configuration import ConfigError, as_name_list, load_yaml_text, suggest, yaml_problem
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, slug
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
 from lit_attacks.wandb_utils import finite, wandb_table
 
 COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flipped_uint8", "failed", "eps_mean",
@@ -119,6 +119,8 @@ class Table2(Table):
     heading = "# Table 2: rank flips on samples where humans were unanimous"
     title = "Table 2 (rank flips; agreed = the metric ranked like the humans; RMSE/PSNR over flipped)"
     config = {"attacks": {"fgsm": {}, "pgd": {}}}
+    files = ("table2.csv", "table2.md")
+    example = {"metrics": ["l2"], "attacks": {"fgsm": {}, "pgd": {"steps": 3}}}
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -129,11 +131,8 @@ class Table2(Table):
                             help="attack parameter (repeatable)")
 
     @classmethod
-    def normalise(cls, cfg: Dict[str, Any], where: str) -> None:
+    def configure(cls, cfg: Dict[str, Any], flags: Dict[str, Any], where: str) -> None:
         cfg[cls.key] = as_attacks(cfg[cls.key], where, cls.key)
-
-    @classmethod
-    def apply_flags(cls, cfg: Dict[str, Any], flags: Dict[str, Any]) -> None:
         if cls.key in flags:
             chosen = as_name_list(cls.key, flags.pop(cls.key), cls.flag) or []
             cfg[cls.key] = {a: cfg[cls.key].get(a, {}) for a in chosen}
@@ -154,12 +153,8 @@ class Table2(Table):
                                   f"{'reverse attacks go under reverse' if not cls.reverse else 'use attacks'}")
 
     @classmethod
-    def enabled(cls, cfg: Dict[str, Any]) -> bool:
-        return bool(cfg[cls.key])
-
-    @classmethod
-    def count(cls, cfg: Dict[str, Any]) -> int:
-        return len(cfg["metrics"]) * len(cfg[cls.key])
+    def plan(cls, cfg: Dict[str, Any]) -> Plan:
+        return Plan(cells=len(cfg["metrics"]) * len(cfg[cls.key]))
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
@@ -169,20 +164,21 @@ class Table2(Table):
                 csv = f"{self.samples_dir}/{cid}.csv"
                 compute = partial(self.compute, run, attack, metric, params, cid, csv)
                 yield Cell(cid, f"{attack} on {metric}", {"params": params, **mfp}, compute,
-                           info={"attack": attack, "metric": metric, "csv": csv})
+                           info={"attack": attack, "metric": metric, "csv": csv},
+                           log=partial(self.scalars, attack, metric))
 
     def compute(self, run: Run, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str,
                 ctx: CellContext) -> Dict[str, Any]:
         return attack_cell(run, ctx, attack, metric, params, cid, csv, examples=True, save_adv=run.cfg["save_adv"])
 
-    def log_cell(self, run: Run, cell: Cell, payload: Dict[str, Any]) -> Dict[str, Any]:
-        prefix = f"{self.log_prefix}/{cell.info['attack']}/{slug(cell.info['metric'])}"
+    def scalars(self, attack: str, metric: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+        prefix = f"{self.log_prefix}/{attack}/{slug(metric)}"
         flat = {f"{prefix}/{g}/{k}": v for g, res in payload["results"].items() for k, v in res.items()}
         if payload.get("samples_per_s"):
             flat[f"{prefix}/samples_per_s"] = payload["samples_per_s"]
         return flat
 
-    def rows(self, run: Run) -> List[Dict[str, Any]]:
+    def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         return [{"metric": payload["label"], "attack": cell.info["attack"], "group": g, **payload["results"][g],
                  "samples_per_s": payload.get("samples_per_s")}
                 for cell, payload in self.done.values() for g in ("agreed", "disagreed", "tied", "all")]
@@ -190,16 +186,14 @@ class Table2(Table):
     def samples(self, run: Run) -> Dict[str, List[Dict[str, Any]]]:
         return {cid: run.rows(cid, cell.info["csv"]) for cid, (cell, _) in self.done.items()}
 
-    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
         if not rows:
-            return None
+            return Written(self.title)
         write_csv(run.out / f"{self.name}.csv", rows, COLUMNS + ["samples_per_s"])
         md = table2_markdown(rows)
         atomic_write(run.out / f"{self.name}.md", f"{self.heading}\n\n" + md)
-        return md
-
-    def console_title(self, cfg: Dict[str, Any]) -> str:
-        return self.title
+        summary = {f"flip_rate/{r['attack']}/{r['metric']}": r["flip_rate"] for r in rows if r["group"] == "all"}
+        return Written(self.title, md, self.figures(run, rows), summary, partial(self.panels, run, rows))
 
     def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
         plots_dir = run.out / "plots"
@@ -208,7 +202,7 @@ class Table2(Table):
         grids = [plots_dir / f"examples-{cid}.png" for cid in self.done]
         return [f for f in figs if f is not None] + sorted(p for p in grids if p.is_file())
 
-    def wandb_panels(self, run: Run, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def panels(self, run: Run, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         import wandb
 
         panels: Dict[str, Any] = {}
@@ -227,9 +221,6 @@ class Table2(Table):
             if vals:
                 panels[f"charts/rmse/{cid}"] = wandb.Histogram(vals)
         return panels
-
-    def wandb_summary(self, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-        return {f"flip_rate/{r['attack']}/{r['metric']}": r["flip_rate"] for r in rows if r["group"] == "all"}
 
 
 def table2_markdown(rows: List[Dict[str, Any]]) -> str:

@@ -9,7 +9,7 @@ verdicts (``transfer/source-<source>.csv``); then one cell per target scores the
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ from lit_attacks.datamodules.adversarial import AdvShardDataModule
 from lit_attacks.metrics import METRICS
 from lit_attacks.report import atomic_write, fingerprint, write_csv
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, slug
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, slug
 from lit_attacks.transfer import TransferGenerator, TransferScorer, official_transfer_counts, variant_names
 
 COLUMNS = ["source", "target", "attack", "counting", "eligible", "flipped", "flip_rate"]
@@ -71,6 +71,8 @@ class Table3(Table):
     config = {"transfer": False, "source": ["lpips_alex"], "rmse_max": 8.0, "flowadv_width": None,
               "transfer_counting": "strict"}
     list_keys = ("source",)
+    files = ("table3.csv", "table3.md")
+    example = {"metrics": ["l2"], "attacks": {}, "transfer": True, "source": ["l2"], "flowadv_width": 4}
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -98,16 +100,10 @@ class Table3(Table):
             raise ConfigError(f"rmse_max must be > 0, got {cfg['rmse_max']}")
 
     @classmethod
-    def enabled(cls, cfg: Dict[str, Any]) -> bool:
-        return bool(cfg["transfer"])
-
-    @classmethod
-    def count(cls, cfg: Dict[str, Any]) -> int:
-        return len(cfg["source"]) * (1 + len(cfg["metrics"])) if cfg["transfer"] else 0
-
-    @classmethod
-    def extra_metrics(cls, cfg: Dict[str, Any]) -> List[str]:
-        return list(cfg["source"]) if cfg["transfer"] else []
+    def plan(cls, cfg: Dict[str, Any]) -> Plan:
+        if not cfg["transfer"]:
+            return Plan()
+        return Plan(cells=len(cfg["source"]) * (1 + len(cfg["metrics"])), metrics=list(cfg["source"]))
 
     def cells(self, run: Run) -> Iterator[Cell]:
         cfg = run.cfg
@@ -156,23 +152,22 @@ class Table3(Table):
         ctx.save_rows(f"transfer/{slug(src)}-to-{slug(target)}.csv", rows.rows, rows.columns)
         return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants, run.cfg["transfer_counting"])}
 
-    def rows(self, run: Run) -> List[Dict[str, Any]]:
+    def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         return [r for cell, payload in self.done.values() if "target" in cell.info for r in payload["rows"]]
 
-    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Optional[str]:
+    def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
+        title = self.title(run.cfg)
         if not rows:
-            return None
+            return Written(title)
         write_csv(run.out / "table3.csv", rows, COLUMNS)
         variants = list(dict.fromkeys(r["attack"] for r in rows)) or variant_names()
         md = table3_markdown(rows, variants)
         atomic_write(run.out / "table3.md", "# Table 3: transfer of adversarial examples (flipped / eligible)\n\n" + md)
-        return md
-
-    def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
         fig = plots.transfer_heatmap(rows, run.out / "plots" / "transfer.png")
-        return [fig] if fig is not None else []
+        return Written(title, md, [fig] if fig is not None else [])
 
-    def console_title(self, cfg: Dict[str, Any]) -> str:
+    @staticmethod
+    def title(cfg: Dict[str, Any]) -> str:
         if cfg["transfer_counting"] == "official":
             return (f"Table 3 (transfer, official counting: samples whose stAdv passed on the source (RMSE <= "
                     f"{cfg['rmse_max']}); eligible = the target ranks like the humans)")

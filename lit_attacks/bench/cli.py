@@ -1,0 +1,254 @@
+"""The ``bench.py`` command: flags and config, the results-folder lock, the run and its one-line errors.
+
+``bench.py`` at the top of the repository only calls :func:`main`. Settings: built-in defaults < the YAML config
+(``--config``) < command-line flags (:mod:`lit_attacks.bench.config`). Bad input ends the command with one line,
+``bench.py: error: ...``, and exit status 2 (1 for a run that failed midway, 130 for Ctrl-C), raised as
+``SystemExit`` from :func:`main` only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, validate
+from lit_attacks.bench.devices import RunError
+from lit_attacks.bench.folder import OWN, FolderError, ResultsFolder, RunLock, SUBFOLDERS
+from lit_attacks.safe_files import InputError
+from lit_attacks.tables import tables
+
+USAGE = """Benchmark perceptual metrics on BAPPS-style 2AFC data and attack them, cell by cell, resumably.
+
+    python bench.py                                         # the quick preset (configs/bench/quick.yaml)
+    python bench.py --config configs/bench/table2.yaml --data ~/data/bapps-shards --gpus 8
+    python bench.py --metrics l2,lpips_alex --attacks pgd --param pgd.steps=40 --out results/pgd40
+
+Settings come from built-in defaults < the YAML config (--config, default configs/bench/quick.yaml)
+< command-line flags. Every (metric, attack) cell, sweep point and transfer stage is a *cell*: it is
+written atomically when complete and skipped when the same command is run again (--fresh recomputes).
+Outputs in results/<name>/ (or --out): table1/2/3 and sweep as .csv/.md, summary.json, per-sample CSVs
+(scores/, samples/), PNG plots (plots/), README.md (config, versions, data fingerprint, weights) and
+the W&B run (wandb/; offline without an API key).
+"""
+
+
+class Stop(Exception):
+    """Ends the command: ``bench.py: error: <message>`` on stderr and exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Only the flags actually given (argparse.SUPPRESS), so they can override the config."""
+    S = argparse.SUPPRESS
+    p = argparse.ArgumentParser(prog="bench.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=S)
+    p.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})")
+    p.add_argument("--name", help="run name: results/<name>/ and the W&B run name")
+    p.add_argument("--out", help="results folder (default results/<name>)")
+    p.add_argument("--data", help="BAPPS tree root or shard folder (default: built-in synthetic set; 'builtin' picks it over a config's path)")
+    p.add_argument("--split")
+    p.add_argument("--categories", help="comma-separated categories (default: all)")
+    p.add_argument("--builtin-n", type=int, help="samples per category of the built-in set")
+    p.add_argument("--builtin", choices=["photos", "procedural"], help="which built-in set (default photos)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--metrics", help="comma-separated metric names")
+    for table in tables():  # each result table adds its own flags (--attacks, --param, --sweep-eps, --transfer, ...)
+        table.add_arguments(p)
+    p.add_argument("--pretrained", choices=["true", "false"], help="false: random backbones (tests, timing)")
+    p.add_argument("--weights-dir", help="folder searched first for weights ($LIT_ATTACKS_WEIGHTS_DIR)")
+    p.add_argument("--skip-unavailable", choices=["true", "false"],
+                   help="true: metrics whose weights or extra are missing are listed as not run instead of stopping")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--batch-invariant", action="store_true", help="float64: results independent of batching")
+    p.add_argument("--uint8", choices=["round", "trunc"],
+                   help="8-bit images (PNGs, s_adv_uint8): round (default) or trunc as the official code")
+    p.add_argument("--save-adv", action="store_true", help="also write adversarial images as shards in adv/")
+    p.add_argument("--examples", type=int, help="example triplets per attack cell in the image grids")
+    p.add_argument("--gpus", type=int, help="DDP on N GPUs (0: CPU; default: 1 GPU if visible, else CPU)")
+    p.add_argument("--accelerator", help="explicit Lightning accelerator, e.g. cpu (with --devices 2: CPU DDP)")
+    p.add_argument("--devices", type=int)
+    p.add_argument("--strategy", help="Lightning strategy (default: ddp when more than one process)")
+    p.add_argument("--num-nodes", type=int, help="nodes of a multi-node run (torchrun / SLURM)")
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode (auto: online with an API key, else offline)")
+    p.add_argument("--wandb-project")
+    p.add_argument("--fresh", action="store_true", help="recompute every cell, ignoring completed ones")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    p.add_argument("--print_config", "--print-config", dest="print_config", action="store_true",
+                   help="print the resolved config (defaults < --config < flags) as YAML and exit; usable as --config")
+    flags = vars(p.parse_args(argv))
+    for key in ("pretrained", "skip_unavailable"):
+        if key in flags:
+            flags[key] = flags[key] == "true"
+    return flags
+
+
+
+
+def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
+    """Defaults < config < flags, validated; raises :class:`Stop` (one line) on bad input."""
+    flags = dict(flags)
+    path = flags.pop("config", None) or DEFAULT_CONFIG
+    for key in ("fresh", "quiet", "print_config"):
+        flags.pop(key, None)
+    try:
+        cfg = merge(load_yaml(path), flags, str(path))
+        validate(cfg)
+    except ConfigError as e:
+        raise Stop(str(e)) from None
+    cfg["config_file"] = str(path)
+    return cfg
+
+
+def print_config(cfg: Dict[str, Any]) -> None:
+    """The resolved config as YAML that ``--config`` reads back to the same run."""
+    import yaml
+
+    from lit_attacks.bench.config import DEFAULTS
+
+    print(yaml.safe_dump({k: cfg[k] for k in DEFAULTS}, sort_keys=False, default_flow_style=None), end="")
+
+
+def resolve_devices(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Lightning Trainer device arguments (see :mod:`lit_attacks.bench.devices`)."""
+    from lit_attacks.bench.devices import check_trainer, resolve_devices as resolve
+
+    try:
+        devices = resolve(cfg)
+        check_trainer(devices)
+    except ConfigError as e:
+        raise Stop(str(e)) from None
+    return devices
+
+
+@contextmanager
+def locked(out: Path, first: bool) -> Iterator[Optional[ResultsFolder]]:
+    """One bench run at a time per results folder. The run's first process (``first``: rank 0 of node 0; its DDP
+    ranks share the run) holds an exclusive lock on ``out/.bench.lock`` for the block, claims the folder
+    (:class:`lit_attacks.bench.folder.ResultsFolder`: a new, empty or bench-made folder, no symlink where bench
+    writes) and checks it is writable; the other processes get None. A second run on the same folder would
+    interleave cells and remove the files the first one's cells produced. On leaving, a folder made for the run
+    that holds nothing else is removed."""
+    if not first:
+        yield None
+        return
+    lock = RunLock(out)
+    try:
+        lock.acquire()
+    except FolderError as e:
+        raise Stop(str(e)) from None
+    folder = ResultsFolder(out)
+    try:
+        if lock.replaced:
+            print(f"bench.py: note: took over the lock of {out} left by pid {lock.replaced}, which is no longer "
+                  "running", file=sys.stderr)
+        try:
+            folder.claim()
+            folder.check_writable(SUBFOLDERS)
+        except FolderError as e:
+            raise Stop(str(e)) from None
+        yield folder
+    finally:
+        rest = [p.name for p in lock.out.iterdir() if p.name not in OWN] if lock.out.is_dir() else []
+        lock.release(leave_nothing=not rest and not folder.files)
+
+
+def end_distributed() -> None:
+    """Tear the DDP process group down once all ranks are past their last collective, so no process exits with
+    gloo's threads still running (which can abort it, and Lightning then kills the whole run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def quiet_lightning() -> None:
+    import logging
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``bench.py`` with ``argv``: 0 when done, 130 on Ctrl-C; ``SystemExit`` with the status on an error."""
+    try:
+        return command(argv)
+    except Stop as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        raise SystemExit(e.code) from None
+
+
+def command(argv: Optional[Sequence[str]] = None) -> int:
+    flags = parse_args(argv)
+    cfg = resolve_config(flags)
+    if flags.get("print_config"):
+        print_config(cfg)
+        return 0
+    quiet_lightning()
+    devices = resolve_devices(cfg)
+    out = Path(cfg["out"])
+    if cfg["data"] is not None and not Path(cfg["data"]).expanduser().is_dir():
+        raise Stop(f"--data {cfg['data']}: no such folder")
+
+    from pytorch_lightning.utilities import rank_zero_only
+
+    is_zero = rank_zero_only.rank == 0
+    with locked(out, is_zero and os.environ.get("NODE_RANK", "0") == "0") as folder:
+        try:
+            return run(cfg, devices, out, flags, is_zero, folder)
+        except KeyboardInterrupt:
+            if is_zero:
+                print(f"\nbench.py: interrupted. Completed cells are saved in {out / 'cells'}; run the same command "
+                      "again to resume from there.", file=sys.stderr)
+            return 130
+        except InputError as e:  # bad data, config, weights or folder
+            raise Stop(str(e)) from None
+        except RunError as e:
+            raise Stop(str(e), code=1) from None
+        except OSError as e:  # a full disk, a folder made read-only midway, ...
+            where = e.filename or "a results or cache file"
+            raise Stop(f"{where}: {e.strerror or e}; the run stopped: completed cells are kept in {out / 'cells'} (no "
+                       "summary was written); fix this and run the same command again to resume", code=1) from None
+
+
+def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str, Any], is_zero: bool,
+        folder: Optional[ResultsFolder]) -> int:
+    from lit_attacks.datamodules.bapps import BappsDataModule
+    from lit_attacks.bench.cells import CellStore
+    from lit_attacks.bench.runner import Bench
+
+    fresh = bool(flags.get("fresh"))
+    cats = cfg["categories"]
+    dm_kw = dict(data=cfg["data"], split=cfg["split"], categories=cats, batch_size=cfg["batch_size"],
+                 num_workers=cfg["num_workers"], builtin_n=cfg["builtin_n"], seed=cfg["seed"], builtin=cfg["builtin"])
+    # --fresh also rebuilds generated shards and re-hashes every shard (once, by rank 0, before the others start)
+    dm_all = BappsDataModule(unanimous_only=False, refresh=fresh and is_zero, **dm_kw)
+    dm_attack = BappsDataModule(unanimous_only=True, **dm_kw)
+    try:
+        source = dm_all.describe()
+    except OSError as e:
+        raise Stop(f"{e.filename or 'the data cache'}: {e.strerror or e} (the cache folder is $LIT_ATTACKS_CACHE, "
+                   f"default ~/.cache/lit_attacks)") from None
+    quiet = bool(flags.get("quiet"))
+    if cfg["data"] is None and not quiet and is_zero:
+        print(f"Using the built-in {cfg['builtin']} 2AFC set, synthetic judges ({source['shards']}); pass --data for "
+              "BAPPS.")
+
+    import pytorch_lightning as pl
+
+    pl.seed_everything(cfg["seed"], verbose=False)
+    bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=fresh),
+                  quiet=quiet, is_zero=is_zero, folder=folder)
+    bench.run_all()
+    end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
+    if bench.is_zero:
+        bench.finish()
+    return 0
