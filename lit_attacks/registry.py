@@ -26,28 +26,47 @@ class Registry:
         self._prefixes: Dict[str, Callable[..., Any]] = {}
         self._retired: Dict[str, str] = {}
         self._absent: Dict[str, tuple] = {}  # name -> (what it would be, why it is not registered)
+        self._info: Dict[str, Dict[str, str]] = {}  # name or prefix -> what its registration says of it
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering ``fn`` under ``name``; a duplicate name raises."""
+    def register(self, name: str, **info: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering ``fn`` under ``name``, with ``info`` (e.g. ``what=...``: the documentation's
+        description; a factory without a docstring gets ``what`` as one); a duplicate name raises."""
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._factories:
                 raise KeyError(f"{self.kind} {name!r} is already registered")
             self._factories[name] = fn
+            self._keep_info(name, fn, info)
             return fn
 
         return deco
 
-    def register_prefix(self, prefix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register_prefix(self, prefix: str, **info: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a parametrised family: ``"<prefix>:<arg>"`` -> ``fn(arg, ...)``."""
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
             if prefix in self._prefixes or prefix in self._factories:
                 raise KeyError(f"{self.kind} prefix {prefix!r} is already registered")
             self._prefixes[prefix] = fn
+            self._keep_info(prefix, fn, info)
             return fn
 
         return deco
+
+    def _keep_info(self, name: str, fn: Callable[..., Any], info: Dict[str, str]) -> None:
+        self._info[name] = dict(info)
+        if not getattr(fn, "__doc__", None) and info.get("what"):
+            try:
+                fn.__doc__ = f"{info['what']}."
+            except (AttributeError, TypeError):  # a class or builtin whose docstring cannot be set
+                pass
+
+    def info(self, name: str) -> Dict[str, str]:
+        """What the registration of ``name`` (a name or a prefix) says of it (``{}``: nothing)."""
+        return dict(self._info.get(name, {}))
+
+    def prefixes(self) -> List[str]:
+        return sorted(self._prefixes)
 
     def retire(self, name: str, why: str) -> None:
         """A name that no longer stands for a factory (e.g. renamed because it was misleading): ``get``

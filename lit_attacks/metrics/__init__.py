@@ -49,5 +49,5 @@ def list_metrics(pattern: str = "*") -> List[str]:
     return METRICS.names(pattern)
 
 
-__all__ = ["BoundDistance", "CheckpointError", "Distance", "METRICS", "MetricInputError", "WeightsNotFoundError", "check_images", "create_metric", "expected_distances",
-           "list_metrics", "to01"]
+__all__ = ["BoundDistance", "CheckpointError", "Distance", "METRICS", "MetricInputError", "WeightsNotFoundError",
+           "check_images", "create_metric", "expected_distances", "list_metrics", "to01"]

@@ -133,16 +133,17 @@ class EmbeddingDistance(Distance):
         return self.cosine_distance(ctx, self.embed(x))
 
 
-def register_learned(name: str, build, doc: str) -> None:
+def register_learned(name: str, build, **info: str) -> None:
     """Register ``name`` as a factory ``(pretrained=True, weights_dir=None) -> build(pretrained, weights_dir)`` with
-    the docstring ``doc`` (what the metric table shows): one call per member of a family of released checkpoints."""
+    ``info`` (``what``, ``distance``, ``weights``, ``calibrated``: what the metric table shows): one call per member
+    of a family of released checkpoints."""
     from lit_attacks.metrics.registry import METRICS
 
     def factory(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
         return build(pretrained, weights_dir)
 
-    factory.__name__, factory.__doc__ = name, doc
-    METRICS.register(name)(factory)
+    factory.__name__ = name
+    METRICS.register(name, **info)(factory)
 
 
 def expected_distances(metric: Distance, ref: Tensor, xs, draws: int) -> list:

@@ -86,12 +86,16 @@ class NLPDDistance(Distance):
         return torch.stack(per_band, dim=1).mean(dim=1) - math.sqrt(NLPD_SQRT_EPS)
 
 
-@METRICS.register("nlpd")
+@METRICS.register(
+    "nlpd",
+    what='NLPD (Laparra et al. 2016, normalised Laplacian pyramid distance) per RGB channel, ``colour="luma"`` for '
+         "grey; as many bands as fit up to 6 (5 at 64 px)",
+    distance="as is",
+    weights="none (the authors' fitted filters and constants)",
+    calibrated="IQA_pytorch (MIT; the reference the official code imports) on the DISTS example r1 vs r0 in grey, "
+               "its published 0.4016 (its code gives 0.40177; ours within 1e-5 of its code), and its code on colour "
+               "and 64 px images (tests, within 1e-5)")
 def nlpd(**kw) -> Distance:
-    """NLPD (Laparra et al. 2016, normalised Laplacian pyramid distance) per RGB channel, ``colour="luma"`` for grey; as many bands as fit up to 6 (5 at 64 px).
-
-    Distance: as is. Weights: none (the authors' fitted filters and constants). Calibrated: IQA_pytorch (MIT; the reference the official code imports) on the DISTS example r1 vs r0 in grey, its published 0.4016 (its code gives 0.40177; ours within 1e-5 of its code), and its code on colour and 64 px images (tests, within 1e-5).
-    """
     return NLPDDistance(**kw)
 
 
@@ -242,12 +246,17 @@ def gaussian_window(size: float, sigma: float) -> Tensor:
     return (g / g.sum()).float()
 
 
-@METRICS.register("cw_ssim")
+@METRICS.register(
+    "cw_ssim",
+    what="CW-SSIM (Sampat et al. 2009, complex-wavelet SSIM) on the complex steerable pyramid, 8 orientations, the "
+         '4th level (at 64 px a 2x2 map: ``level=3`` sees more), per RGB channel or ``colour="luma"``; square '
+         "images",
+    distance="1 - CW-SSIM",
+    weights="none",
+    calibrated="IQA_pytorch's CW_SSIM (MIT; its torch.rfft calls restated with torch.fft) on the DISTS example r1 "
+               "vs r0 in grey, its published 0.9561 (its code and ours 0.95634; tests: ours within 1e-5 of its code "
+               "at 256 and 64 px, levels 3 and 4)")
 def cw_ssim(**kw) -> Distance:
-    """CW-SSIM (Sampat et al. 2009, complex-wavelet SSIM) on the complex steerable pyramid, 8 orientations, the 4th level (at 64 px a 2x2 map: ``level=3`` sees more), per RGB channel or ``colour="luma"``; square images.
-
-    Distance: 1 - CW-SSIM. Weights: none. Calibrated: IQA_pytorch's CW_SSIM (MIT; its torch.rfft calls restated with torch.fft) on the DISTS example r1 vs r0 in grey, its published 0.9561 (its code and ours 0.95634; tests: ours within 1e-5 of its code at 256 and 64 px, levels 3 and 4).
-    """
     return CWSSIMDistance(**kw)
 
 

@@ -167,48 +167,53 @@ def _avg_pooling(module: nn.Module) -> None:
             _avg_pooling(child)
 
 
-@METRICS.register("dists")
+@METRICS.register(
+    "dists",
+    what="piq DISTS (VGG16 with L2 pooling, alpha/beta of DISTS) at the input size; ``resize=True`` first resizes "
+         "the shorter side to 256 as the official code's prepare_image",
+    distance="as is (1 - similarity)",
+    weights="VGG16 ImageNet + DISTS alpha/beta (MIT)",
+    calibrated="the DISTS authors' values, r1 vs r0 0.3347 (within 1e-4), goldhill_jpeg vs goldhill 0.19509 and "
+               "i01_01_5 vs I01 0.17321 (within 1e-3, piq's tolerance)")
 def dists(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """piq DISTS (VGG16 with L2 pooling, alpha/beta of DISTS) at the input size; ``resize=True`` first resizes the shorter side to 256 as the official code's prepare_image.
-
-    Distance: as is (1 - similarity). Weights: VGG16 ImageNet + DISTS alpha/beta (MIT). Calibrated: the DISTS authors' values, r1 vs r0 0.3347 (within 1e-4), goldhill_jpeg vs goldhill 0.19509 and i01_01_5 vs I01 0.17321 (within 1e-3, piq's tolerance).
-    """
     return DISTSDistance(pretrained, weights_dir, **kw)
 
 
-@METRICS.register("elpips_style")
+@METRICS.register(
+    "elpips_style",
+    what="E-LPIPS-style (not E-LPIPS): LPIPS v0.1 heads on VGG16 with average pooling, averaged over a "
+         "random-transform ensemble",
+    distance="as is",
+    weights="VGG16 ImageNet")
 def elpips_style(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-style (not E-LPIPS): LPIPS v0.1 heads on VGG16 with average pooling, averaged over a random-transform ensemble.
-
-    Distance: as is. Weights: VGG16 ImageNet.
-    """
     return ELPIPSDistance(net="vgg", pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 
-@METRICS.register("elpips_style_alex")
+@METRICS.register(
+    "elpips_style_alex",
+    what="E-LPIPS-style (not E-LPIPS) on AlexNet",
+    distance="as is",
+    weights="AlexNet ImageNet")
 def elpips_style_alex(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-style (not E-LPIPS) on AlexNet.
-
-    Distance: as is. Weights: AlexNet ImageNet.
-    """
     return ELPIPSDistance(net="alex", pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 
-@METRICS.register("elpips_style_random")
+@METRICS.register(
+    "elpips_style_random",
+    what="E-LPIPS-style on VGG16 with a fresh random-transform ensemble every call (the stochastic metric; attack "
+         "it with EOT)",
+    distance="as is",
+    weights="VGG16 ImageNet")
 def elpips_style_random(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-style on VGG16 with a fresh random-transform ensemble every call (the stochastic metric; attack it with EOT).
-
-    Distance: as is. Weights: VGG16 ImageNet.
-    """
     return ELPIPSDistance(net="vgg", deterministic=False, pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 
-@METRICS.register("elpips_style_alex_random")
+@METRICS.register(
+    "elpips_style_alex_random",
+    what="E-LPIPS-style on AlexNet with a fresh random-transform ensemble every call (attack it with EOT)",
+    distance="as is",
+    weights="AlexNet ImageNet")
 def elpips_style_alex_random(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-style on AlexNet with a fresh random-transform ensemble every call (attack it with EOT).
-
-    Distance: as is. Weights: AlexNet ImageNet.
-    """
     return ELPIPSDistance(net="alex", deterministic=False, pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 

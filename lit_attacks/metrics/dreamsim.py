@@ -204,8 +204,8 @@ _DINO = "Facebook's DINO ViT-B/16 checkpoint (Apache-2.0)"
 
 def _register(name: str, variant: str, what: str, contents: str) -> None:
     register_learned(name, lambda pretrained, weights_dir: DreamSimDistance(variant, pretrained, weights_dir),
-                     f"{what}\n\n    Distance: as is (1 - cosine similarity of the embeddings, in [0, 2]). Weights: "
-                     f"{contents}, downloaded and cached, never redistributed. Calibrated: {_CALIBRATED}.\n    ")
+                     what=what, distance="as is (1 - cosine similarity of the embeddings, in [0, 2])",
+                     weights=f"{contents}, downloaded and cached, never redistributed", calibrated=_CALIBRATED)
 
 
 _register("dreamsim", "ensemble", "DreamSim (Fu et al. 2023): DINO, CLIP and OpenCLIP ViT-B/16 with LoRA tuned on NIGHTS "

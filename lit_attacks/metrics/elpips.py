@@ -257,21 +257,29 @@ class ELPIPSDistance(Distance):
         return total / self.n
 
 
-@METRICS.register("elpips_vgg")
+@METRICS.register(
+    "elpips_vgg",
+    what="E-LPIPS-VGG (Kettunen et al. 2019): the authors' VGG16 network with average pooling and retrained weights "
+         "on 14 layers, averaged over 8 fixed draws of their random transformations and feature dropout "
+         "(deterministic; ``deterministic=False`` draws fresh ones every call)",
+    distance="as is",
+    weights="VGG16 ImageNet (torchvision) and the authors' vgg_full_avg.npy (mkettune/elpips, BSD-2), read without "
+            "arbitrary unpickling",
+    calibrated="the authors' TensorFlow code (run under TF 2.15's v1 compatibility) with the same transformation "
+               "parameters and no dropout: distances within 1e-5 relative (tests/data/elpips)")
 def elpips_vgg(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-VGG (Kettunen et al. 2019): the authors' VGG16 network with average pooling and retrained weights on 14 layers, averaged over 8 fixed draws of their random transformations and feature dropout (deterministic; ``deterministic=False`` draws fresh ones every call).
-
-    Distance: as is. Weights: VGG16 ImageNet (torchvision) and the authors' vgg_full_avg.npy (mkettune/elpips, BSD-2), read without arbitrary unpickling. Calibrated: the authors' TensorFlow code (run under TF 2.15's v1 compatibility) with the same transformation parameters and no dropout: distances within 1e-5 relative (tests/data/elpips).
-    """
     return ELPIPSDistance(pretrained=pretrained, weights_dir=weights_dir, **kw)
 
 
-@METRICS.register("elpips_vgg_random")
+@METRICS.register(
+    "elpips_vgg_random",
+    what="E-LPIPS-VGG with fresh transformations and dropout every call (the authors' stochastic metric, one draw "
+         "per call; attack it with EOT)",
+    distance="as is",
+    weights="VGG16 ImageNet (torchvision) and the authors' vgg_full_avg.npy (mkettune/elpips, BSD-2), read without "
+            "arbitrary unpickling",
+    calibrated="as elpips_vgg (same network and transformations) (tests/data/elpips)")
 def elpips_vgg_random(pretrained: bool = True, weights_dir: Optional[str] = None, **kw) -> Distance:
-    """E-LPIPS-VGG with fresh transformations and dropout every call (the authors' stochastic metric, one draw per call; attack it with EOT).
-
-    Distance: as is. Weights: VGG16 ImageNet (torchvision) and the authors' vgg_full_avg.npy (mkettune/elpips, BSD-2), read without arbitrary unpickling. Calibrated: as elpips_vgg (same network and transformations) (tests/data/elpips).
-    """
     kw.setdefault("n", 1)
     return ELPIPSDistance(deterministic=False, pretrained=pretrained, weights_dir=weights_dir, **kw)
 

@@ -156,10 +156,10 @@ _CALIBRATED = ("the authors' own network code (SaraGhazanfari/lipsim at 58fe73e,
 
 
 def _register(name: str, what: str) -> None:
-    register_learned(name, lambda pretrained, weights_dir: LipSimDistance(name, pretrained, weights_dir),
-                     f"{what}\n\n    Distance: as is (1 - cosine similarity of the embeddings, in [0, 2]). Weights: "
-                     f"the authors' checkpoint on Google Drive (SaraGhazanfari/lipsim; no licence file: downloaded "
-                     f"and cached, never redistributed). Calibrated: {_CALIBRATED}.\n    ")
+    register_learned(name, lambda pretrained, weights_dir: LipSimDistance(name, pretrained, weights_dir), what=what,
+                     distance="as is (1 - cosine similarity of the embeddings, in [0, 2])",
+                     weights="the authors' checkpoint on Google Drive (SaraGhazanfari/lipsim; no licence file: "
+                             "downloaded and cached, never redistributed)", calibrated=_CALIBRATED)
 
 
 _register("lipsim", "LipSim (Ghazanfari et al. 2024): 1-Lipschitz SLL network distilled from DreamSim and fine-tuned on "

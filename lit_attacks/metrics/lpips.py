@@ -104,30 +104,34 @@ class LPIPSDistance(LinearHeadsDistance):
         return super().pixel_scorer(bound, prey, local, chunk)
 
 
-@METRICS.register("lpips_alex")
+@METRICS.register(
+    "lpips_alex",
+    what="LPIPS v0.1 (heads shipped in the lpips package) on the torchvision AlexNet",
+    distance="as is",
+    weights="AlexNet ImageNet (torchvision, BSD-3)",
+    calibrated="the LPIPS repository's example triplet, 0.722 / 0.138 (published; ours 0.7219 / 0.1376, within "
+               "1e-3)")
 def lpips_alex(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
-    """LPIPS v0.1 (heads shipped in the lpips package) on the torchvision AlexNet.
-
-    Distance: as is. Weights: AlexNet ImageNet (torchvision, BSD-3). Calibrated: the LPIPS repository's example triplet, 0.722 / 0.138 (published; ours 0.7219 / 0.1376, within 1e-3).
-    """
     return LPIPSDistance("alex", pretrained, weights_dir)
 
 
-@METRICS.register("lpips_squeeze")
+@METRICS.register(
+    "lpips_squeeze",
+    what="LPIPS v0.1 on the torchvision SqueezeNet 1.1",
+    distance="as is",
+    weights="SqueezeNet 1.1 ImageNet (torchvision, BSD-3)",
+    calibrated="the lpips package on the example triplet, 0.711048 / 0.147902 (within 1e-4; no published value)")
 def lpips_squeeze(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
-    """LPIPS v0.1 on the torchvision SqueezeNet 1.1.
-
-    Distance: as is. Weights: SqueezeNet 1.1 ImageNet (torchvision, BSD-3). Calibrated: the lpips package on the example triplet, 0.711048 / 0.147902 (within 1e-4; no published value).
-    """
     return LPIPSDistance("squeeze", pretrained, weights_dir)
 
 
-@METRICS.register("lpips_vgg")
+@METRICS.register(
+    "lpips_vgg",
+    what="LPIPS v0.1 on the torchvision VGG16",
+    distance="as is",
+    weights="VGG16 ImageNet (torchvision, BSD-3)",
+    calibrated="the lpips package on the example triplet, 0.5686 / 0.4217 (within 1e-4; no published value)")
 def lpips_vgg(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
-    """LPIPS v0.1 on the torchvision VGG16.
-
-    Distance: as is. Weights: VGG16 ImageNet (torchvision, BSD-3). Calibrated: the lpips package on the example triplet, 0.5686 / 0.4217 (within 1e-4; no published value).
-    """
     return LPIPSDistance("vgg", pretrained, weights_dir)
 
 
@@ -183,13 +187,13 @@ def _register_rlpips(name: str, fname: str, what: str) -> None:
         return ReleasedRLPIPSDistance(name, pretrained, weights_dir)
 
     factory.__name__ = name
-    factory.__doc__ = (
-        f"R-LPIPS (Ghazanfari et al. 2023), the authors' checkpoint {fname}: LPIPS-Alex adversarially trained on BAPPS "
-        f"({what}).\n\nDistance: as is. Weights: downloaded from SaraGhazanfari/R-LPIPS (BSD-2; no checksum "
-        f"published), the AlexNet from the checkpoint, else torchvision's. Calibrated: the file's network is "
-        f"lpips.LPIPS with the file's state dict (tests: generated checkpoints of the same layout, within 1e-6); "
-        f"no published value checked.\n")
-    METRICS.register(name)(factory)
+    METRICS.register(
+        name, what=f"R-LPIPS (Ghazanfari et al. 2023), the authors' checkpoint {fname}: LPIPS-Alex adversarially "
+                   f"trained on BAPPS ({what})",
+        distance="as is", weights="downloaded from SaraGhazanfari/R-LPIPS (BSD-2; no checksum published), the AlexNet "
+                                  "from the checkpoint, else torchvision's",
+        calibrated="the file's network is lpips.LPIPS with the file's state dict (tests: generated checkpoints of the "
+                   "same layout, within 1e-6); no published value checked")(factory)
 
 
 for _name, (_fname, _what) in RLPIPS_RELEASES.items():

@@ -330,20 +330,32 @@ class PIMDistance(Distance):
         return self.from_encodings(ctx, self.encode(x))
 
 
-@METRICS.register("pim_1")
+@METRICS.register(
+    "pim_1",
+    what="PIM-1 (Bhardwaj et al. 2020): steerable pyramid, a CNN per band and a Gaussian encoder per pixel, trained "
+         "without labels (multi-scale InfoNCE on video frames); distance = mean squared difference of the encoder "
+         "means (the authors' exact symmetrised KL for one component)",
+    distance="as is",
+    weights="the authors' pim-1.zip (google-research/perceptual-quality, Apache-2.0; TensorFlow checkpoint read "
+            "without TensorFlow, sha512 checked)",
+    calibrated="the authors' TensorFlow code (2.15) on generated checkpoints of the same architecture at reduced "
+               "width: distances, densities and KL within 1e-5 relative (tests/data/pim)")
 def pim_1(pretrained: bool = True, weights_dir: Optional[str] = None) -> Distance:
-    """PIM-1 (Bhardwaj et al. 2020): steerable pyramid, a CNN per band and a Gaussian encoder per pixel, trained without labels (multi-scale InfoNCE on video frames); distance = mean squared difference of the encoder means (the authors' exact symmetrised KL for one component).
-
-    Distance: as is. Weights: the authors' pim-1.zip (google-research/perceptual-quality, Apache-2.0; TensorFlow checkpoint read without TensorFlow, sha512 checked). Calibrated: the authors' TensorFlow code (2.15) on generated checkpoints of the same architecture at reduced width: distances, densities and KL within 1e-5 relative (tests/data/pim). The released weights could not be fetched here (no published values to compare).
-    """
+    """The released weights could not be fetched here (no published values to compare)."""
     return PIMDistance("pim-1", pretrained, weights_dir)
 
 
-@METRICS.register("pim_5")
+@METRICS.register(
+    "pim_5",
+    what="PIM-5 (Bhardwaj et al. 2020): as PIM-1 with a five-component Gaussian mixture per pixel; distance = "
+         "symmetrised KL estimated with 8 common-random-number draws (deterministic; the authors draw one fresh "
+         "sample per call, ``fresh=True, samples=1``)",
+    distance="as is",
+    weights="the authors' pim-5.zip (google-research/perceptual-quality, Apache-2.0; TensorFlow checkpoint read "
+            "without TensorFlow, sha512 checked)",
+    calibrated="the authors' TensorFlow code (2.15) on generated checkpoints: mixture densities within 1e-5 "
+               "relative, the KL estimate within 4 standard errors of theirs at 4000 samples (tests/data/pim)")
 def pim_5(pretrained: bool = True, weights_dir: Optional[str] = None, samples: int = 8, seed: int = 0,
           fresh: bool = False) -> Distance:
-    """PIM-5 (Bhardwaj et al. 2020): as PIM-1 with a five-component Gaussian mixture per pixel; distance = symmetrised KL estimated with 8 common-random-number draws (deterministic; the authors draw one fresh sample per call, ``fresh=True, samples=1``).
-
-    Distance: as is. Weights: the authors' pim-5.zip (google-research/perceptual-quality, Apache-2.0; TensorFlow checkpoint read without TensorFlow, sha512 checked). Calibrated: the authors' TensorFlow code (2.15) on generated checkpoints: mixture densities within 1e-5 relative, the KL estimate within 4 standard errors of theirs at 4000 samples (tests/data/pim). The released weights could not be fetched here.
-    """
+    """The released weights could not be fetched here."""
     return PIMDistance("pim-5", pretrained, weights_dir, samples=samples, seed=seed, fresh=fresh)

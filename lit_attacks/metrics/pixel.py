@@ -21,19 +21,21 @@ class L1Distance(Distance):
         return (ref - x).abs().mean(dim=(1, 2, 3))
 
 
-@METRICS.register("l2")
+@METRICS.register(
+    "l2",
+    what="mean squared difference on [-1, 1], as the official code",
+    distance="as is",
+    weights="none",
+    calibrated="the closed form (tested against the formula)")
 def l2(**kw) -> Distance:
-    """mean squared difference on [-1, 1], as the official code.
-
-    Distance: as is. Weights: none. Calibrated: the closed form (tested against the formula).
-    """
     return L2Distance(**kw)
 
 
-@METRICS.register("l1")
+@METRICS.register(
+    "l1",
+    what="mean absolute difference on [-1, 1]",
+    distance="as is",
+    weights="none",
+    calibrated="the closed form")
 def l1(**kw) -> Distance:
-    """mean absolute difference on [-1, 1].
-
-    Distance: as is. Weights: none. Calibrated: the closed form.
-    """
     return L1Distance(**kw)

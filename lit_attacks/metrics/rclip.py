@@ -106,9 +106,9 @@ _SHARE = "(Tübingen Nextcloud share of fra31/perceptual-metrics; no licence fil
 
 
 def _register(name: str, what: str, weights: str) -> None:
-    register_learned(name, lambda pretrained, weights_dir: CLIPDistance(name, pretrained, weights_dir),
-                     f"{what}\n\n    Distance: as is (1 - cosine similarity of the image embeddings, in [0, 2]). "
-                     f"Weights: {weights}. Calibrated: {_CALIBRATED}.\n    ")
+    register_learned(name, lambda pretrained, weights_dir: CLIPDistance(name, pretrained, weights_dir), what=what,
+                     distance="as is (1 - cosine similarity of the image embeddings, in [0, 2])", weights=weights,
+                     calibrated=_CALIBRATED)
 
 
 for _tower, _net in (("convnext", "ConvNeXt-B (convnext_base_w, the paper's best)"), ("vitb16", "ViT-B/16")):

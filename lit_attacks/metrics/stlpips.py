@@ -95,19 +95,21 @@ def weight_file(st, net: str) -> Path:
     return path
 
 
-@METRICS.register("stlpips_alex")
+@METRICS.register(
+    "stlpips_alex",
+    what="ST-LPIPS, shift-tolerant AlexNet (stlpips-pytorch; extra [stlpips])",
+    distance="as is",
+    weights="shipped in the stlpips-pytorch wheel (BSD-2)",
+    calibrated="stlpips-pytorch on the LPIPS example triplet, 0.7778 / 0.1320")
 def stlpips_alex(pretrained: bool = True) -> Distance:
-    """ST-LPIPS, shift-tolerant AlexNet (stlpips-pytorch; extra [stlpips]).
-
-    Distance: as is. Weights: shipped in the stlpips-pytorch wheel (BSD-2). Calibrated: stlpips-pytorch on the LPIPS example triplet, 0.7778 / 0.1320.
-    """
     return STLPIPSDistance("alex", pretrained)
 
 
-@METRICS.register("stlpips_vgg")
+@METRICS.register(
+    "stlpips_vgg",
+    what="ST-LPIPS, shift-tolerant VGG (stlpips-pytorch; extra [stlpips])",
+    distance="as is",
+    weights="shipped in the stlpips-pytorch wheel (BSD-2)",
+    calibrated="stlpips-pytorch on the LPIPS example triplet, 0.6517 / 0.1361")
 def stlpips_vgg(pretrained: bool = True) -> Distance:
-    """ST-LPIPS, shift-tolerant VGG (stlpips-pytorch; extra [stlpips]).
-
-    Distance: as is. Weights: shipped in the stlpips-pytorch wheel (BSD-2). Calibrated: stlpips-pytorch on the LPIPS example triplet, 0.6517 / 0.1361.
-    """
     return STLPIPSDistance("vgg", pretrained)

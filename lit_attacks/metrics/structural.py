@@ -170,109 +170,137 @@ class PiqSimilarityDistance(Distance):
         return torch.where(torch.isfinite(d), d, torch.zeros_like(d))
 
 
-@METRICS.register("ssim")
+@METRICS.register(
+    "ssim",
+    what="piq SSIM (window 11, sigma 1.5, valid convolution on [0, 1], MATLAB-style automatic downsampling: none at "
+         '64 px); per RGB channel, or ``colour="luma"`` for ssim.m\'s grey convention',
+    distance="(1 - SSIM) / 2",
+    weights="none",
+    calibrated="piq's MATLAB baselines, goldhill_jpeg vs goldhill 0.8202 (grey, within 5e-4) and i01_01_5 vs I01 "
+               '0.7842 (RGB per channel: ours 0.7820, within piq\'s 0.01; colour="luma" gives 0.8800, no published '
+               "value)")
 def ssim(**kw) -> Distance:
-    """piq SSIM (window 11, sigma 1.5, valid convolution on [0, 1], MATLAB-style automatic downsampling: none at 64 px); per RGB channel, or ``colour="luma"`` for ssim.m's grey convention.
-
-    Distance: (1 - SSIM) / 2. Weights: none. Calibrated: piq's MATLAB baselines, goldhill_jpeg vs goldhill 0.8202 (grey, within 5e-4) and i01_01_5 vs I01 0.7842 (RGB per channel: ours 0.7820, within piq's 0.01; colour="luma" gives 0.8800, no published value).
-    """
     return SSIMDistance(**kw)
 
 
-@METRICS.register("ssim_official")
+@METRICS.register(
+    "ssim_official",
+    what="the official code's SSIM: pytorch_ssim on [-1, 1] (zero-padded same-size 11x11 Gaussian, C1 0.01^2, C2 "
+         "0.03^2, mean over the RGB map)",
+    distance="(1 - SSIM) / 2",
+    weights="none",
+    calibrated="the official code's pytorch_ssim restated with scipy (within 1e-5), and the official transfer CSV's "
+               "ssim distances where the BAPPS images are given (LIT_ATTACKS_BAPPS)")
 def ssim_official() -> Distance:
-    """the official code's SSIM: pytorch_ssim on [-1, 1] (zero-padded same-size 11x11 Gaussian, C1 0.01^2, C2 0.03^2, mean over the RGB map).
-
-    Distance: (1 - SSIM) / 2. Weights: none. Calibrated: the official code's pytorch_ssim restated with scipy (within 1e-5), and the official transfer CSV's ssim distances where the BAPPS images are given (LIT_ATTACKS_BAPPS).
-    """
     return OfficialSSIMDistance()
 
 
-@METRICS.register("ms_ssim")
+@METRICS.register(
+    "ms_ssim",
+    what="piq MS-SSIM with window 11 and 3 scales (piq's 5 need 161 px), Wang et al.'s first three weights "
+         "renormalised",
+    distance="(1 - MS-SSIM) / 2",
+    weights="none",
+    calibrated="TensorFlow's tf.image.ssim_multiscale (2.15, the reference of piq's tests) on the full-size piq "
+               "images, goldhill 0.901158 (5 scales) / 0.857440 (3) and I01 0.879965 / 0.823347 (ours within 2e-5)")
 def ms_ssim(**kw) -> Distance:
-    """piq MS-SSIM with window 11 and 3 scales (piq's 5 need 161 px), Wang et al.'s first three weights renormalised.
-
-    Distance: (1 - MS-SSIM) / 2. Weights: none. Calibrated: TensorFlow's tf.image.ssim_multiscale (2.15, the reference of piq's tests) on the full-size piq images, goldhill 0.901158 (5 scales) / 0.857440 (3) and I01 0.879965 / 0.823347 (ours within 2e-5). The official attack code's MS-SSIM (IQA_pytorch's MS_SSIM on [-1, 1]) cannot run at 64 px (an 11x11 window on its 8x8 fourth scale), so the paper's MS-SSIM row cannot come from it at 64 px.
+    """The official attack code's MS-SSIM (IQA_pytorch's MS_SSIM on [-1, 1]) cannot run at 64 px (an 11x11 window on
+    its 8x8 fourth scale), so the paper's MS-SSIM row cannot come from it at 64 px.
     """
     return MSSSIMDistance(**kw)
 
 
-@METRICS.register("fsimc")
+@METRICS.register(
+    "fsimc",
+    what="piq FSIM, chromatic",
+    distance="1 - FSIMc",
+    weights="none",
+    calibrated="piq's MATLAB baselines (FSIM authors' code), goldhill 0.89691 (grey, where FSIMc is FSIM) and I01 "
+               "0.92587 chromatic (ours 0.92590; within 1e-4)")
 def fsimc(**kw) -> Distance:
-    """piq FSIM, chromatic.
-
-    Distance: 1 - FSIMc. Weights: none. Calibrated: piq's MATLAB baselines (FSIM authors' code), goldhill 0.89691 (grey, where FSIMc is FSIM) and I01 0.92587 chromatic (ours 0.92590; within 1e-4).
-    """
     return FSIMcDistance(**kw)
 
 
-@METRICS.register("gmsd")
+@METRICS.register(
+    "gmsd",
+    what="piq GMSD",
+    distance="as is (a deviation)",
+    weights="none",
+    calibrated="piq's MATLAB baselines (GMSD authors' code), goldhill 0.138013 and I01 0.094125 (within 1e-5)")
 def gmsd(**kw) -> Distance:
-    """piq GMSD.
-
-    Distance: as is (a deviation). Weights: none. Calibrated: piq's MATLAB baselines (GMSD authors' code), goldhill 0.138013 and I01 0.094125 (within 1e-5).
-    """
     return GMSDDistance(**kw)
 
 
-@METRICS.register("haarpsi")
+@METRICS.register(
+    "haarpsi",
+    what="piq HaarPSI (0 for images without any Haar structure, where piq returns -inf)",
+    distance="1 - HaarPSI",
+    weights="none",
+    calibrated="piq's MATLAB baseline (HaarPSI authors' code), I01 0.71707 (ours 0.71704; within 1e-4)")
 def haarpsi(**kw) -> Distance:
-    """piq HaarPSI (0 for images without any Haar structure, where piq returns -inf).
-
-    Distance: 1 - HaarPSI. Weights: none. Calibrated: piq's MATLAB baseline (HaarPSI authors' code), I01 0.71707 (ours 0.71704; within 1e-4).
-    """
     return HaarPSIDistance(**kw)
 
 
-@METRICS.register("vif_p")
+@METRICS.register(
+    "vif_p",
+    what="piq VIF-p (pixel-domain visual information fidelity, Sheikh & Bovik 2006), on the luminance",
+    distance="1 - VIF-p (VIF-p can exceed 1 for contrast-enhanced images: the distance is then negative)",
+    weights="none",
+    calibrated="piq's MATLAB baselines (vifvec), goldhill 0.2665 and I01 0.3147 (within 1e-4)")
 def vif_p() -> Distance:
-    """piq VIF-p (pixel-domain visual information fidelity, Sheikh & Bovik 2006), on the luminance.
-
-    Distance: 1 - VIF-p (VIF-p can exceed 1 for contrast-enhanced images: the distance is then negative). Weights: none. Calibrated: piq's MATLAB baselines (vifvec), goldhill 0.2665 and I01 0.3147 (within 1e-4).
-    """
     return PiqSimilarityDistance(piq.vif_p)
 
 
-@METRICS.register("vsi")
+@METRICS.register(
+    "vsi",
+    what="piq VSI (visual saliency-induced index, Zhang et al. 2014)",
+    distance="1 - VSI",
+    weights="none",
+    calibrated="piq's MATLAB baseline (VSI authors' code), I01 0.96405 (within 1e-5)")
 def vsi() -> Distance:
-    """piq VSI (visual saliency-induced index, Zhang et al. 2014).
-
-    Distance: 1 - VSI. Weights: none. Calibrated: piq's MATLAB baseline (VSI authors' code), I01 0.96405 (within 1e-5).
-    """
     return PiqSimilarityDistance(piq.vsi)
 
 
-@METRICS.register("mdsi")
+@METRICS.register(
+    "mdsi",
+    what="piq MDSI (mean deviation similarity index, Nafchi et al. 2016), a deviation: 0 for identical images",
+    distance="as is",
+    weights="none",
+    calibrated="piq's MATLAB baselines (MDSI authors' code, 'sum' combination; MDSI is not symmetric: ref is the "
+               "reference), goldhill 0.395911 and I01 0.338973 (within 1e-5)")
 def mdsi() -> Distance:
-    """piq MDSI (mean deviation similarity index, Nafchi et al. 2016), a deviation: 0 for identical images.
-
-    Distance: as is. Weights: none. Calibrated: piq's MATLAB baselines (MDSI authors' code, 'sum' combination; MDSI is not symmetric: ref is the reference), goldhill 0.395911 and I01 0.338973 (within 1e-5).
-    """
     return PiqSimilarityDistance(piq.mdsi, similarity=False)
 
 
-@METRICS.register("srsim")
+@METRICS.register(
+    "srsim",
+    what="piq SR-SIM (spectral residual similarity, Zhang & Li 2012), one sample per call (piq normalises its "
+         "saliency over the batch)",
+    distance="1 - SR-SIM",
+    weights="none",
+    calibrated="piq's MATLAB baselines (SR-SIM authors' code, piq's even Gaussian), goldhill 0.946527 and I01 "
+               "0.965973 (within 1e-5)")
 def srsim() -> Distance:
-    """piq SR-SIM (spectral residual similarity, Zhang & Li 2012), one sample per call (piq normalises its saliency over the batch).
-
-    Distance: 1 - SR-SIM. Weights: none. Calibrated: piq's MATLAB baselines (SR-SIM authors' code, piq's even Gaussian), goldhill 0.946527 and I01 0.965973 (within 1e-5).
-    """
     return PiqSimilarityDistance(piq.srsim, per_sample=True)
 
 
-@METRICS.register("dss")
+@METRICS.register(
+    "dss",
+    what="piq DSS (DCT subband similarity, Balanis et al. 2015)",
+    distance="1 - DSS",
+    weights="none",
+    calibrated="piq's MATLAB baselines (DSS authors' code), goldhill 0.45217 (ours 0.45287; within piq's 1e-3) and "
+               "I01 0.77177 (MATLAB grey rounded to uint8; ours on RGB 0.77168, within 2e-4)")
 def dss() -> Distance:
-    """piq DSS (DCT subband similarity, Balanis et al. 2015).
-
-    Distance: 1 - DSS. Weights: none. Calibrated: piq's MATLAB baselines (DSS authors' code), goldhill 0.45217 (ours 0.45287; within piq's 1e-3) and I01 0.77177 (MATLAB grey rounded to uint8; ours on RGB 0.77168, within 2e-4).
-    """
     return PiqSimilarityDistance(piq.dss)
 
 
-@METRICS.register("ms_gmsd")
+@METRICS.register(
+    "ms_gmsd",
+    what="piq MS-GMSD, chromatic (multi-scale gradient magnitude similarity deviation, Zhang et al. 2017), a "
+         "deviation",
+    distance="as is",
+    weights="none",
+    calibrated="not yet: no published value (piq tests none)")
 def ms_gmsd() -> Distance:
-    """piq MS-GMSD, chromatic (multi-scale gradient magnitude similarity deviation, Zhang et al. 2017), a deviation.
-
-    Distance: as is. Weights: none. Calibrated: not yet: no published value (piq tests none).
-    """
     return PiqSimilarityDistance(lambda a, b, **kw: piq.multi_scale_gmsd(a, b, chromatic=True, **kw), similarity=False)

@@ -81,10 +81,8 @@ def load_trained_lpips(path: str | Path) -> TrainedLPIPSDistance:
     return TrainedLPIPSDistance(model, net, pretrained=bool(meta.get("pretrained_backbone", True)))
 
 
-@METRICS.register_prefix("rlpips")
+@METRICS.register_prefix("rlpips", what="an LPIPS trained by train.py (clean, or adversarially as R-LPIPS), from its "
+                                       "checkpoint", distance="as is",
+                         weights="the checkpoint (backbone included; loaded with weights_only=True)")
 def rlpips(path: str) -> Distance:
-    """an LPIPS trained by train.py (clean, or adversarially as R-LPIPS), from its checkpoint.
-
-    Distance: as is. Weights: the checkpoint (backbone included; loaded with weights_only=True).
-    """
     return load_trained_lpips(path)

@@ -149,24 +149,24 @@ class WaDIQaMFRDistance(Distance):
         return self.sign * (self.quality(ref, x) - self.quality(ref, ref))
 
 
-def _doc(dataset: str) -> str:
+def _info(dataset: str) -> Dict[str, str]:
     scale = DATASETS[dataset]
-    return (f"WaDIQaM-FR (Bosse et al. 2018; paper Table 3), the authors' model trained on {dataset.upper()} "
-            f"({scale}), weighted patch pooling over non-overlapping 32x32 patches (``top=\"patchwise\"``: DIQaM-FR).\n\n"
-            f"Distance: the predicted {scale} loss against the reference itself (0 at x = ref; negative when x is "
-            f"rated above the reference). Weights: fr_{dataset}_weighted.model from dmaniry/deepIQA (MIT; Chainer "
-            f"HDF5, extra [wadiqam]). Calibrated: not yet: no published value checked (the network and patch "
-            f"pooling are checked against a per-patch restatement on generated HDF5 files).\n")
+    return dict(what=f"WaDIQaM-FR (Bosse et al. 2018; paper Table 3), the authors' model trained on {dataset.upper()} "
+                     f"({scale}), weighted patch pooling over non-overlapping 32x32 patches (``top=\"patchwise\"``: "
+                     "DIQaM-FR)",
+                distance=f"the predicted {scale} loss against the reference itself (0 at x = ref; negative when x is "
+                         "rated above the reference)",
+                weights=f"fr_{dataset}_weighted.model from dmaniry/deepIQA (MIT; Chainer HDF5, extra [wadiqam])",
+                calibrated="not yet: no published value checked (the network and patch pooling are checked against a "
+                           "per-patch restatement on generated HDF5 files)")
 
 
-@METRICS.register("wadiqam_fr_live")
+@METRICS.register("wadiqam_fr_live", **_info("live"))
 def wadiqam_fr_live(pretrained: bool = True, weights_dir: Optional[str] = None, top: str = "weighted") -> Distance:
     return WaDIQaMFRDistance("live", top, pretrained, weights_dir)
 
 
-@METRICS.register("wadiqam_fr_tid")
+@METRICS.register("wadiqam_fr_tid", **_info("tid"))
 def wadiqam_fr_tid(pretrained: bool = True, weights_dir: Optional[str] = None, top: str = "weighted") -> Distance:
     return WaDIQaMFRDistance("tid", top, pretrained, weights_dir)
 
-
-wadiqam_fr_live.__doc__, wadiqam_fr_tid.__doc__ = _doc("live"), _doc("tid")

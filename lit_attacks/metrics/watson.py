@@ -162,10 +162,16 @@ class WatsonDFTDistance(Distance):
         return d
 
 
-@METRICS.register("watson_dft")
+@METRICS.register(
+    "watson_dft",
+    what="Watson-DFT (Czolbe et al. 2020): Watson's model on 8x8 block DFTs with learned sensitivities, masking and "
+         'phase weights, YCbCr channels mixed (``colour="grey"``: luma), deterministic; per-image luminance mean '
+         "and the authors' constant d(x, x) offset removed",
+    distance="as is (minus its constant value at x = ref)",
+    weights="the authors' BAPPS-trained rgb_watson_fft_trial0.pth (SteffenCzolbe/PerceptualSimilarity; no licence "
+            "file, so downloaded only, never shipped; sha256 checked)",
+    calibrated="the authors' watson_fft.py and color_wrapper.py with their weights on the LPIPS example triplet, "
+               "3354.1047 / 3664.3037 after the offset (ours within 1e-5 relative; measured offline with the "
+               "released file); the tests restate it in float64 numpy on generated weights (within 1e-6)")
 def watson_dft(pretrained: bool = True, weights_dir: Optional[str] = None, colour: str = "rgb") -> Distance:
-    """Watson-DFT (Czolbe et al. 2020): Watson's model on 8x8 block DFTs with learned sensitivities, masking and phase weights, YCbCr channels mixed (``colour="grey"``: luma), deterministic; per-image luminance mean and the authors' constant d(x, x) offset removed.
-
-    Distance: as is (minus its constant value at x = ref). Weights: the authors' BAPPS-trained rgb_watson_fft_trial0.pth (SteffenCzolbe/PerceptualSimilarity; no licence file, so downloaded only, never shipped; sha256 checked). Calibrated: the authors' watson_fft.py and color_wrapper.py with their weights on the LPIPS example triplet, 3354.1047 / 3664.3037 after the offset (ours within 1e-5 relative; measured offline with the released file); the tests restate it in float64 numpy on generated weights (within 1e-6).
-    """
     return WatsonDFTDistance(colour, pretrained, weights_dir)
