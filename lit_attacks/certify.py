@@ -41,6 +41,7 @@ from torch import Tensor
 from lit_attacks.attacks.objectives import sample_generator
 from lit_attacks.attacks.output import ScoreOutput, as_list
 from lit_attacks.metrics import create_metric, expected_distances
+from lit_attacks.registry import TASKS
 
 TARGETS = ("both", "ref")
 
@@ -119,6 +120,7 @@ class CertifyOutput(ScoreOutput):
         return cols
 
 
+@TASKS.register("certify", what="randomized-smoothing certification of the 2AFC ranking (CertifyOutput rows)")
 class CertifyModule(pl.LightningModule):
     """CERTIFY of the smoothed 2AFC decision of one metric, as a predict step (see the module docstring).
 

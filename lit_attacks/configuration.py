@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -93,3 +94,73 @@ def check_value(key: str, value: Any, kind: str, minimum: Optional[float] = None
         bound = f" >= {minimum:g}" if minimum is not None else ""
         hint = " (a quoted string in YAML)" if kind == "bool" and isinstance(value, str) else ""
         raise ConfigError(f"{key} must be {what}{bound}{' or null' if optional else ''}, got {value!r}{hint}")
+
+
+KINDS = ("str", "int", "number", "bool", "names")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key.
+
+    Attributes:
+        key: the YAML key (``batch_size``); its flag is ``--batch-size`` unless ``flag`` says otherwise.
+        default: the built-in default.
+        kind: "str", "int", "number" (finite), "bool" or "names" (a list of names, or a comma-separated string).
+        help: the flag's help (None: the flag has no help line).
+        optional: None is a valid value.
+        minimum, maximum: bounds of a number.
+        choices: the allowed values of a string.
+        flag: the flag (default ``--`` + the key with dashes); "" for a key that has no flag.
+        switch: the flag takes no value and sets True (``--save-adv``); else a bool flag takes true or false.
+    """
+
+    key: str
+    default: Any
+    kind: str = "str"
+    help: Optional[str] = None
+    optional: bool = False
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: Optional[Tuple[str, ...]] = None
+    flag: Optional[str] = None
+    switch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"option {self.key}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.key.replace("_", "-") if self.flag is None else self.flag
+
+    def add_to(self, parser) -> None:
+        """Add the typed flag to an (argparse or jsonargparse) parser whose ``argument_default`` is SUPPRESS."""
+        if not self.flag_name:
+            return
+        kw: Dict[str, Any] = {"dest": self.key, "help": self.help}
+        if self.switch:
+            kw["action"] = "store_true"
+        elif self.kind == "bool":
+            kw["type"] = bool
+        elif self.kind in ("int", "number"):
+            kw["type"] = int if self.kind == "int" else float
+        elif self.choices is not None:
+            kw["choices"] = list(self.choices)
+        parser.add_argument(self.flag_name, **kw)
+
+    def check(self, cfg: Dict[str, Any], where: str = "") -> None:
+        """Bring the value to its canonical form (a names string -> a list) and check it (one-line ConfigError)."""
+        if self.kind == "names":
+            cfg[self.key] = as_name_list(self.key, cfg[self.key], where or "config")
+        check_value(self.key, cfg[self.key], self.kind, self.minimum, self.optional, choices=self.choices,
+                    maximum=self.maximum)
+
+
+def defaults(options: Sequence[Option]) -> Dict[str, Any]:
+    return {o.key: o.default for o in options}
+
+
+def check_all(options: Sequence[Option], cfg: Dict[str, Any], where: str = "") -> None:
+    for o in options:
+        o.check(cfg, where)

@@ -20,8 +20,9 @@ class Registry:
         >>> METRICS.create("l2")
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, argument: str = "path", example: str = "path/to/last.ckpt") -> None:
         self.kind = kind
+        self.argument, self.example = argument, example  # what follows "<prefix>:" in a prefixed name
         self._factories: Dict[str, Callable[..., Any]] = {}
         self._prefixes: Dict[str, Callable[..., Any]] = {}
         self._retired: Dict[str, str] = {}
@@ -90,13 +91,13 @@ class Registry:
         prefix, sep, arg = name.partition(":")
         if sep and prefix in self._prefixes:
             if not arg:
-                raise KeyError(f"{self.kind} {name!r}: expected {prefix}:<argument>, e.g. {prefix}:path/to/last.ckpt")
+                raise KeyError(f"{self.kind} {name!r}: expected {prefix}:<{self.argument}>, e.g. {prefix}:{self.example}")
             return functools.partial(self._prefixes[prefix], arg)
         if name not in self._factories:
             same_case = [n for n in self._factories if n.lower() == name.lower()]
             close = same_case or difflib.get_close_matches(name, self._factories, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
-            known = self.names() + [f"{p}:<path>" for p in sorted(self._prefixes)]
+            known = self.names() + [f"{p}:<{self.argument}>" for p in sorted(self._prefixes)]
             raise KeyError(f"unknown {self.kind} {name!r}{hint} Known {self.kind}s: {', '.join(known)}.")
         return self._factories[name]
 
@@ -113,3 +114,7 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._factories)
+
+
+#: Every prediction LightningModule (scoring, attacks, transfer, certification): see :mod:`lit_attacks.tasks`.
+TASKS = Registry("task", argument="attack", example="pgd")

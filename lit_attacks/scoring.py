@@ -8,8 +8,10 @@ import torch
 
 from lit_attacks.attacks.output import ScoreOutput
 from lit_attacks.metrics import create_metric
+from lit_attacks.registry import TASKS
 
 
+@TASKS.register("score", what="the distances s0, s1 of a metric (ScoreOutput rows)")
 class ScoreModule(pl.LightningModule):
     """Scores each triplet: ``s0 = d(ref, p0)``, ``s1 = d(ref, p1)``.
 

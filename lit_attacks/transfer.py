@@ -35,6 +35,7 @@ from lit_attacks.attacks.combined import pgd_snapshots, run_spatial
 from lit_attacks.attacks.objectives import agrees_with_humans, choose_prey, perturbation_stats, quantize, to_uint8
 from lit_attacks.attacks.output import Rows, ScoreOutput, as_list
 from lit_attacks.metrics import check_images, create_metric
+from lit_attacks.registry import TASKS
 
 
 def official_transfer_counts(d0: Sequence[float], d1: Sequence[float], judge: Sequence[float],
@@ -109,6 +110,7 @@ class ScoredTransfer(Rows):
         return cols
 
 
+@TASKS.register("transfer_generate", what="adversarial variants on a source metric, with their images (Table 3)")
 class TransferGenerator(AttackModule):
     """All transfer variants for each sample on the source ``metric``, as a :class:`TransferOutput`.
 
@@ -128,9 +130,7 @@ class TransferGenerator(AttackModule):
                  ks: Sequence[int] = (5, 10, 15, 20), pgd_steps: Sequence[int] = (10, 20), eps: float = 0.03,
                  alpha: float = 0.001, rmse_max: float = 8.0,
                  spatial_params: Optional[Dict[str, Dict[str, Any]]] = None,
-                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = True,
-                 batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 **options: Any) -> None:
         spatial = spatial_attack_names() if spatial is None else list(spatial)
         for s in spatial:
             try:
@@ -139,7 +139,7 @@ class TransferGenerator(AttackModule):
                 raise ValueError(f"transfer: {e}") from None
         if rmse_max <= 0:
             raise ValueError(f"transfer: rmse_max must be > 0, got {rmse_max}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **{"keep_images": True, **options})  # its shards need the images
         self.save_hyperparameters()
         self.spatial, self.ks, self.pgd_steps = spatial, list(ks), list(pgd_steps)
         self.eps, self.alpha, self.rmse_max = eps, alpha, rmse_max
@@ -184,6 +184,7 @@ class TransferGenerator(AttackModule):
                               variants=variants, images=images if self.keep_images else None)
 
 
+@TASKS.register("transfer_score", what="a target metric's scores of stored adversarial variants (Table 3)")
 class TransferScorer(pl.LightningModule):
     """Scores adversarial shards with a target metric: s(ref, other), s(ref, prey), s(ref, variant).
 

@@ -78,7 +78,13 @@ def _empty_data(tmp_path):
     (_not_a_folder, "is not writable"),
     (_empty_data, "holds no shards"),
     (lambda t: ["--sweep-eps", "0.01,-1"], "sweep.eps must be a non-empty list of positive numbers"),
-], ids=["config-key", "metric", "attack", "gpus", "out", "data", "sweep"])
+    (lambda t: ["--batch-size", "x"], "bench.py: error: --batch-size: expected an integer, got 'x'"),
+    (lambda t: ["--pretrained", "maybe"], "--pretrained: expected true or false, got 'maybe'"),
+    (lambda t: ["--rmse-max", "eight"], "--rmse-max: expected a number, got 'eight'"),
+    (lambda t: ["--batch_size", "8"], "unknown flag --batch_size (did you mean --batch-size?)"),
+    (lambda t: ["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+], ids=["config-key", "metric", "attack", "gpus", "out", "data", "sweep", "int-flag", "bool-flag", "number-flag",
+        "unknown-flag", "bound"])
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, make, msg):
     argv = make(tmp_path)
     if "--out" not in argv:
@@ -270,6 +276,23 @@ def test_a_preset_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
     assert find_config("nope/table2.yaml") == __import__("pathlib").Path("nope/table2.yaml")  # not a preset path
     (tmp_path / "table2.yaml").write_text("metrics: [l2]\n")
     assert find_config("table2.yaml").resolve() == tmp_path / "table2.yaml"  # the user's own file comes first
+
+
+def test_flags_are_typed_from_their_declarations():
+    """Every flag of bench.py comes from one declaration per key (lit_attacks.bench.options, a table's options or
+    its own flags): yes/no flags arrive as booleans, numbers as numbers, and only the flags given arrive."""
+    from lit_attacks.bench.options import DATA_OPTIONS, RUN_OPTIONS
+    from lit_attacks.tables import tables
+
+    flags = bench.parse_args(["--pretrained", "false", "--skip-unavailable", "true", "--batch-size", "8",
+                              "--rmse-max", "4", "--transfer", "--save-adv", "--gpus", "0"])
+    assert flags == {"pretrained": False, "skip_unavailable": True, "batch_size": 8, "rmse_max": 4.0,
+                     "transfer": True, "save_adv": True, "gpus": 0}
+    assert bench.parse_args([]) == {}
+    cfg = bench.resolve_config(bench.parse_args(["--pretrained", "false"]))
+    assert cfg["pretrained"] is False and cfg["batch_size"] == DEFAULTS["batch_size"] == 64
+    declared = [o.key for o in DATA_OPTIONS + RUN_OPTIONS] + [k for t in tables() for k in t.config]
+    assert sorted(declared) == sorted(DEFAULTS)  # the defaults are the declarations, nothing else
 
 
 def test_print_config_prints_the_resolved_config_that_reads_back(tmp_path, capsys):

@@ -15,7 +15,7 @@ from per-sample generators, so a sample's attack does not depend on its batch.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -203,16 +203,14 @@ class APGD(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf", steps: int = 100,
                  restarts: int = 1, loss: str = "margin", rho: float = 0.75, random_init: bool = True,
-                 target: str = "prey", eot: int = 1, eot_eval: int = 32, seed: int = 0, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 target: str = "prey", eot: int = 1, eot_eval: int = 32, seed: int = 0, **options: Any) -> None:
         check_lp(self.name, eps, norm, loss)
         if steps < 1 or restarts < 1 or eot < 1 or eot_eval < 1:
             raise ValueError(f"{self.name}: steps, restarts, eot and eot_eval must be >= 1; got steps={steps}, "
                              f"restarts={restarts}, eot={eot}, eot_eval={eot_eval}")
         if not 0 < rho <= 1:
             raise ValueError(f"{self.name}: rho must be in (0, 1], got {rho}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.set_target(target)
         self.eps, self.norm, self.steps, self.restarts, self.loss, self.rho = eps, norm, steps, restarts, loss, rho

@@ -106,8 +106,11 @@ class AttackModule(pl.LightningModule):
 
         cls.__init__ = checked
 
-    def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None,
+    def __init__(self, metric: str = "lpips_alex", *, pretrained: bool = True, weights_dir: Optional[str] = None,
                  keep_images: bool = False, batch_invariant: bool = False, uint8: str = "round") -> None:
+        """The options every attack takes, declared here only: a subclass takes its own parameters and passes the
+        rest on (``def __init__(self, metric="lpips_alex", eps=0.03, **options)`` ... ``super().__init__(metric,
+        **options)``); the options reaching it are checked against this signature (unknown names, types)."""
         if uint8 not in UINT8_MODES:
             raise ValueError(f"{type(self).name}: uint8 must be one of {', '.join(UINT8_MODES)}, got {uint8!r}")
         super().__init__()
@@ -251,15 +254,44 @@ def spatial_attack_names() -> List[str]:
 
 # ------------------------------------------------------------------------------ init argument checks
 def check_arguments(attack: str, fn, args: tuple, kwargs: Dict[str, Any]) -> None:
-    """Raise ``ValueError("<attack>: <param> must be <type>, got <value>")`` for an argument of the wrong type."""
+    """Raise ``ValueError("<attack>: <param> must be <type>, got <value>")`` for an argument of the wrong type, and
+    ``TypeError`` naming the attack for an unknown one. Keyword arguments that ``fn`` passes on (``**options``) are
+    checked against :meth:`AttackModule.__init__`, which declares the options of every attack."""
+    sig = inspect.signature(fn)
     try:
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound = sig.bind(*args, **kwargs)
     except TypeError as e:
         raise TypeError(f"{attack}: {e}") from None
     hints = typing.get_type_hints(fn)
+    passed_on: Dict[str, Any] = {}
     for name, value in list(bound.arguments.items())[1:]:  # skip self
-        if name in hints and not _matches(value, hints[name]):
+        if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            passed_on = value
+        elif name in hints and not _matches(value, hints[name]):
             raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {value!r}")
+    if passed_on:
+        options = {k: p for k, p in inspect.signature(AttackModule.__init__).parameters.items()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        for name in passed_on:
+            if name not in options:
+                raise TypeError(f"{attack}: got an unexpected keyword argument {name!r}")
+        hints = typing.get_type_hints(AttackModule.__init__)
+        for name, value in passed_on.items():
+            if not _matches(value, hints[name]):
+                raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {value!r}")
+
+
+def attack_options() -> List[str]:
+    """The options every attack takes (keyword-only arguments of :meth:`AttackModule.__init__`)."""
+    return [k for k, p in inspect.signature(AttackModule.__init__).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def attack_parameters(cls: type) -> List[str]:
+    """The parameters an attack class declares itself (its ``__init__`` without ``metric`` and the options)."""
+    return [k for k, p in inspect.signature(cls).parameters.items()
+            if k != "metric" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            and k not in attack_options()]
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -47,16 +47,14 @@ class SpatialPGD(AttackModule):
     example_params = {"spatial": "stadv", "k": 3, "spatial_params": {"iterations": 3}}
 
     def __init__(self, metric: str = "lpips_alex", spatial: str = "stadv", k: int = 20, eps: float = 0.03,
-                 alpha: float = 0.001, spatial_params: Optional[Dict[str, Any]] = None, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 alpha: float = 0.001, spatial_params: Optional[Dict[str, Any]] = None, **options: Any) -> None:
         try:
             spatial_attack(spatial)
         except ValueError as e:
             raise ValueError(f"spatial_pgd: spatial: {e}") from None
         if k < 1 or eps <= 0 or alpha <= 0:
             raise ValueError(f"spatial_pgd: need k >= 1, eps > 0, alpha > 0; got k={k}, eps={eps}, alpha={alpha}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.name = f"{spatial}_pgd{k}"
         self.spatial_kind, self.k, self.eps, self.alpha = spatial, k, eps, alpha

@@ -90,10 +90,9 @@ class WorstCase(Composite):
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf",
                  attacks: Optional[List[Dict[str, Any]]] = None, target: str = "prey", eot: int = 1,
-                 eot_eval: int = 32, seed: int = 0, pretrained: bool = True, weights_dir: Optional[str] = None,
-                 keep_images: bool = False, batch_invariant: bool = False, uint8: str = "round") -> None:
+                 eot_eval: int = 32, seed: int = 0, **options: Any) -> None:
         check_lp(self.name, eps, norm)
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.set_target(target)
         self.eps, self.norm, self.eot_eval = eps, norm, eot_eval
@@ -172,15 +171,13 @@ class MinEps(Composite):
 
     def __init__(self, metric: str = "lpips_alex", attack: str = "apgd", params: Optional[Dict[str, Any]] = None,
                  norm: str = "linf", eps_max: float = 32 / 255, bisections: int = 8, target: str = "prey",
-                 eot: int = 1, eot_eval: int = 32, seed: int = 0, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 eot: int = 1, eot_eval: int = 32, seed: int = 0, **options: Any) -> None:
         check_lp(self.name, eps_max, norm)
         if bisections < 1:
             raise ValueError(f"{self.name}: bisections must be >= 1, got {bisections}")
         if "eps" in (params or {}):
             raise ValueError(f"{self.name}: params must not set eps: the search sets it (give eps_max)")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.set_target(target)
         self.norm, self.eps_max, self.bisections, self.eot_eval = norm, eps_max, bisections, eot_eval

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -86,16 +86,14 @@ class FGSM(AttackModule):
     example_params = {"step": 0.002, "max_eps": 0.03}
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
-                 eps_chunk: int = 8, target: str = "prey", pretrained: bool = True, weights_dir: Optional[str] = None,
-                 keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 eps_chunk: int = 8, target: str = "prey", **options: Any) -> None:
         if step <= 0 or max_eps <= 0:
             raise ValueError(f"fgsm: step and max_eps must be > 0, got step={step}, max_eps={max_eps}")
         if eps_chunk < 1:
             raise ValueError(f"fgsm: eps_chunk must be >= 1, got {eps_chunk}")
         if max_eps < step:
             raise ValueError(f"fgsm: max_eps ({max_eps}) is below the first epsilon ({step})")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.set_target(target)
         self.grid, self.eps_chunk = eps_grid(step, max_eps), eps_chunk

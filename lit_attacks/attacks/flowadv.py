@@ -9,7 +9,7 @@ gradient averaging is involved). Finished samples leave the active set (compacti
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -181,13 +181,11 @@ class FlowAdv(SpatialAttack):
     def __init__(self, metric: str = "lpips_alex", width: int = 256, depth: int = 5, head: int = 64,
                  iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,
                  smooth_weight: float = 0.5, pert_bound: float = 0.05, out_scale: float = 0.01, seed: int = 0,
-                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = False,
-                 batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 **options: Any) -> None:
         layer_shapes(width, depth, head)  # validates
         if iterations < 1 or restarts < 1:
             raise ValueError(f"flowadv: iterations and restarts must be >= 1, got {iterations}, {restarts}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.kw = dict(width=width, depth=depth, head=head, iterations=iterations, restarts=restarts, lr=lr,
                        l1_weight=l1_weight, smooth_weight=smooth_weight, pert_bound=pert_bound, out_scale=out_scale,

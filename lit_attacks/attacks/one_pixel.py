@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -163,8 +163,7 @@ class OnePixel(AttackModule):
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
                  mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
                  strategy: str = "best1bin", backend: str = "torch", local: bool = True, chunk: int = 128,
-                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = False,
-                 batch_invariant: bool = False, uint8: str = "round") -> None:
+                 **options: Any) -> None:
         if population < 5:
             raise ValueError(f"onepixel: population must be >= 5, got {population}")
         if generations < 1:
@@ -178,7 +177,7 @@ class OnePixel(AttackModule):
             raise ValueError(f"onepixel: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if chunk < 1:
             raise ValueError(f"onepixel: chunk must be >= 1, got {chunk}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.population, self.generations, self.seed = population, generations, seed
         self.mutation, self.recombination = mutation, recombination

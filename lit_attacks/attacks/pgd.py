@@ -1,7 +1,7 @@
 """PGD (l_inf, no random start) as in the official ``whitebox_attack_pgd.py``, batched with compaction."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -102,10 +102,7 @@ class PGD(AttackModule):
     example_params = {"steps": 5}
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 0.03, alpha: float = 0.001, steps: int = 30,
-                 fixed_steps: bool = False, counting: str = "final", target: str = "prey", pretrained: bool = True,
-                 weights_dir: Optional[str] = None,
-                 keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 fixed_steps: bool = False, counting: str = "final", target: str = "prey", **options: Any) -> None:
         if eps <= 0:
             raise ValueError(f"pgd: eps must be > 0, got {eps}")
         if alpha <= 0:
@@ -117,7 +114,7 @@ class PGD(AttackModule):
         if counting == "official" and fixed_steps:
             raise ValueError(f"{self.name}: counting='official' counts flips seen before a step (early stop); "
                              "it does not apply to fixed_steps")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.set_target(target)
         self.eps, self.alpha, self.steps, self.fixed_steps, self.counting = eps, alpha, steps, fixed_steps, counting
@@ -158,8 +155,5 @@ class PGDReverse(PGD):
     example_params = {"steps": 5}
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 0.1, alpha: float = 0.001, steps: int = 50,
-                 fixed_steps: bool = False, counting: str = "final", pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
-        super().__init__(metric, eps, alpha, steps, fixed_steps, counting, "prey", pretrained, weights_dir, keep_images,
-                         batch_invariant, uint8)
+                 fixed_steps: bool = False, counting: str = "final", **options: Any) -> None:
+        super().__init__(metric, eps, alpha, steps, fixed_steps, counting, "prey", **options)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -186,14 +186,13 @@ class Square(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf", queries: int = 1000,
                  p_init: float = 0.8, loss: str = "margin", restarts: int = 1, target: str = "prey", seed: int = 0,
-                 pretrained: bool = True, weights_dir: Optional[str] = None, keep_images: bool = False,
-                 batch_invariant: bool = False, uint8: str = "round") -> None:
+                 **options: Any) -> None:
         check_lp(self.name, eps, norm, loss)
         if queries < 1 or restarts < 1:
             raise ValueError(f"{self.name}: queries and restarts must be >= 1, got queries={queries}, restarts={restarts}")
         if not 0 < p_init <= 1:
             raise ValueError(f"{self.name}: p_init must be in (0, 1], got {p_init}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.set_target(target)
         self.eps, self.norm, self.queries, self.p_init, self.loss = eps, norm, queries, p_init, loss

@@ -8,7 +8,7 @@ official objective returns 0 once flipped; we keep the first flipping flow, the 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -133,14 +133,12 @@ class StAdv(SpatialAttack):
     example_params = {"iterations": 5}
 
     def __init__(self, metric: str = "lpips_alex", iterations: int = 50, adv_weight: float = 50.0,
-                 flow_weight: float = 0.05, flow_loss: str = "squared", history: int = 10, pretrained: bool = True,
-                 weights_dir: Optional[str] = None, keep_images: bool = False, batch_invariant: bool = False,
-                 uint8: str = "round") -> None:
+                 flow_weight: float = 0.05, flow_loss: str = "squared", history: int = 10, **options: Any) -> None:
         if iterations < 1:
             raise ValueError(f"stadv: iterations must be >= 1, got {iterations}")
         if flow_loss not in FLOW_LOSSES:
             raise ValueError(f"stadv: flow_loss must be one of {sorted(FLOW_LOSSES)}, got {flow_loss!r}")
-        super().__init__(metric, pretrained, weights_dir, keep_images, batch_invariant, uint8)
+        super().__init__(metric, **options)
         self.save_hyperparameters()
         self.kw = dict(iterations=iterations, adv_weight=adv_weight, flow_weight=flow_weight, flow_loss=flow_loss,
                        history=history)

@@ -43,53 +43,68 @@ class Stop(Exception):
         self.code = code
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Only the flags actually given (argparse.SUPPRESS), so they can override the config."""
-    S = argparse.SUPPRESS
-    p = argparse.ArgumentParser(prog="bench.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=S)
-    p.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})")
-    p.add_argument("--name", help="run name: results/<name>/ and the W&B run name")
-    p.add_argument("--out", help="results folder (default results/<name>)")
-    p.add_argument("--data", help="BAPPS tree root or shard folder (default: built-in synthetic set; 'builtin' picks it over a config's path)")
-    p.add_argument("--split")
-    p.add_argument("--categories", help="comma-separated categories (default: all)")
-    p.add_argument("--builtin-n", type=int, help="samples per category of the built-in set")
-    p.add_argument("--builtin", choices=["photos", "procedural"], help="which built-in set (default photos)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--metrics", help="comma-separated metric names")
+TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number"}
+
+
+def _parser_class():
+    import jsonargparse
+
+    class Parser(jsonargparse.ArgumentParser):
+        """A jsonargparse parser whose errors are one line, as the config's: ``bench.py: error: <what>``, with the
+        closest flag for an unknown one."""
+
+        def error(self, message: str, ex: Optional[Exception] = None):  # noqa: D401 (argparse's hook)
+            raise Stop(one_line_error(message, self._option_string_actions))
+
+    return Parser
+
+
+def one_line_error(message: str, flags) -> str:
+    """A parser error in one line: a typed flag's bad value as ``--flag: expected <type>, got 'value'``; an unknown
+    flag with the closest known one."""
+    import difflib
+    import re
+
+    text = " ".join(str(message).split())
+    m = re.match(r'Parser key "([^"]+)": Expected a <class \'(\w+)\'>\. Got value: (.*)$', text)
+    if m:
+        key, kind, value = m.groups()
+        return f"--{key.replace('_', '-')}: expected {TYPE_NAMES.get(kind, kind)}, got {value!r}"
+    m = re.match(r"Unrecognized arguments: (.*)$", text, flags=re.I)
+    if m:
+        unknown = m.group(1).split()[0].split("=")[0]
+        close = difflib.get_close_matches(unknown.replace("_", "-"), [f for f in flags if f.startswith("--")], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown flag {unknown}{hint}; bench.py --help lists the flags"
+    return text
+
+
+def build_parser():
+    """The typed command line (a jsonargparse parser; every flag's default is SUPPRESS, so only the flags given
+    arrive and override the config): the data keys, each table's flags, the run keys, then the command's own."""
+    from lit_attacks.bench.options import DATA_OPTIONS, RUN_OPTIONS
+
+    p = _parser_class()(prog="bench.py", description=USAGE, argument_default=argparse.SUPPRESS,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help=f"YAML config or preset name (default {DEFAULT_CONFIG.stem}; presets: "
+                                    f"{DEFAULT_CONFIG.parent})")
+    for option in DATA_OPTIONS:
+        option.add_to(p)
     for table in tables():  # each result table adds its own flags (--attacks, --param, --sweep-eps, --transfer, ...)
         table.add_arguments(p)
-    p.add_argument("--pretrained", choices=["true", "false"], help="false: random backbones (tests, timing)")
-    p.add_argument("--weights-dir", help="folder searched first for weights ($LIT_ATTACKS_WEIGHTS_DIR)")
-    p.add_argument("--skip-unavailable", choices=["true", "false"],
-                   help="true: metrics whose weights or extra are missing are listed as not run instead of stopping")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--batch-invariant", action="store_true", help="float64: results independent of batching")
-    p.add_argument("--uint8", choices=["round", "trunc"],
-                   help="8-bit images (PNGs, s_adv_uint8): round (default) or trunc as the official code")
-    p.add_argument("--save-adv", action="store_true", help="also write adversarial images as shards in adv/")
-    p.add_argument("--examples", type=int, help="example triplets per attack cell in the image grids")
-    p.add_argument("--gpus", type=int, help="DDP on N GPUs (0: CPU; default: 1 GPU if visible, else CPU)")
-    p.add_argument("--accelerator", help="explicit Lightning accelerator, e.g. cpu (with --devices 2: CPU DDP)")
-    p.add_argument("--devices", type=int)
-    p.add_argument("--strategy", help="Lightning strategy (default: ddp when more than one process)")
-    p.add_argument("--num-nodes", type=int, help="nodes of a multi-node run (torchrun / SLURM)")
-    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"],
-                   help="W&B mode (auto: online with an API key, else offline)")
-    p.add_argument("--wandb-project")
+    for option in RUN_OPTIONS:
+        option.add_to(p)
     p.add_argument("--fresh", action="store_true", help="recompute every cell, ignoring completed ones")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
-    p.add_argument("--print_config", "--print-config", dest="print_config", action="store_true",
+    # jsonargparse passes its own --print_config on as "--print_config=": an optional value, ignored
+    p.add_argument("--print_config", "--print-config", dest="print_config", nargs="?", const="", metavar="",
                    help="print the resolved config (defaults < --config < flags) as YAML and exit; usable as --config")
-    flags = vars(p.parse_args(argv))
-    for key in ("pretrained", "skip_unavailable"):
-        if key in flags:
-            flags[key] = flags[key] == "true"
-    return flags
+    return p
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Only the flags actually given, typed (booleans are booleans), so they can override the config."""
+    return dict(vars(build_parser().parse_args(argv)))
 
 
 def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
@@ -189,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def command(argv: Optional[Sequence[str]] = None) -> int:
     flags = parse_args(argv)
     cfg = resolve_config(flags)
-    if flags.get("print_config"):
+    if "print_config" in flags:
         print_config(cfg)
         return 0
     quiet_lightning()

@@ -1,9 +1,9 @@
 """bench.py configuration: built-in defaults < YAML config (``--config``) < command-line flags.
 
-A config is a flat YAML mapping. The run keys are listed in :data:`RUN_KEYS`; every result table
-(:mod:`lit_attacks.tables`) adds the keys it owns (Table 2 ``attacks``, the sweep ``sweep``, Table 3
-``transfer``, ``source``, ``rmse_max``, ``flowadv_width``) with its own flags and checks. Unknown keys,
-names and values are reported in one line before any work starts (:class:`ConfigError`).
+A config is a flat YAML mapping. The data and run keys are declared in :mod:`lit_attacks.bench.options`; every
+result table (:mod:`lit_attacks.tables`) adds the keys it owns (Table 2 ``attacks``, the sweep ``sweep``, Table 3
+``transfer``, ``source``, ``rmse_max``, ``flowadv_width``) with its own flags and checks. Unknown keys, names and
+values are reported in one line before any work starts (:class:`ConfigError`).
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any, Dict, List
 
 import yaml
 
-from lit_attacks.attacks.objectives import UINT8_MODES
-from lit_attacks.configuration import (ConfigError, as_name_list, check_keys, check_value, load_yaml_text,
-                                       yaml_problem)
+from lit_attacks.bench.options import DATA_OPTIONS, RUN_OPTIONS
+from lit_attacks.configuration import check_all, defaults
+from lit_attacks.configuration import ConfigError, as_name_list, check_keys, load_yaml_text, yaml_problem
 from lit_attacks.metrics import METRICS
 from lit_attacks.safe_files import component, read_text
 from lit_attacks.tables import tables
-from lit_attacks.wandb_utils import MODES, check_env_mode
+from lit_attacks.wandb_utils import check_env_mode
 
 
 
@@ -36,37 +36,9 @@ def _presets() -> Path:
 CONFIG_DIR = _presets() / "bench"
 DEFAULT_CONFIG = CONFIG_DIR / "quick.yaml"
 
-DATA_KEYS: Dict[str, Any] = {
-    "name": "default",           # results/<name>/ and the W&B run name
-    "out": None,                 # results folder (default results/<name>)
-    "data": None,                # BAPPS tree root or shard folder; None: built-in synthetic set
-    "split": "val",
-    "categories": None,          # list of categories (None: all)
-    "builtin_n": 40,             # samples per category of the built-in set
-    "builtin": "photos",         # which built-in set: photos (as hard as BAPPS) or procedural
-    "seed": 0,                   # seed of the built-in set, of random backbones and of Lightning
-    "metrics": ["l2", "ssim", "lpips_alex"],
-}
-RUN_KEYS: Dict[str, Any] = {
-    "pretrained": True,
-    "weights_dir": None,
-    "skip_unavailable": False,   # a metric whose weights or extra are missing: listed as unavailable, run goes on
-    "batch_size": 64,
-    "num_workers": 0,
-    "batch_invariant": False,
-    "uint8": "round",            # 8-bit images (PNGs, s_adv_uint8): round, or trunc as the official code
-    "save_adv": False,
-    "examples": 6,               # example triplets per attack cell in the image grid
-    "gpus": None,                # None: 1 GPU if one is visible, else the CPU; 0: CPU; N: DDP on N GPUs
-    "accelerator": None,         # explicit Lightning accelerator (e.g. "cpu" with devices 2 for CPU DDP)
-    "devices": None,
-    "strategy": "auto",
-    "num_nodes": 1,
-    "wandb": "auto",             # auto | online | offline | disabled
-    "wandb_project": "lit-attacks",
-}
 # The data keys, then each table's keys (in table order), then the run keys.
-DEFAULTS: Dict[str, Any] = {**DATA_KEYS, **{k: v for t in tables() for k, v in t.config.items()}, **RUN_KEYS}
+DEFAULTS: Dict[str, Any] = {**defaults(DATA_OPTIONS), **{k: v for t in tables() for k, v in t.config.items()},
+                             **defaults(RUN_OPTIONS)}
 LIST_KEYS = ("metrics", "categories") + tuple(k for t in tables() for k in t.list_keys)
 
 __all__ = ["CONFIG_DIR", "ConfigError", "DEFAULTS", "DEFAULT_CONFIG", "load_yaml", "merge", "validate"]
@@ -114,21 +86,6 @@ def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "con
     return cfg
 
 
-MAX_SEED = 2 ** 32 - 1  # numpy's and Lightning's seed range
-MAX_BUILTIN_N = 100_000  # samples per category of the built-in set (about 22 GB of cache); BAPPS val has ~2,000
-# key -> (kind, minimum, optional) for the data and run keys (the tables check their own keys).
-SCHEMA = {"name": ("str", None, False), "out": ("str", None, True), "data": ("str", None, True),
-          "split": ("str", None, False), "categories": ("names", None, True), "builtin_n": ("int", 1, False),
-          "builtin": ("str", None, False),
-          "seed": ("int", 0, False), "metrics": ("names", None, False), "pretrained": ("bool", None, False),
-          "weights_dir": ("str", None, True), "skip_unavailable": ("bool", None, False), "batch_size": ("int", 1, False), "num_workers": ("int", 0, False),
-          "batch_invariant": ("bool", None, False), "uint8": ("str", None, False), "save_adv": ("bool", None, False),
-          "examples": ("int", 0, False),
-          "gpus": ("int", 0, True), "accelerator": ("str", None, True), "devices": ("int", 1, True),
-          "strategy": ("str", None, False), "num_nodes": ("int", 1, False), "wandb": ("str", None, False),
-          "wandb_project": ("str", None, False)}
-
-
 def expand_metrics(names: List[str]) -> List[str]:
     """``all`` stands for every registered metric (in name order), wherever it appears in the list; repeated
     names are kept once."""
@@ -142,10 +99,7 @@ def expand_metrics(names: List[str]) -> List[str]:
 
 def validate(cfg: Dict[str, Any]) -> None:
     """Types, names, parameters and values; raises :class:`ConfigError` (one line) on the first problem."""
-    for key, (kind, minimum, optional) in SCHEMA.items():
-        choices = {"wandb": MODES, "uint8": UINT8_MODES, "builtin": ("photos", "procedural")}.get(key)
-        check_value(key, cfg[key], kind, minimum, optional, choices=choices,
-                    maximum={"seed": MAX_SEED, "builtin_n": MAX_BUILTIN_N}.get(key))
+    check_all(DATA_OPTIONS + RUN_OPTIONS, cfg)
     component(cfg["split"], "split", ConfigError)  # folder names in the cache and data folders
     component(cfg["name"], "name", ConfigError)  # results/<name>
     for c in cfg["categories"] or []:

@@ -249,7 +249,7 @@ class RobustLPIPS(pl.LightningModule):
         ref, p0, p1, judge = batch["ref"], batch["p0"], batch["p1"], batch["judge"].to(batch["ref"].dtype)
         with torch.no_grad():
             s0, s1 = metric(ref, p0, check=False), metric(ref, p1, check=False)
-        score = torch.as_tensor(two_afc(s0.cpu(), s1.cpu(), judge.cpu()), device=ref.device)  # per-sample 2AFC
+        score = two_afc(s0, s1, judge)  # per-sample 2AFC (float64)
         unanimous = (judge == 0) | (judge == 1)
         self.val_2afc.update(score)
         if unanimous.any():

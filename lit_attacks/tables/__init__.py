@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Run, Table, metric_file_fingerprint, number_id, slug, tables
+from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
+                                     number_id, slug, tables)
 
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["TABLES", "Cell", "CellContext", "Run", "Table", "metric_file_fingerprint", "number_id", "slug", "tables"]
+__all__ = ["TABLES", "Cell", "CellContext", "Plan", "Run", "Table", "Written", "metric_file_fingerprint", "number_id",
+           "slug", "tables"]

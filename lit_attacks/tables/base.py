@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from lit_attacks.datamodules.shards import sha256
+from lit_attacks.configuration import Option, check_all
 from lit_attacks.registry import Registry
 from lit_attacks.safe_files import file_stem
 
@@ -144,7 +145,11 @@ class Table:
     Declared (class attributes):
         name: registry name, also the key of its rows in ``summary.json`` and the W&B table name.
         order: position among the tables (cells, files and reports follow it).
-        config: the bench config keys this table owns, with their defaults.
+        options: the config keys this table owns that are plain typed values, declared once
+            (:class:`lit_attacks.configuration.Option`: default, type, bounds, flag, help); their flags and checks
+            come from the declaration.
+        config: the config keys this table owns, with their defaults (the options' included: set it to
+            ``defaults(options)`` plus the structured keys it checks itself).
         list_keys: which of them are lists of names (a comma-separated string is accepted).
         files: the run-level files :meth:`write` may write, relative to the results folder (recorded in the
             folder's manifest; removed when a later run does not write them).
@@ -159,6 +164,7 @@ class Table:
 
     name: ClassVar[str] = "table"
     order: ClassVar[int] = 100
+    options: ClassVar[Tuple[Option, ...]] = ()
     config: ClassVar[Dict[str, Any]] = {}
     list_keys: ClassVar[Tuple[str, ...]] = ()
     files: ClassVar[Tuple[str, ...]] = ()
@@ -170,7 +176,10 @@ class Table:
     # ------------------------------------------------------------------ configuration (class level)
     @classmethod
     def add_arguments(cls, parser) -> None:
-        """Add this table's command-line flags (``argument_default`` is SUPPRESS: only given flags arrive)."""
+        """Add this table's command-line flags (``argument_default`` is SUPPRESS: only given flags arrive); by
+        default the typed flags of its :attr:`options`."""
+        for option in cls.options:
+            option.add_to(parser)
 
     @classmethod
     def configure(cls, cfg: Dict[str, Any], flags: Dict[str, Any], where: str) -> None:
@@ -180,7 +189,9 @@ class Table:
     @classmethod
     def validate(cls, cfg: Dict[str, Any]) -> None:
         """Raise :class:`lit_attacks.configuration.ConfigError` (one line) on a bad value of this table's keys
-        (the whole config is resolved: other tables' keys are canonical, ``metrics`` expanded)."""
+        (the whole config is resolved: other tables' keys are canonical, ``metrics`` expanded); by default the
+        checks of its :attr:`options`."""
+        check_all(cls.options, cfg)
 
     @classmethod
     def plan(cls, cfg: Dict[str, Any]) -> Plan:

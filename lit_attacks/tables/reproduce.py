@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 from lit_attacks import official as off
-from lit_attacks.configuration import ConfigError, check_value
+from lit_attacks.configuration import ConfigError, Option, defaults
 from lit_attacks.datamodules.shards import sha256
 from lit_attacks.report import atomic_write, fingerprint
 from lit_attacks.tables import plots
@@ -37,7 +37,13 @@ def score_cell(metric: str):
 class Reproduce(Table):
     name = "reproduce"
     order = 90
-    config = {"official_pgd": None, "official_transfer": None}
+    options = (
+        Option("official_pgd", None, help="the official lpipsAlex_pgd.csv, to compare this run's PGD with",
+               optional=True),
+        Option("official_transfer", None, help="folder of the official l2/ssim/stlpipsAlex_transferableAdv.csv, to "
+                                               "compare with", optional=True),
+    )
+    config = defaults(options)
     files = ("reproduce.md",)
     # official_pgd / official_transfer: results in the official format of a run on BAPPS-named data (the contract
     # test writes them from a first run; see tests/test_table_contract.py)
@@ -45,15 +51,8 @@ class Reproduce(Table):
                "attacks": {"pgd": {"counting": "official", "steps": 3}}}
 
     @classmethod
-    def add_arguments(cls, parser) -> None:
-        parser.add_argument("--official-pgd", help="the official lpipsAlex_pgd.csv, to compare this run's PGD with")
-        parser.add_argument("--official-transfer",
-                            help="folder of the official l2/ssim/stlpipsAlex_transferableAdv.csv, to compare with")
-
-    @classmethod
     def validate(cls, cfg: Dict[str, Any]) -> None:
-        check_value("official_pgd", cfg["official_pgd"], "str", optional=True)
-        check_value("official_transfer", cfg["official_transfer"], "str", optional=True)
+        super().validate(cfg)
         if cfg["official_pgd"]:
             off.read_official_pgd(Path(cfg["official_pgd"]).expanduser())  # one-line error if unreadable
             pgd = cfg["attacks"].get("pgd")

@@ -24,17 +24,20 @@ from functools import partial
 from typing import Any, Dict, Iterator, List, Sequence
 
 import numpy as np
+import torch
 
 from lit_attacks.attacks.ensemble import STANDARD
 from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.callbacks.aggregates import GatherColumns
 from lit_attacks.callbacks.samples import SampleRows
-from lit_attacks.certify import CertifyModule, certified_accuracy, check_certify
+from lit_attacks.certify import certified_accuracy, check_certify
 from lit_attacks.configuration import ConfigError, check_keys
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
 from lit_attacks.tables.table2 import attack_cell, validate_attack
+from lit_attacks.tasks import create_task
 
 DEFAULTS: Dict[str, Any] = {
     "linf": [2, 4, 8], "l2": [0.5, 1.0, 2.0], "target": "prey", "ensemble": None,
@@ -71,6 +74,25 @@ def curve(agreed: Sequence[bool], eps: Sequence[float], grid: Sequence[float]) -
     """Robust accuracy at each budget of ``grid``: agreed and the minimum flipping eps larger (nan: never flipped)."""
     n = len(agreed)
     return [sum(a and not (e <= g) for a, e in zip(agreed, eps)) / n if n else math.nan for g in grid]
+
+
+def _min_eps_columns(out) -> Dict[str, Any]:
+    ok = torch.tensor([s == "ok" for s in out.status], dtype=torch.bool, device=out.eps.device)
+    return {"eps": out.eps, "agreed": out.agreed, "ok": ok}
+
+
+def min_eps_summary(agreed: Sequence[bool], eps: Sequence[float], ok: Sequence[bool], norm: str,
+                    eps_max: float) -> Dict[str, Any]:
+    """From each sample's minimum flipping eps (on the attacked [-1, 1] images; nan: never flipped): the robust
+    accuracy curve on ``CURVE_POINTS`` budgets in [0, eps_max] (table units), its area divided by ``eps_max`` and
+    the median eps of the agreed samples that flipped. A failed sample (not ok) is never robust."""
+    scale = 255 / 2 if norm == "linf" else 0.5  # back to the radius units of the table
+    eps = [e * scale if o else -math.inf for e, o in zip(eps, ok)]
+    grid = np.linspace(0, eps_max, CURVE_POINTS).tolist()
+    acc = curve(agreed, eps, grid)
+    flipped = [e for a, e in zip(agreed, eps) if a and math.isfinite(e)]
+    return {"grid": grid, "curve": acc, "auc": float(np.trapezoid(acc, grid) / eps_max),
+            "median": float(np.median(flipped)) if flipped else math.nan}
 
 
 @TABLES.register("robust")
@@ -178,54 +200,64 @@ class Robust(Table):
     def _attack(self, run: Run, cid: str, what: str, attack: str, metric: str, params: Dict[str, Any],
                 mfp: Dict[str, Any], info: Dict[str, Any]) -> Cell:
         csv = f"samples/robust/{cid[len('robust-'):]}.csv"
-        compute = partial(attack_cell, run, attack=attack, metric=metric, params=params, cid=cid, csv=csv,
-                          examples=False, save_adv=False)
+        compute = partial(self.attack, run, attack, metric, params, cid, csv, info)
         return Cell(cid, what, {"params": params, **mfp}, compute,
                     info={**info, "metric": metric, "csv": csv}, log=partial(self.scalars, cid, metric))
 
     @staticmethod
+    def attack(run: Run, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str, info: Dict[str, Any],
+               ctx: CellContext) -> Dict[str, Any]:
+        """An attack cell; a minimum-epsilon cell also gathers each sample's eps for its curve (payload
+        ``min_eps``: grid, curve, auc, median)."""
+        gather = [GatherColumns(("eps", "agreed", "ok"), _min_eps_columns)] if info["kind"] == "min_eps" else []
+        payload = attack_cell(run, ctx, attack, metric, params, cid, csv, examples=False, save_adv=False,
+                              aggregates=gather)
+        if gather:
+            v = gather[0].values
+            payload["min_eps"] = min_eps_summary([a == 1 for a in v["agreed"]], v["eps"], [o == 1 for o in v["ok"]],
+                                                 info["norm"], info["max"])
+        return payload
+
+    @staticmethod
     def certify(run: Run, metric: str, c: Dict[str, Any], csv: str, ctx: CellContext) -> Dict[str, Any]:
-        module = CertifyModule(metric, sigma=2 * c["sigma"], n0=c["n0"], n=c["n"], alpha=c["alpha"], target=c["target"],
-                               chunk=c.get("chunk", 64), max_images=c.get("max_images", 256),
-                               batch_invariant=run.cfg["batch_invariant"],
-                               **run.metric_options())
+        """A certification cell; payload ``certified``: certified accuracy at radius 0 and at each of ``radii``."""
+        module = create_task("certify", metric=metric, sigma=2 * c["sigma"], n0=c["n0"], n=c["n"], alpha=c["alpha"],
+                             target=c["target"], chunk=c.get("chunk", 64), max_images=c.get("max_images", 256),
+                             batch_invariant=run.cfg["batch_invariant"], **run.metric_options())
         rows = SampleRows()
-        run.predict(module, [rows], run.datamodule(unanimous_only=True))
+        gather = GatherColumns(("radius", "correct"), lambda o: {"radius": torch.tensor(o.radius, dtype=torch.float64),
+                                                                 "correct": o.correct})
+        run.predict(module, [rows, gather], run.datamodule(unanimous_only=True))
         ctx.save_rows(csv, rows.rows, rows.columns)
-        return {"label": module.metric.label}
+        radius01 = [r / 2 for r in gather.values["radius"]]  # [-1, 1] -> [0, 1] images
+        correct = [c == 1 for c in gather.values["correct"]]
+        certified = {"certified clean": certified_accuracy(radius01, correct, 0.0)}
+        certified.update({f"certified l2 {rad:g}": certified_accuracy(radius01, correct, rad) for rad in c["radii"]})
+        return {"label": module.metric.label, "certified": certified}
 
     # ------------------------------------------------------------------ results
     def metric_rows(self, run: Run) -> Dict[str, Dict[str, Any]]:
-        """metric -> {label, samples, clean, failed, per-radius robust, auc, certified} from the saved rows."""
-        s = settings(run.cfg)
+        """metric -> {label, samples, clean, failed, per-radius robust, auc, certified} from the cells' aggregates:
+        the flip statistics of each attack cell (robust = agreed and neither flipped nor failed), the gathered
+        minimum epsilons and certified radii."""
         out: Dict[str, Dict[str, Any]] = {}
         for cell, payload in self.done.values():
             info = cell.info
             row = out.setdefault(info["metric"], {"metric": payload["label"], "failed": 0})
-            recs = run.rows(cell.id, info["csv"])
             if info["kind"] == "certify":
-                radius01 = [float(r["radius"]) / 2 for r in recs]  # [-1, 1] -> [0, 1] images
-                correct = [bool(r["correct"]) for r in recs]
-                row["certified clean"] = certified_accuracy(radius01, correct, 0.0)
-                for rad in s["certify"]["radii"]:
-                    row[f"certified l2 {rad:g}"] = certified_accuracy(radius01, correct, rad)
+                row.update(payload["certified"])
                 continue
-            agreed = [bool(r["agreed"]) for r in recs]
-            row["samples"], row["clean"] = len(recs), (sum(agreed) / len(recs) if recs else math.nan)
-            ok = [r["status"] == "ok" for r in recs]
-            row["failed"] = max(row["failed"], sum(not o for o in ok))
+            res = payload["results"]
+            n, agreed = res["all"]["total"], res["agreed"]["total"]
+            row["samples"], row["clean"] = n, (agreed / n if n else math.nan)
+            row["failed"] = max(row["failed"], res["all"]["failed"])
             if info["kind"] == "worst_case":
-                robust = [a and o and not bool(r["flipped"]) for a, o, r in zip(agreed, ok, recs)]
-                row[radius_label(info["norm"], info["radius"])] = sum(robust) / len(recs) if recs else math.nan
+                robust = agreed - res["agreed"]["flipped"] - res["agreed"]["failed"]  # a flip is never a failure
+                row[radius_label(info["norm"], info["radius"])] = robust / n if n else math.nan
             else:
-                scale = 255 / 2 if info["norm"] == "linf" else 0.5  # back to the radius units of the table
-                eps = [float(r["eps"]) * scale if o else -math.inf for r, o in zip(recs, ok)]
-                grid = np.linspace(0, info["max"], CURVE_POINTS).tolist()
-                acc = curve(agreed, eps, grid)
-                row[f"auc {info['norm']}"] = float(np.trapezoid(acc, grid) / info["max"])
-                flipped = [e for a, e in zip(agreed, eps) if a and math.isfinite(e)]
-                row[f"median min eps {info['norm']}"] = float(np.median(flipped)) if flipped else math.nan
-                row.setdefault("_curves", {})[info["norm"]] = (grid, acc)
+                m = payload["min_eps"]
+                row[f"auc {info['norm']}"], row[f"median min eps {info['norm']}"] = m["auc"], m["median"]
+                row.setdefault("_curves", {})[info["norm"]] = (m["grid"], m["curve"])
         return out
 
     def columns(self, run: Run) -> List[str]:

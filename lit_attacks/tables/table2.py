@@ -5,13 +5,13 @@ the config's parameters of the chosen attacks; ``''`` for none) and ``--param AT
 """
 from __future__ import annotations
 
-import inspect
 from functools import partial
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import yaml
 
-from lit_attacks.attacks import ATTACKS, create_attack
+from lit_attacks.attacks import ATTACKS
+from lit_attacks.attacks.base import attack_parameters
 from lit_attacks.attacks.output import FRACTION_COLUMNS
 from lit_attacks.callbacks.adv_shards import AdvShardWriter
 from lit_attacks.callbacks.attack_metrics import AttackMetrics
@@ -21,25 +21,26 @@ from lit_attacks.configuration import ConfigError, as_name_list, load_yaml_text,
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
+from lit_attacks.tasks import create_task
 from lit_attacks.wandb_utils import finite, wandb_table
 
 COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flipped_uint8", "failed", "eps_mean",
            "rmse_mean", "rmse_std", "rmse_official_mean", "psnr_mean", "queries_mean", "iterations_mean"] \
     + FRACTION_COLUMNS
-RESERVED = {"metric", "pretrained", "weights_dir", "keep_images", "batch_invariant", "uint8"}  # set by the bench
 
 
 def attack_cell(run: Run, ctx: CellContext, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str,
-                examples: bool = True, save_adv: bool = False) -> Dict[str, Any]:
+                examples: bool = True, save_adv: bool = False, aggregates: Sequence = ()) -> Dict[str, Any]:
     """Run ``attack`` on ``metric`` over the unanimous samples: per-sample rows in ``csv``, flip statistics,
     an example grid (``plots/examples-<cid>.png``) and optionally the adversarial images as shards
-    (``adv/<cid>/``). Returns the payload {label, results}."""
+    (``adv/<cid>/``); ``aggregates``: more callbacks fed by the same outputs (the caller reads them). Returns the
+    payload {label, results}."""
     cfg = run.cfg
-    module = create_attack(attack, metric, keep_images=examples or save_adv, batch_invariant=cfg["batch_invariant"],
-                           uint8=cfg["uint8"], **run.metric_options(), **params)
+    module = create_task(f"attack:{attack}", metric=metric, keep_images=examples or save_adv,
+                         batch_invariant=cfg["batch_invariant"], uint8=cfg["uint8"], **run.metric_options(), **params)
     rows, stats = SampleRows(), AttackMetrics()
     grid = ExampleCollector(cfg["examples"])
-    callbacks = [rows, stats] + ([grid] if examples else [])
+    callbacks = [rows, stats, *aggregates] + ([grid] if examples else [])
     if save_adv:
         adv_dir = run.out / "adv" / cid
         run.clear(f"adv/{cid}")  # shards of an earlier attempt
@@ -84,17 +85,13 @@ def as_attacks(value: Any, where: str, key: str = "attacks") -> Dict[str, Dict[s
     raise ConfigError(f"{where}: {key} must be a mapping (attack -> parameters) or a list, got {value!r}")
 
 
-def attack_parameters(attack: str) -> set:
-    return set(inspect.signature(ATTACKS.get(attack)).parameters) - RESERVED
-
-
 def validate_attack(attack: str, kw: Dict[str, Any]) -> None:
     """Known attack, known parameters, valid values (the attack is built once against l2)."""
     try:
         ATTACKS.get(attack)
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
-    allowed = attack_parameters(attack)
+    allowed = set(attack_parameters(ATTACKS.get(attack)))  # the options (metric, uint8, ...) are set by the bench
     for key in kw:
         if key not in allowed:
             raise ConfigError(f"attack {attack} has no parameter {key!r}{suggest(key, allowed)}; "

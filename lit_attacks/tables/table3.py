@@ -15,13 +15,14 @@ import torch
 
 from lit_attacks.callbacks.adv_shards import AdvShardWriter
 from lit_attacks.callbacks.samples import SampleRows
-from lit_attacks.configuration import ConfigError, check_value
+from lit_attacks.configuration import ConfigError, Option, defaults
 from lit_attacks.datamodules.adversarial import AdvShardDataModule
 from lit_attacks.metrics import METRICS
 from lit_attacks.report import atomic_write, fingerprint, write_csv
 from lit_attacks.tables import plots
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, slug
-from lit_attacks.transfer import TransferGenerator, TransferScorer, official_transfer_counts, variant_names
+from lit_attacks.tasks import create_task
+from lit_attacks.transfer import official_transfer_counts, variant_names
 
 COLUMNS = ["source", "target", "attack", "counting", "eligible", "flipped", "flip_rate"]
 COUNTINGS = ("strict", "official")
@@ -68,29 +69,23 @@ def table3_markdown(rows: Sequence[Dict[str, Any]], variants: Sequence[str]) -> 
 class Table3(Table):
     name = "table3"
     order = 40
-    config = {"transfer": False, "source": ["lpips_alex"], "rmse_max": 8.0, "flowadv_width": None,
-              "transfer_counting": "strict"}
+    options = (
+        Option("transfer", False, "bool", "transfer benchmark (Table 3) from --source", switch=True),
+        Option("source", ["lpips_alex"], "names", "comma-separated source metrics for --transfer"),
+        Option("rmse_max", 8.0, "number", "imperceptibility bound (RMSE, 0-255) for --transfer"),
+        Option("flowadv_width", None, "int", "FlowAdv CNN width for --transfer (paper 256; CPU default 32)",
+               optional=True, minimum=1),
+        Option("transfer_counting", "strict", help="Table 3 counting: strict (ours) or official (the official "
+                                                   "notebook)", choices=COUNTINGS),
+    )
+    config = defaults(options)
     list_keys = ("source",)
     files = ("table3.csv", "table3.md")
     example = {"metrics": ["l2"], "attacks": {}, "transfer": True, "source": ["l2"], "flowadv_width": 4}
 
     @classmethod
-    def add_arguments(cls, parser) -> None:
-        parser.add_argument("--transfer", action="store_true", help="transfer benchmark (Table 3) from --source")
-        parser.add_argument("--source", help="comma-separated source metrics for --transfer")
-        parser.add_argument("--rmse-max", type=float, help="imperceptibility bound (RMSE, 0-255) for --transfer")
-        parser.add_argument("--flowadv-width", type=int,
-                            help="FlowAdv CNN width for --transfer (paper 256; CPU default 32)")
-        parser.add_argument("--transfer-counting", choices=COUNTINGS,
-                            help="Table 3 counting: strict (ours) or official (the official notebook)")
-
-    @classmethod
     def validate(cls, cfg: Dict[str, Any]) -> None:
-        check_value("transfer", cfg["transfer"], "bool")
-        check_value("source", cfg["source"], "names")
-        check_value("rmse_max", cfg["rmse_max"], "number")
-        check_value("flowadv_width", cfg["flowadv_width"], "int", 1, optional=True)
-        check_value("transfer_counting", cfg["transfer_counting"], "str", choices=COUNTINGS)
+        super().validate(cfg)
         for m in cfg["source"] or []:
             try:
                 METRICS.get(m)
@@ -133,9 +128,9 @@ class Table3(Table):
         return run.out / "transfer" / f"adv-{slug(src)}"
 
     def generate(self, run: Run, src: str, width: int, ctx: CellContext) -> Dict[str, Any]:
-        gen = TransferGenerator(src, rmse_max=run.cfg["rmse_max"], spatial_params={"flowadv": {"width": width}},
-                                batch_invariant=run.cfg["batch_invariant"], uint8=run.cfg["uint8"],
-                                **run.metric_options())
+        gen = create_task("transfer_generate", metric=src, rmse_max=run.cfg["rmse_max"],
+                          spatial_params={"flowadv": {"width": width}}, batch_invariant=run.cfg["batch_invariant"],
+                          uint8=run.cfg["uint8"], **run.metric_options())
         shard_dir = self.shards(run, src)
         run.clear(f"transfer/adv-{slug(src)}")  # shards of an earlier attempt
         rows = SampleRows()
@@ -146,7 +141,7 @@ class Table3(Table):
         return {"variants": gen.variants}
 
     def score(self, run: Run, src: str, target: str, variants: List[str], ctx: CellContext) -> Dict[str, Any]:
-        scorer = TransferScorer(target, variants=variants, **run.metric_options())
+        scorer = create_task("transfer_score", metric=target, variants=variants, **run.metric_options())
         rows = SampleRows()
         run.predict(scorer, [rows], AdvShardDataModule(str(self.shards(run, src)), run.cfg["batch_size"]))
         ctx.save_rows(f"transfer/{slug(src)}-to-{slug(target)}.csv", rows.rows, rows.columns)
