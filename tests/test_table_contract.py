@@ -5,8 +5,9 @@ Each table runs through bench.py with its declared ``example`` config on a tiny 
 then the same command runs again. Checked, per table:
 - the example turns the table on (its plan has cells) and the run writes every file the table declares;
 - every file of every cell record exists with the recorded hash, and the results folder's manifest lists them;
-- the rerun loads every cell (no cell record is rewritten) and its rows, aggregated from the per-sample records
-  read back from the CSVs, equal the first run's rows, aggregated from the records in memory;
+- its rows (aggregated in memory by torchmetrics during the run) equal a plain recomputation from the per-sample
+  CSVs it saved (:data:`REFERENCES`, numpy and Python over the CSV text; a new table adds its own there);
+- the rerun loads every cell (no cell record is rewritten) and gives the same rows;
 - the table's CSV holds exactly its rows of summary.json.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -30,6 +32,119 @@ from helpers import fake_official, official_looking_tree
 BASE = {"data": None, "builtin_n": 2, "seed": 0, "pretrained": False, "wandb": "disabled", "batch_size": 8,
         "examples": 2, "sweep": None}
 SLOW = {"table3", "robust", "reproduce"}  # FlowAdv / stAdv generation, the attack ensemble, two official runs
+
+
+def _b(v: str) -> bool:
+    return v == "True"
+
+
+def _two_afc(out: Path, cfg) -> list:
+    rows = []
+    for metric in cfg["metrics"]:
+        recs = read_csv(out / "scores" / f"{metric}.csv")
+        for cat in sorted({r["category"] for r in recs}) + ["all"]:
+            rs = [r for r in recs if cat in ("all", r["category"])]
+            s0, s1, p = (np.array([float(r[k]) for r in rs]) for k in ("s0", "s1", "judge"))
+            score = (s0 < s1) * (1 - p) + (s1 < s0) * p + 0.5 * (s0 == s1)
+            unan = (p == 0) | (p == 1)
+            rows.append({"category": cat, "samples": len(rs), "unanimous": int(unan.sum()), "two_afc": score.mean(),
+                         "accuracy": score[unan].mean()})
+    return rows
+
+
+def _flips(recs: list) -> dict:
+    flipped = [r for r in recs if _b(r["flipped"])]
+    return {"total": len(recs), "flipped": len(flipped), "flip_rate": len(flipped) / len(recs) if recs else math.nan,
+            "failed": sum(r["status"] != "ok" for r in recs),
+            "rmse_mean": float(np.mean([float(r["rmse"]) for r in flipped])) if flipped else math.nan}
+
+
+def _attack_table(folder: str, key: str):
+    def reference(out: Path, cfg) -> list:
+        rows = []
+        for metric in cfg["metrics"]:
+            for attack in cfg[key]:
+                recs = read_csv(out / folder / f"{attack}-{metric}.csv")
+                groups = {"agreed": [r for r in recs if _b(r["agreed"])],
+                          "disagreed": [r for r in recs if not _b(r["agreed"]) and not _b(r["tied"])],
+                          "tied": [r for r in recs if _b(r["tied"])], "all": recs}
+                rows += [{"attack": attack, "group": g, **_flips(rs)} for g, rs in groups.items()]
+        return rows
+    return reference
+
+
+def _sweep(out: Path, cfg) -> list:
+    return [{"eps": eps, **{k: v for k, v in _flips(read_csv(out / "samples" / "sweep" /
+                                                             f"pgd-eps{eps:.4f}-{metric}.csv")).items()
+                             if k != "failed"}}
+            for metric in cfg["metrics"] for eps in cfg["sweep"]["eps"]]
+
+
+def _robust(out: Path, cfg) -> list:
+    rows = []
+    for metric in cfg["metrics"]:
+        row = {}
+        for r in cfg["robust"]["linf"]:
+            recs = read_csv(out / "samples" / "robust" / f"linf-{r:g}-{metric}.csv")
+            row["samples"] = len(recs)
+            row["clean"] = sum(_b(x["agreed"]) for x in recs) / len(recs)
+            row[f"linf {r:g}/255"] = sum(_b(x["agreed"]) and x["status"] == "ok" and not _b(x["flipped"])
+                                         for x in recs) / len(recs)
+        for norm in ("linf", "l2"):
+            recs = read_csv(out / "samples" / "robust" / f"min_eps-{norm}-{metric}.csv")
+            scale = 255 / 2 if norm == "linf" else 0.5
+            eps = [float(x["eps"]) * scale if x["status"] == "ok" else -math.inf for x in recs]
+            flipped = [e for x, e in zip(recs, eps) if _b(x["agreed"]) and math.isfinite(e)]
+            row[f"median min eps {norm}"] = float(np.median(flipped)) if flipped else math.nan
+        recs = read_csv(out / "samples" / "robust" / f"certify-{metric}.csv")
+        for rad in [0.0] + cfg["robust"]["certify"]["radii"]:
+            name = "certified clean" if rad == 0 else f"certified l2 {rad:g}"
+            row[name] = sum(_b(x["correct"]) and float(x["radius"]) / 2 >= rad for x in recs) / len(recs)
+        rows.append(row)
+    return rows
+
+
+def _table3(out: Path, cfg) -> list:
+    from lit_attacks.tables.table3 import table3_rows  # its counting is checked by a plain count in test_official
+
+    rows = []
+    for src in cfg["source"]:
+        variants = None
+        for target in cfg["metrics"]:
+            recs = read_csv(out / "transfer" / f"{src}-to-{target}.csv")
+            typed = [{k: (_b(v) if v in ("True", "False") else float(v) if _number(v) else v) for k, v in r.items()}
+                     for r in recs]
+            variants = [c[:-len(":pass")] for c in recs[0] if c.endswith(":pass")]
+            rows += [{k: v for k, v in r.items() if k != "target"}
+                     for r in table3_rows(src, target, typed, variants, cfg["transfer_counting"])]
+    return rows
+
+
+def _number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _reproduce(out: Path, cfg) -> list:
+    recs = read_csv(out / "reproduce" / "pgd-lpips_alex.csv")
+    return [{"check": "PGD on lpips_alex", "matched": len(recs)}] + [
+        {"matched": len(read_csv(out / "reproduce" / f"transfer-{name}.csv"))} for name in ("l2", "ssim", "stlpipsAlex")]
+
+
+# table name -> its rows recomputed from the per-sample CSVs (only the columns given are compared, in row order)
+REFERENCES = {"table1": _two_afc, "table2": _attack_table("samples", "attacks"),
+              "reverse": _attack_table("samples/reverse", "reverse"), "sweep": _sweep, "robust": _robust,
+              "table3": _table3, "reproduce": _reproduce}
+
+
+def _close(a, b) -> bool:
+    a, b = (math.nan if v is None else v for v in (a, b))  # summary.json writes nan as null
+    if isinstance(a, float) or isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
 
 
 def _same(a, b) -> bool:
@@ -82,6 +197,12 @@ def test_every_table_keeps_the_contract(name, tmp_path):
     first = _run(config, out, extra)
     rows = first[name]
     assert rows, f"{name}: no rows"
+    assert name in REFERENCES, f"{name}: add a recomputation of its rows from its per-sample CSVs to REFERENCES"
+    expected = REFERENCES[name](out, first["config"])
+    assert len(expected) == len(rows), f"{name}: {len(rows)} rows, the per-sample CSVs give {len(expected)}"
+    for got, want in zip(rows, expected):
+        bad = {k: (got.get(k), v) for k, v in want.items() if not _close(got.get(k), v)}
+        assert not bad, f"{name}: row {got} differs from the per-sample CSVs in {bad}"
     for rel in table.files:
         assert (out / rel).is_file(), f"{name} declares {rel} but did not write it"
     manifest = json.loads((out / MANIFEST).read_text())["files"]
