@@ -165,7 +165,11 @@ class TransferGenerator(AttackModule):
         advs, status = self._adversarial(bound, prey, s_other, keys)
         prey_idx = choose_prey(s0, s1)
         u8 = self.uint8
-        images = {"ref": to_uint8(ref.cpu(), u8), "other": to_uint8(other.cpu(), u8), "prey": to_uint8(prey.cpu(), u8)}
+        # the clean images reach the target as read: rounding gives back the 8-bit values of the source PNGs
+        # exactly (truncation, the official tensor2im, would move 63 of the 256 levels down by one); only the
+        # adversarial images are quantised with ``uint8``
+        images = {"ref": to_uint8(ref.cpu(), "round"), "other": to_uint8(other.cpu(), "round"),
+                  "prey": to_uint8(prey.cpu(), "round")}
         variants = {}
         for v in self.variants:
             adv = advs[v].detach().clamp(-1, 1)

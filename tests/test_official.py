@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.optimize import differential_evolution
 from scipy.signal import convolve2d
 
@@ -123,6 +124,27 @@ def test_truncation_is_the_official_tensor2im():
     assert np.array_equal(to_uint8(x, "trunc")[0].numpy(), tensor2im)
     assert torch.equal(quantize(x, "trunc"), torch.from_numpy(tensor2im).permute(2, 0, 1)[None].float() / 127.5 - 1)
     assert not np.array_equal(to_uint8(x, "round")[0].numpy(), tensor2im)  # the two modes differ
+
+
+def test_transfer_shards_keep_the_clean_images_as_read_under_trunc():
+    """Table 3's target must score the original PNGs: the clean images of a transfer shard are the 8-bit values
+    they were read from, bit for bit, even with ``uint8: trunc`` (which only the adversarial images get)."""
+    from lit_attacks.datamodules.streaming import to_tensor
+    from lit_attacks.tasks import create_task
+
+    rng = np.random.default_rng(0)
+    u8 = {k: rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8) for k in ("ref", "p0", "p1")}
+    u8["ref"][0, 0, :, 0] = np.arange(16) * 17  # levels that truncation moves down by one among them
+    batch = {k: torch.stack([to_tensor(Image.fromarray(a), 16) for a in v]) for k, v in u8.items()}
+    batch.update(key=["val/cnn/000000", "val/cnn/000001"], category=["cnn", "cnn"], judge=torch.tensor([0.0, 1.0]))
+    gen = create_task("transfer_generate", metric="l2", spatial=[], pgd_steps=[2], ks=[], uint8="trunc")
+    out = gen.predict_step(batch)
+    assert np.array_equal(out.images["ref"].numpy(), u8["ref"])
+    prey_is_p1 = out.prey.bool().tolist()
+    for i, p1 in enumerate(prey_is_p1):
+        assert np.array_equal(out.images["prey"][i].numpy(), u8["p1" if p1 else "p0"][i])
+        assert np.array_equal(out.images["other"][i].numpy(), u8["p0" if p1 else "p1"][i])
+    assert not np.array_equal(to_uint8(batch["ref"], "trunc").numpy(), u8["ref"])  # what the shards held before
 
 
 # ------------------------------------------------------------------------------ 2. one-pixel encoding
