@@ -73,15 +73,18 @@ def test_official_counting_equals_the_notebook_loop_on_the_official_csvs(name):
         assert got["accurate"] == accurate and got["flipped"][column] == flipped
 
 
-def test_the_published_images_took_fixed_pgd_steps():
-    """With early stop, PGD(10) and PGD(20) of a sample flipped within 10 steps are the same image, and every
-    stAdv+PGD(k) image is the stAdv one (it already flips the source): no row of any official CSV shows that,
-    so the published images took exactly k steps, as our transfer variants do."""
-    for name in ("l2", "ssim", "stlpipsAlex"):
-        rows = read_csv(shared_file(f"bapps/transfer_official/{name}_transferableAdv.csv"))
-        assert len(rows) == 2726
-        assert not any(r["dPGD10"] == r["dPGD20"] for r in rows)
-        assert not any(r["dstAdv"] == r["dstAdvPGD5"] == r["dstAdvPGD10"] for r in rows)
+@pytest.mark.parametrize("name,share", [("l2", 0.987), ("ssim", 0.990), ("stlpipsAlex", 0.822)])
+def test_the_published_images_took_fixed_pgd_steps(name, share):
+    """With early stop, PGD(10) and PGD(20) of a sample the attack flipped within 10 steps are one image (saved
+    twice), so the target's distances to them are equal; on every row of every official CSV they differ, and
+    PGD(20) moved farther than PGD(10) on most rows: the published images took exactly k steps, as our transfer
+    variants do. (stAdv+PGD(k) differing from stAdv is no evidence either way: re-saving through tensor2im is
+    lossy, so even an early-stopped stAdv+PGD image differs from the stAdv one.)"""
+    rows = read_csv(shared_file(f"bapps/transfer_official/{name}_transferableAdv.csv"))
+    assert len(rows) == 2726
+    assert all(r["dPGD10"] != r["dPGD20"] for r in rows)
+    farther = sum(float(r["dPGD20"]) > float(r["dPGD10"]) for r in rows) / len(rows)
+    assert round(farther, 3) == share
 
 
 @needs_bapps
