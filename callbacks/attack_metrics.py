@@ -12,11 +12,24 @@ from torch import Tensor, nn
 from lit_attacks.attacks.output import FRACTION_COLUMNS, AttackOutput
 
 GROUPS = ("all", "agreed", "disagreed", "tied")
+
+
+def _square(v: Tensor, part: str) -> Tensor:
+    """The square of float32 values, split into two float32 parts (``hi`` + ``lo`` is the exact float64 square of
+    the 24-bit values, at most 48 bits), so that their sums, too, are exact in float64."""
+    sq = v.float().double() ** 2
+    hi = sq.float().double()
+    return hi if part == "hi" else sq - hi
+
+
 # Means over the flipped samples of a group: quantity -> its (B,) values in an AttackOutput. Each value is rounded
 # to float32 and summed in float64: sums of float32 values are exact in float64 (for any realistic count), so
-# the means do not depend on the order of summation, i.e. on how DDP split the samples across ranks.
-MEANS = {"rmse": lambda o: o.rmse, "rmse_sq": lambda o: o.rmse.float().double() ** 2,
-         "rmse_official": lambda o: o.rmse_official, "psnr": lambda o: o.psnr,
+# the means do not depend on the order of summation, i.e. on how DDP split the samples across ranks. The squares
+# (for the spreads) are summed as two float32 parts each, exactly too.
+SPREADS = ("rmse", "rmse_official", "psnr")
+MEANS = {"rmse": lambda o: o.rmse, "rmse_official": lambda o: o.rmse_official, "psnr": lambda o: o.psnr,
+         **{f"{q}_sq_{part}": (lambda o, q=q, part=part: _square(getattr(o, q), part))
+            for q in SPREADS for part in ("hi", "lo")},
          "eps": lambda o: o.eps, "queries": lambda o: o.queries,
          "iterations": lambda o: torch.where(o.iterations >= 0, o.iterations.double(), math.nan),  # -1: n/a
          **{name: (lambda o, j=j: o.fractions[:, j]) for j, name in enumerate(FRACTION_COLUMNS)}}
@@ -34,9 +47,9 @@ class FlipStats(nn.Module):
     """The statistics of one group of samples: one SumMetric per count and one MeanMetric per quantity averaged
     over the flipped samples (float64 sums, reduced by summation across DDP ranks).
 
-    ``eps`` is averaged over the flipped samples that have one (nan: not applicable); ``rmse_sq`` gives the
-    population standard deviation of the RMSE; ``failed`` counts samples whose status is not "ok" (the
-    attack could not run on them: a non-finite gradient or flow), which are never counted as flipped.
+    ``eps`` is averaged over the flipped samples that have one (nan: not applicable); the means of the squares
+    (``<q>_sq_hi`` + ``<q>_sq_lo``) give the spreads of :func:`std`; ``failed`` counts samples whose status is not
+    "ok" (the attack could not run on them: a non-finite gradient or flow), which are never counted as flipped.
     """
 
     def __init__(self) -> None:
@@ -54,7 +67,7 @@ class FlipStats(nn.Module):
         self.counts["failed"].update((failed & mask).double().sum())
         for k, read in MEANS.items():
             v = read(out)[f]
-            self.means[k.replace(".", "_")].update(v if k == "rmse_sq" else v.float().double())
+            self.means[k.replace(".", "_")].update(v.float().double())
 
     def to_device(self, device) -> "FlipStats":
         """Move to ``device``; ``Metric.to`` resets the compute dtype, so float64 is set again."""
@@ -72,6 +85,15 @@ class FlipStats(nn.Module):
             m.reset()
 
 
+def std(v: Dict[str, float], name: str, k: float, ddof: int = 0) -> float:
+    """Standard deviation over the k flipped samples from the means of the values and of their squares: ddof 0 (the
+    population's, ours) or 1 (the sample's: pandas' ``std()``, the official notebook's); nan when undefined."""
+    mean_sq = v[f"{name}_sq_hi"] + v[f"{name}_sq_lo"]
+    if k <= ddof or not math.isfinite(v[name]) or not math.isfinite(mean_sq):
+        return math.nan
+    return math.sqrt(max(0.0, mean_sq - v[name] ** 2) * k / (k - ddof))
+
+
 def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
     """Table 2 quantities from :meth:`FlipStats.compute`: counts, rates, and means over flipped samples (nan if none)."""
     v = {k: t.item() for k, t in stats.items()}
@@ -80,9 +102,10 @@ def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
     mean = lambda name: v[name] if k else math.nan  # noqa: E731
     out = {"total": int(n), "flipped": int(k), "flip_rate": rate(k, n), "flipped_uint8": int(k8),
            "flip_rate_uint8": rate(k8, n), "failed": int(v["failed"]), "rmse_mean": mean("rmse"),
-           "rmse_std": math.sqrt(max(0.0, v["rmse_sq"] - v["rmse"] ** 2)) if k else math.nan,
-           "rmse_official_mean": mean("rmse_official"),
-           "psnr_mean": mean("psnr"), "eps_mean": v["eps"], "queries_mean": mean("queries"),
+           "rmse_std": std(v, "rmse", k), "rmse_official_mean": mean("rmse_official"),
+           "rmse_official_std": std(v, "rmse_official", k, ddof=1),
+           "psnr_mean": mean("psnr"), "psnr_std": std(v, "psnr", k), "eps_mean": v["eps"],
+           "queries_mean": mean("queries"),
            "iterations_mean": v["iterations"]}
     out.update({name: mean(name) for name in FRACTION_COLUMNS})
     return out

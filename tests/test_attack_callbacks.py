@@ -40,9 +40,13 @@ def _numpy_table(rows, group):
     out = {"total": len(sel), "flipped": len(flipped), "failed": sum(r["status"] != "ok" for r in sel),
            "flipped_uint8": sum(r["flipped_uint8"] == "True" for r in sel)}
     if flipped:
-        out.update(rmse_mean=rmse.mean(), rmse_std=rmse.std(), eps_mean=np.nanmean(eps),
-                   psnr_mean=np.mean([float(r["psnr"]) for r in flipped]),
+        official = np.array([float(r["rmse_official"]) for r in flipped])
+        psnr = np.array([float(r["psnr"]) for r in flipped])
+        out.update(rmse_mean=rmse.mean(), rmse_std=rmse.std(), eps_mean=np.nanmean(eps), psnr_mean=psnr.mean(),
+                   psnr_std=psnr.std(), rmse_official_mean=official.mean(),
                    **{f: np.mean([float(r[f]) for r in flipped]) for f in FRACS})
+        if len(flipped) > 1:  # the official notebook's sigma: pandas' std (ddof 1) of the 8-bit RMSE
+            out["rmse_official_std"] = official.std(ddof=1)
     return out
 
 

@@ -143,6 +143,40 @@ def test_spatial_attacks_flip_a_substantial_share_and_successes_rescore(batch, n
     assert [bool(x) for x in rescored > so] == [r["flipped"] for r in recs]
 
 
+def test_flowadv_paper_perturbation_is_eq_7_to_9_restated(batch):
+    """ICLR Eq. 7-9: alpha * ||I_prey - I_adv||_1 + beta * rho(I_prey - I_adv), rho Charbonnier on the image
+    difference (mean over values), restated in numpy; ours penalises the flow's finite differences instead."""
+    from lit_attacks.attacks.flowadv import perturbation_loss
+
+    prey = batch["p0"].double()
+    flow = torch.randn(len(prey), 2, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    adv = backward_warp(prey, flow * 0.5)
+    d = (prey - adv).numpy().reshape(len(prey), -1)
+    paper = 1e-4 * np.abs(d).sum(1) + 0.5 * np.sqrt(d ** 2 + 1e-6).mean(1)
+    np.testing.assert_allclose(perturbation_loss(prey, adv, flow, 1e-4, 0.5, "paper").numpy(), paper, rtol=1e-12)
+    fx, fy = np.diff(flow.numpy(), axis=3), np.diff(flow.numpy(), axis=2)
+    ours = 1e-4 * np.abs(d).mean(1) + 0.5 * (np.sqrt(fx ** 2 + 1e-6).reshape(len(prey), -1).mean(1)
+                                             + np.sqrt(fy ** 2 + 1e-6).reshape(len(prey), -1).mean(1)) / 2
+    np.testing.assert_allclose(perturbation_loss(prey, adv, flow, 1e-4, 0.5, "flow").numpy(), ours, rtol=1e-12)
+    with pytest.raises(ValueError, match="flowadv: perturbation must be one of flow, paper"):
+        create_attack("flowadv", "l2", perturbation="image")
+
+
+@pytest.mark.slow  # eight FlowAdv runs, ~2 min
+@pytest.mark.parametrize("perturbation", ["flow", "paper"])
+def test_flowadv_paper_counting_counts_only_what_algorithm_2_accepts(batch, perturbation):
+    """Alg. 2 counts a sample only when it flips with L_perturb < pert_bound; with a bound nothing meets, the paper
+    rule counts no flip while the final-image rule still counts the last iterates that happen to flip."""
+    kw = dict(NARROW, perturbation=perturbation, pert_bound=1e-9, restarts=1)
+    final = create_attack("flowadv", "ssim", **kw).predict_step(batch)
+    paper = create_attack("flowadv", "ssim", counting="paper", **kw).predict_step(batch)
+    assert final.flipped.any()  # last iterates that flip, with a perturbation loss far above the bound
+    assert paper.flipped.sum() == 0 and torch.equal(paper.s_adv, final.s_adv)  # same images, another rule
+    loose = dict(kw, pert_bound=1e9)  # any flip is accepted: the rules agree
+    a, b = (create_attack("flowadv", "ssim", counting=c, **loose).predict_step(batch) for c in ("final", "paper"))
+    assert torch.equal(a.flipped, b.flipped) and b.flipped.any()
+
+
 def test_flowadv_nonfinite_loss_marks_sample_failed_and_run_goes_on(batch):
     from lit_attacks.metrics import Distance
 

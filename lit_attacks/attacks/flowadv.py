@@ -9,14 +9,14 @@ gradient averaging is involved). Finished samples leave the active set (compacti
 from __future__ import annotations
 
 import math
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackResult, SpatialAttack
-from lit_attacks.attacks.flow import backward_warp, flow_charbonnier
+from lit_attacks.attacks.flow import backward_warp, charbonnier, flow_charbonnier
 from lit_attacks.attacks.objectives import sample_generator
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
@@ -87,30 +87,53 @@ class BatchAdam:
             p[idx] -= self.lr * mhat / (vhat.sqrt() + self.eps)
 
 
-def _step_forward(params, local, gidx, prey, bound, s_other, l1_weight, smooth_weight):
+PERTURBATIONS = ("flow", "paper")
+
+
+def perturbation_loss(prey: Tensor, adv: Tensor, flow: Tensor, l1_weight: float, smooth_weight: float,
+                      form: str = "flow") -> Tensor:
+    """(B,) the perturbation loss of Algorithm 2.
+
+    ``"paper"`` (ICLR Eq. 7-9): ``alpha * ||prey - adv||_1 + beta * rho(prey - adv)``: the l_1 *norm* (sum over
+    values) of the image difference on [-1, 1] and the Charbonnier penalty ``rho(x) = sqrt(x^2 + 1e-6)`` of the
+    *image difference*, averaged over values (the paper does not say how rho is reduced; summed, beta * rho would
+    be at least 0.5 * 12,288 * 1e-3 at 64 px, and no image could ever meet the 0.05 bound).
+    ``"flow"`` (ours, the default): ``alpha * mean |prey - adv| + beta * (Charbonnier of the flow's finite
+    differences)``: a smoothness prior on the flow, as in stAdv, with a per-value L1 term.
+    """
+    diff = (prey - adv).flatten(1)
+    if form == "paper":
+        return l1_weight * diff.abs().sum(1) + smooth_weight * charbonnier(diff, 1e-6).mean(1)
+    return l1_weight * diff.abs().mean(1) + smooth_weight * flow_charbonnier(flow)
+
+
+def _step_forward(params, local, gidx, prey, bound, s_other, l1_weight, smooth_weight, form="flow"):
     """One forward pass of the active samples' CNNs: (param slices, loss, s_adv, perturbation loss, adv, flow)."""
     ps = [p[local].detach().requires_grad_(True) for p in params]
     flow = flow_cnn(ps, prey[gidx])
     adv = backward_warp(prey[gidx], flow)
     s = bound.select(gidx)(adv)
     so = s_other[gidx]
-    pert = l1_weight * (prey[gidx] - adv).abs().flatten(1).mean(1) + smooth_weight * flow_charbonnier(flow)
-    loss = (so / (so + s)) ** 2 + pert  # L_rank + alpha L1 + beta Charbonnier, per sample
+    pert = perturbation_loss(prey[gidx], adv, flow, l1_weight, smooth_weight, form)
+    loss = (so / (so + s)) ** 2 + pert  # L_rank + L_perturb, per sample
     return ps, loss, s.detach(), pert.detach(), adv, flow
 
 
 def flowadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], width: int = 256, depth: int = 5,
             head: int = 64, iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,
-            smooth_weight: float = 0.5, pert_bound: float = 0.05, out_scale: float = 0.01, seed: int = 0):
+            smooth_weight: float = 0.5, pert_bound: float = 0.05, out_scale: float = 0.01, seed: int = 0,
+            perturbation: str = "flow", success_out: Optional[Tensor] = None):
     """Algorithm 2, batched. Returns (adv, iterations, queries, status) per sample.
 
     Per sample and restart: a fresh CNN (seeded by ``seed``, the sample key and the restart), up to
-    ``iterations`` Adam steps on ``L_rank + l1_weight * L1 + smooth_weight * Charbonnier`` with
-    ``L_rank = (s_other / (s_other + s_adv))^2``, ``L1 = mean |prey - adv|`` and the Charbonnier
-    penalty of the flow's finite differences. Success: the rank flips and the perturbation loss
-    ``l1_weight * L1 + smooth_weight * Charbonnier < pert_bound``; the successful adv is kept and the
-    sample stops. A sample with a non-finite flow or loss is marked failed and stops.
+    ``iterations`` Adam steps on ``L_rank + L_perturb`` with ``L_rank = (s_other / (s_other + s_adv))^2`` and
+    ``L_perturb`` of :func:`perturbation_loss` (``perturbation``: "flow", ours, or "paper", Eq. 7-9). Success: the
+    rank flips and ``L_perturb < pert_bound``; the successful adv is kept and the sample stops (an unsuccessful one
+    keeps its last iterate). A sample with a non-finite flow or loss is marked failed and stops. ``success_out``, a
+    (B,) bool tensor, receives which samples succeeded.
     """
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"flowadv: perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}")
     shapes = layer_shapes(width, depth, head)
     B = prey.shape[0]
     dev, dt = prey.device, prey.dtype
@@ -132,7 +155,7 @@ def flowadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[
                 break
             gidx = todo[local]
             ps, loss, s, pert, adv, flow = _step_forward(params, local, gidx, prey, bound, s_other, l1_weight,
-                                                         smooth_weight)
+                                                         smooth_weight, perturbation)
             so = s_other[gidx]
             queries[gidx] += 1
             iters[gidx] += 1
@@ -150,12 +173,14 @@ def flowadv(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[
                 continue
             if not finite.all():  # NaN in the graph poisons every gradient (0 * NaN): redo without those samples
                 ps, loss, *_ = _step_forward(params, local[finite], gidx[finite], prey, bound, s_other, l1_weight,
-                                             smooth_weight)
+                                             smooth_weight, perturbation)
                 keep = keep[finite]
                 local = local[finite]
             grads = torch.autograd.grad(loss.sum(), ps)
             opt.step([g[keep] for g in grads], local[keep])
             local = local[keep]
+    if success_out is not None:
+        success_out.copy_(success)
     return adv_out, iters, queries, status
 
 
@@ -173,6 +198,12 @@ class FlowAdv(SpatialAttack):
         pert_bound: success needs the perturbation loss below this (0.05).
         out_scale: initial scale of the output layer (a small initial flow).
         seed: combined with each sample's key into per-sample initialisations.
+        perturbation: the perturbation loss: "flow" (ours: Charbonnier of the flow's finite differences, mean L1)
+            or "paper" (ICLR Eq. 7-9: l_1 norm and Charbonnier of the image difference); see
+            :func:`perturbation_loss`.
+        counting: "final" (ours): a flip is the re-scored final image ranked the other way, whatever its
+            perturbation loss; "paper" (Algorithm 2): only a sample the algorithm accepted (flipped with
+            ``L_perturb < pert_bound``) counts.
     """
 
     name = "flowadv"
@@ -181,21 +212,27 @@ class FlowAdv(SpatialAttack):
     def __init__(self, metric: str = "lpips_alex", width: int = 256, depth: int = 5, head: int = 64,
                  iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,
                  smooth_weight: float = 0.5, pert_bound: float = 0.05, out_scale: float = 0.01, seed: int = 0,
-                 **options: Any) -> None:
+                 perturbation: str = "flow", counting: str = "final", **options: Any) -> None:
         layer_shapes(width, depth, head)  # validates
         if iterations < 1 or restarts < 1:
             raise ValueError(f"flowadv: iterations and restarts must be >= 1, got {iterations}, {restarts}")
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"flowadv: perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}")
+        if counting not in ("final", "paper"):
+            raise ValueError(f"flowadv: counting must be 'final' or 'paper', got {counting!r}")
         super().__init__(metric, **options)
         self.save_hyperparameters()
+        self.counting = counting
         self.kw = dict(width=width, depth=depth, head=head, iterations=iterations, restarts=restarts, lr=lr,
                        l1_weight=l1_weight, smooth_weight=smooth_weight, pert_bound=pert_bound, out_scale=out_scale,
-                       seed=seed)
+                       seed=seed, perturbation=perturbation)
 
     @staticmethod
     def spatial(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], **params):
         return flowadv(bound, prey, s_other, keys, **params)
 
     def attack(self, bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str]) -> AttackResult:
-        adv, iters, queries, status = flowadv(bound, prey, s_other, keys, **self.kw)
+        success = torch.zeros(len(keys), dtype=torch.bool, device=prey.device)
+        adv, iters, queries, status = flowadv(bound, prey, s_other, keys, **self.kw, success_out=success)
         return AttackResult(adv, iters, queries, torch.full((len(keys),), float("nan"), dtype=torch.float64),
-                            status=status)
+                            status=status, verdict=success if self.counting == "paper" else None)

@@ -25,7 +25,8 @@ from lit_attacks.tasks import create_task
 from lit_attacks.wandb_utils import finite, wandb_table
 
 COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flipped_uint8", "failed", "eps_mean",
-           "rmse_mean", "rmse_std", "rmse_official_mean", "psnr_mean", "queries_mean", "iterations_mean"] \
+           "rmse_mean", "rmse_std", "rmse_official_mean", "rmse_official_std", "psnr_mean", "psnr_std", "queries_mean",
+           "iterations_mean"] \
     + FRACTION_COLUMNS
 
 
@@ -188,7 +189,7 @@ class Table2(Table):
             return Written(self.title)
         write_csv(run.out / f"{self.name}.csv", rows, COLUMNS + ["samples_per_s"])
         md = table2_markdown(rows)
-        atomic_write(run.out / f"{self.name}.md", f"{self.heading}\n\n" + md)
+        atomic_write(run.out / f"{self.name}.md", f"{self.heading}\n\n{counting_caption(run.cfg[self.key])}\n\n" + md)
         summary = {f"flip_rate/{r['attack']}/{r['metric']}": r["flip_rate"] for r in rows if r["group"] == "all"}
         return Written(self.title, md, self.figures(run, rows), summary, partial(self.panels, run, rows))
 
@@ -220,15 +221,29 @@ class Table2(Table):
         return panels
 
 
+COUNTINGS = {"final": "the final image, re-scored by a fresh forward pass, ranked the other way",
+             "official": "a flip seen before a step, as the official script (the image after the last step is not "
+                         "checked)",
+             "paper": "accepted by the paper's algorithm (flipped with its perturbation loss under pert_bound)"}
+
+
+def counting_caption(attacks: Dict[str, Dict[str, Any]]) -> str:
+    """Which rule counts a flip, per attack (its ``counting`` parameter; "final" by default)."""
+    rules = [f"{a}: {COUNTINGS.get(kw.get('counting', 'final'), kw.get('counting'))}" for a, kw in attacks.items()]
+    return "Flips counted as " + "; ".join(rules) + "."
+
+
 def table2_markdown(rows: List[Dict[str, Any]]) -> str:
     view = []
     for r in rows:
         v = dict(r)
         v["flipped"] = f"{r['flipped']} ({100 * r['flip_rate']:.1f}%)" if r["total"] else "0"
-        v["rmse"] = f"{r['rmse_mean']:.3f} +- {r['rmse_std']:.3f}" if r["flipped"] else "-"
+        spread = lambda m, s: f"{r[m]:.3f} +- {r[s]:.3f}" if r["flipped"] else "-"  # noqa: E731
+        v["rmse"], v["psnr"] = spread("rmse_mean", "rmse_std"), spread("psnr_mean", "psnr_std")
+        v["rmse_official"] = spread("rmse_official_mean", "rmse_official_std")
         view.append(v)
-    cols = ["metric", "attack", "group", "total", "flipped", "eps_mean", "rmse", "rmse_official_mean", "psnr_mean",
+    cols = ["metric", "attack", "group", "total", "flipped", "eps_mean", "rmse", "rmse_official", "psnr",
             "frac>0.001", "frac>0.01", "frac>0.03", "frac>0.1", "flipped_uint8", "failed", "samples_per_s"]
-    heads = {"eps_mean": "eps", "psnr_mean": "PSNR", "flipped_uint8": "flipped (8-bit)", "samples_per_s": "samples/s",
-             "rmse_official_mean": "RMSE (official)"}
+    heads = {"eps_mean": "eps", "psnr": "PSNR", "flipped_uint8": "flipped (8-bit)", "samples_per_s": "samples/s",
+             "rmse": "RMSE", "rmse_official": "RMSE (official: 8-bit, sample sigma)"}
     return markdown_table(view, cols, digits=3, headers=heads)
