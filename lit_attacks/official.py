@@ -38,6 +38,35 @@ def key_of_sample(sample: str, split: str = "val") -> str:
     return f"{split}/{category}/{stem}"
 
 
+def read_key_list(path: str | Path, split: str = "val") -> List[str]:
+    """A fixed sample list (e.g. the official Table 3 FlowAdv list), one sample per line in any of our key
+    ``val/<category>/<id>``, the transfer CSVs' ``<category>_<id>`` or a judge path ``val/<category>/judge/<id>.npy``;
+    blank lines and ``#`` comments are skipped. A line in none of these forms, or no sample at all, is a one-line
+    error naming the file and line."""
+    from lit_attacks.safe_files import read_text
+
+    keys: List[str] = []
+    text = read_text(Path(path).expanduser(), "transfer_keys", 64 << 20, ConfigError)
+    for n, line in enumerate(text.splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        parts = item.split("/")
+        try:
+            if item.endswith(".npy"):
+                keys.append(key_of_judge_path(item))
+            elif len(parts) == 3 and all(parts):
+                keys.append(item)
+            else:
+                keys.append(key_of_sample(item, split))
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"transfer_keys {path}, line {n}: {item!r} is not a sample key, sample name or judge "
+                              f"path ({e})") from None
+    if not keys:
+        raise ConfigError(f"transfer_keys {path}: no sample listed")
+    return keys
+
+
 def read_rows(path: str | Path, required: Sequence[str]) -> List[Dict[str, str]]:
     p = Path(path)
     if not p.is_file():

@@ -67,6 +67,9 @@ def variant_names(spatial: Optional[Sequence[str]] = None, ks: Sequence[int] = (
     return list(spatial) + [f"pgd{k}" for k in pgd_steps] + [f"{s}_pgd{k}" for s in spatial for k in ks]
 
 
+PGD_STARTS = ("float", "saved")
+
+
 @dataclass(kw_only=True)
 class TransferOutput(ScoreOutput):
     """The generator's batch output: the prey choice and, per variant, (B,) columns ``<variant>:<field>``
@@ -122,6 +125,9 @@ class TransferGenerator(AttackModule):
         eps, alpha: PGD budget and step.
         rmse_max: imperceptibility bound on the RMSE (0-255) between prey and adversarial image.
         spatial_params: keyword arguments per spatial attack, e.g. ``{"flowadv": {"width": 32}}``.
+        pgd_start: where spatial + PGD(k) starts: "float" (ours: the spatial attack's output as computed) or
+            "saved" (the official create_transferable_stAdvPGD_samples.py: the spatial image as its saved 8-bit
+            PNG, quantised with ``uint8``).
     """
 
     name = "transfer"
@@ -129,8 +135,10 @@ class TransferGenerator(AttackModule):
     def __init__(self, metric: str = "lpips_alex", spatial: Optional[Sequence[str]] = None,
                  ks: Sequence[int] = (5, 10, 15, 20), pgd_steps: Sequence[int] = (10, 20), eps: float = 0.03,
                  alpha: float = 0.001, rmse_max: float = 8.0,
-                 spatial_params: Optional[Dict[str, Dict[str, Any]]] = None,
+                 spatial_params: Optional[Dict[str, Dict[str, Any]]] = None, pgd_start: str = "float",
                  **options: Any) -> None:
+        if pgd_start not in PGD_STARTS:
+            raise ValueError(f"transfer: pgd_start must be one of {', '.join(PGD_STARTS)}, got {pgd_start!r}")
         spatial = spatial_attack_names() if spatial is None else list(spatial)
         for s in spatial:
             try:
@@ -142,7 +150,7 @@ class TransferGenerator(AttackModule):
         super().__init__(metric, **{"keep_images": True, **options})  # its shards need the images
         self.save_hyperparameters()
         self.spatial, self.ks, self.pgd_steps = spatial, list(ks), list(pgd_steps)
-        self.eps, self.alpha, self.rmse_max = eps, alpha, rmse_max
+        self.eps, self.alpha, self.rmse_max, self.pgd_start = eps, alpha, rmse_max, pgd_start
         self.params = {s: dict((spatial_params or {}).get(s, {})) for s in spatial}
         self.variants = variant_names(self.spatial, self.ks, self.pgd_steps)
 
@@ -156,7 +164,8 @@ class TransferGenerator(AttackModule):
             for s in self.spatial:
                 a0, _, _, st = run_spatial(s, bound, prey, s_other, keys, self.params[s])
                 advs[s], status[s] = a0.detach(), st
-                for k, x in pgd_snapshots(bound, prey, s_other, self.ks, a0.detach(), self.eps, self.alpha).items():
+                start = quantize(a0.detach().clamp(-1, 1), self.uint8) if self.pgd_start == "saved" else a0.detach()
+                for k, x in pgd_snapshots(bound, prey, s_other, self.ks, start, self.eps, self.alpha).items():
                     advs[f"{s}_pgd{k}"], status[f"{s}_pgd{k}"] = x, st
         return advs, status
 

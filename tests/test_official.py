@@ -18,6 +18,7 @@ from scipy.optimize import differential_evolution
 from scipy.signal import convolve2d
 
 import bench
+from lit_attacks.configuration import ConfigError
 from lit_attacks import official as off
 from lit_attacks.attacks import create_attack
 from lit_attacks.attacks.objectives import quantize, to_uint8
@@ -118,6 +119,40 @@ def test_table3_official_rows_equal_a_plain_count():
                 flipped += r[f"{v}:s_adv"] > (d0 if rank else d1)
         assert (rows[v]["eligible"], rows[v]["flipped"]) == (accurate, flipped)
         assert rows[v]["counting"] == "official"
+
+
+def test_table3_official_list_can_be_another_variant_or_an_explicit_key_file(tmp_path):
+    """ICLR Table 3 counts over the FlowAdv list: the kept samples are those whose ``transfer_list`` variant passed,
+    or exactly the keys of a file (the official list when one has it), counted as the plain notebook loop."""
+    rng = np.random.default_rng(2)
+    variants = ["stadv", "flowadv"]
+    records = [{"key": f"val/cnn/{i:06d}", "judge": float(rng.integers(0, 2)), "prey": int(rng.integers(0, 2)),
+                "s_other": float(rng.random()), "s_prey": float(rng.random()), "stadv:pass": bool(rng.integers(0, 2)),
+                "flowadv:pass": bool(rng.integers(0, 2)), "stadv:s_adv": float(rng.random()),
+                "flowadv:s_adv": float(rng.random())} for i in range(80)]
+
+    def plain(kept, v):
+        accurate = flipped = 0
+        for r in kept:
+            d0, d1 = (r["s_other"], r["s_prey"]) if r["prey"] == 1 else (r["s_prey"], r["s_other"])
+            if int(d0 > d1) == r["judge"]:
+                accurate += 1
+                flipped += r[f"{v}:s_adv"] > max(d0, d1)
+        return accurate, flipped
+
+    by_flow = {r["attack"]: r for r in table3_rows("s", "t", records, variants, "official", list_variant="flowadv")}
+    keys = [r["key"] for r in records[::3]]
+    (tmp_path / "keys.txt").write_text("# the list\n" + "\n".join(
+        [keys[0], "cnn_" + keys[1].rsplit("/", 1)[1], f"val/cnn/judge/{keys[2].rsplit('/', 1)[1]}.npy"] + keys[3:]))
+    assert off.read_key_list(tmp_path / "keys.txt") == keys
+    by_file = {r["attack"]: r for r in table3_rows("s", "t", records, variants, "official",
+                                                    keys=off.read_key_list(tmp_path / "keys.txt"))}
+    for v in variants:
+        assert (by_flow[v]["eligible"], by_flow[v]["flipped"]) == plain([r for r in records if r["flowadv:pass"]], v)
+        assert (by_file[v]["eligible"], by_file[v]["flipped"]) == plain(records[::3], v)
+    (tmp_path / "bad.txt").write_text("val/cnn/000001\nnot a key\n")
+    with pytest.raises(ConfigError, match=r"transfer_keys .*bad.txt, line 2: 'not a key' is not a sample key"):
+        off.read_key_list(tmp_path / "bad.txt")
 
 
 # ------------------------------------------------------------------------------ uint8 truncation

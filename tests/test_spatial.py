@@ -177,6 +177,29 @@ def test_flowadv_paper_counting_counts_only_what_algorithm_2_accepts(batch, pert
     assert torch.equal(a.flipped, b.flipped) and b.flipped.any()
 
 
+def test_spatial_pgd_can_start_from_the_saved_spatial_image_as_the_official_script(batch):
+    """create_transferable_stAdvPGD_samples.py reads the saved stAdv PNG back and runs PGD(k) from it: with
+    pgd_start "saved", stadv + PGD(k) equals k fixed PGD steps from the 8-bit stAdv image (uint8 as configured)."""
+    from lit_attacks.attacks.combined import pgd_snapshots
+    from lit_attacks.attacks.objectives import quantize, split_prey
+    from lit_attacks.tasks import create_task
+
+    m = create_metric("l2")
+    with torch.no_grad():
+        prey, _, _, so = split_prey(batch["p0"], batch["p1"], m(batch["ref"], batch["p0"]), m(batch["ref"], batch["p1"]))
+    bound = m.bind(batch["ref"])
+    kw = dict(metric="l2", spatial=["stadv"], ks=[3], pgd_steps=[], spatial_params={"stadv": {"iterations": 5}},
+              uint8="trunc")
+    saved, _ = create_task("transfer_generate", pgd_start="saved", **kw)._adversarial(bound, prey, so, batch["key"])
+    floats, _ = create_task("transfer_generate", **kw)._adversarial(bound, prey, so, batch["key"])
+    assert torch.equal(saved["stadv"], floats["stadv"])
+    with torch.enable_grad():
+        want = pgd_snapshots(bound, prey, so, [3], quantize(saved["stadv"].clamp(-1, 1), "trunc"))[3]
+    assert torch.equal(saved["stadv_pgd3"], want) and not torch.equal(saved["stadv_pgd3"], floats["stadv_pgd3"])
+    with pytest.raises(ValueError, match="transfer: pgd_start must be one of float, saved"):
+        create_task("transfer_generate", pgd_start="png", **kw)
+
+
 def test_flowadv_nonfinite_loss_marks_sample_failed_and_run_goes_on(batch):
     from lit_attacks.metrics import Distance
 

@@ -9,7 +9,7 @@ verdicts (``transfer/source-<source>.csv``); then one cell per target scores the
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -20,9 +20,10 @@ from lit_attacks.datamodules.adversarial import AdvShardDataModule
 from lit_attacks.metrics import METRICS
 from lit_attacks.report import atomic_write, fingerprint, write_csv
 from lit_attacks.tables import plots
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, slug
+from lit_attacks import official as off
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
 from lit_attacks.tasks import create_task
-from lit_attacks.transfer import official_transfer_counts, variant_names
+from lit_attacks.transfer import PGD_STARTS, official_transfer_counts, variant_names
 
 COLUMNS = ["source", "target", "attack", "counting", "eligible", "flipped", "flip_rate"]
 COUNTINGS = ("strict", "official")
@@ -30,12 +31,21 @@ LIST_VARIANT = "stadv"  # the official sample list: the samples whose stAdv atta
 
 
 def table3_rows(source: str, target: str, records: Sequence[Dict[str, Any]], variants: Sequence[str],
-                counting: str = "strict") -> List[Dict]:
+                counting: str = "strict", list_variant: str = LIST_VARIANT,
+                keys: Optional[Sequence[str]] = None) -> List[Dict]:
     """One row per variant with its eligible samples and how many of them the adversarial image flips on the
-    target, counted ``strict``-ly or as the ``official`` notebook does (see :mod:`lit_attacks.transfer`)."""
+    target, counted ``strict``-ly or as the ``official`` notebook does (see :mod:`lit_attacks.transfer`).
+
+    The official counting runs over a fixed sample list: the samples whose ``list_variant`` passed on the source
+    (flipped it as an 8-bit image within ``rmse_max``; the notebook's list is stAdv's), or, given, the samples of
+    ``keys`` (an explicit list, such as the ICLR FlowAdv list kept by an RMSE filter and a visual check). ``keys``
+    restricts the strict counting to its samples too."""
     rows = []
+    if keys is not None:
+        wanted = set(keys)
+        records = [r for r in records if r["key"] in wanted]
     if counting == "official":
-        kept = [r for r in records if r.get(f"{LIST_VARIANT}:pass")]
+        kept = records if keys is not None else [r for r in records if r.get(f"{list_variant}:pass")]
         d0 = [r["s_other"] if r["prey"] == 1 else r["s_prey"] for r in kept]  # the target's distances to p0, p1
         d1 = [r["s_prey"] if r["prey"] == 1 else r["s_other"] for r in kept]
         counts = official_transfer_counts(d0, d1, [r["judge"] for r in kept],
@@ -77,6 +87,13 @@ class Table3(Table):
                optional=True, minimum=1),
         Option("transfer_counting", "strict", help="Table 3 counting: strict (ours) or official (the official "
                                                    "notebook)", choices=COUNTINGS),
+        Option("transfer_list", LIST_VARIANT, help="official counting: the variant whose passing samples form the "
+                                                   "fixed list (stadv: the notebook's; flowadv: ICLR Table 3's)"),
+        Option("transfer_keys", None, help="official counting: a file of sample keys forming the fixed list instead "
+                                           "(e.g. the official ICLR FlowAdv list)", optional=True),
+        Option("transfer_pgd_start", "float", help="spatial + PGD(k) starts from the spatial image as computed "
+                                                   "(float, ours) or as its saved 8-bit PNG (saved, the official "
+                                                   "script)", choices=PGD_STARTS),
     )
     config = defaults(options)
     list_keys = ("source",)
@@ -93,6 +110,11 @@ class Table3(Table):
                 raise ConfigError("--source: " + str(e.args[0])) from None
         if cfg["rmse_max"] <= 0:
             raise ConfigError(f"rmse_max must be > 0, got {cfg['rmse_max']}")
+        if cfg["transfer_list"] not in variant_names():
+            raise ConfigError(f"transfer_list must be one of the variants ({', '.join(variant_names())}), got "
+                              f"{cfg['transfer_list']!r}")
+        if cfg["transfer_keys"] is not None:
+            off.read_key_list(cfg["transfer_keys"], cfg["split"])  # one-line error if unreadable
 
     @classmethod
     def plan(cls, cfg: Dict[str, Any]) -> Plan:
@@ -106,7 +128,7 @@ class Table3(Table):
         width = cfg["flowadv_width"] or (256 if on_gpu else 32)
         if width != 256:
             run.say(f"FlowAdv CNN width {width} (the paper uses 256; --flowadv-width 256 for the full model)")
-        spec = {"width": width, "rmse_max": cfg["rmse_max"]}
+        spec = {"width": width, "rmse_max": cfg["rmse_max"], "pgd_start": cfg["transfer_pgd_start"]}
         for src in cfg["source"]:
             gen = Cell(f"transfer-gen-{slug(src)}", f"transfer: adversarial variants on {src}", spec,
                        partial(self.generate, run, src, width), info={"source": src})
@@ -115,7 +137,9 @@ class Table3(Table):
             gen_fp = fingerprint(run.rows(gen.id, self.source_csv(src)))
             for target in cfg["metrics"]:
                 yield Cell(f"transfer-{slug(src)}-to-{slug(target)}", f"transfer: {src} -> {target}",
-                           {**spec, "gen": gen_fp, "counting": cfg["transfer_counting"]},
+                           {**spec, "gen": gen_fp, "counting": cfg["transfer_counting"], "list": cfg["transfer_list"],
+                            "keys": metric_file_fingerprint(f"keys:{cfg['transfer_keys']}") if cfg["transfer_keys"]
+                            else None},
                            partial(self.score, run, src, target, gen_payload["variants"]),
                            info={"source": src, "target": target})
 
@@ -130,7 +154,7 @@ class Table3(Table):
     def generate(self, run: Run, src: str, width: int, ctx: CellContext) -> Dict[str, Any]:
         gen = create_task("transfer_generate", metric=src, rmse_max=run.cfg["rmse_max"],
                           spatial_params={"flowadv": {"width": width}}, batch_invariant=run.cfg["batch_invariant"],
-                          uint8=run.cfg["uint8"], **run.metric_options())
+                          uint8=run.cfg["uint8"], pgd_start=run.cfg["transfer_pgd_start"], **run.metric_options())
         shard_dir = self.shards(run, src)
         run.clear(f"transfer/adv-{slug(src)}")  # shards of an earlier attempt
         rows = SampleRows()
@@ -145,7 +169,10 @@ class Table3(Table):
         rows = SampleRows()
         run.predict(scorer, [rows], AdvShardDataModule(str(self.shards(run, src)), run.cfg["batch_size"]))
         ctx.save_rows(f"transfer/{slug(src)}-to-{slug(target)}.csv", rows.rows, rows.columns)
-        return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants, run.cfg["transfer_counting"])}
+        cfg = run.cfg
+        keys = off.read_key_list(cfg["transfer_keys"], cfg["split"]) if cfg["transfer_keys"] else None
+        return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants, cfg["transfer_counting"],
+                                    cfg["transfer_list"], keys)}
 
     def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         return [r for cell, payload in self.done.values() if "target" in cell.info for r in payload["rows"]]
