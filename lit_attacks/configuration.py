@@ -104,14 +104,13 @@ class Option:
     """One config key.
 
     Attributes:
-        key: the YAML key (``batch_size``); its flag is ``--batch-size`` unless ``flag`` says otherwise.
+        key: the YAML key (``batch_size``); its flag is ``--batch-size``.
         default: the built-in default.
         kind: "str", "int", "number" (finite), "bool" or "names" (a list of names, or a comma-separated string).
         help: the flag's help (None: the flag has no help line).
         optional: None is a valid value.
         minimum, maximum: bounds of a number.
         choices: the allowed values of a string.
-        flag: the flag (default ``--`` + the key with dashes); "" for a key that has no flag.
         switch: the flag takes no value and sets True (``--save-adv``); else a bool flag takes true or false.
     """
 
@@ -123,21 +122,14 @@ class Option:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     choices: Optional[Tuple[str, ...]] = None
-    flag: Optional[str] = None
     switch: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"option {self.key}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
-    @property
-    def flag_name(self) -> str:
-        return "--" + self.key.replace("_", "-") if self.flag is None else self.flag
-
     def add_to(self, parser) -> None:
         """Add the typed flag to an (argparse or jsonargparse) parser whose ``argument_default`` is SUPPRESS."""
-        if not self.flag_name:
-            return
         kw: Dict[str, Any] = {"dest": self.key, "help": self.help}
         if self.switch:
             kw["action"] = "store_true"
@@ -147,12 +139,11 @@ class Option:
             kw["type"] = int if self.kind == "int" else float
         elif self.choices is not None:
             kw["choices"] = list(self.choices)
-        parser.add_argument(self.flag_name, **kw)
+        parser.add_argument("--" + self.key.replace("_", "-"), **kw)
 
-    def check(self, cfg: Dict[str, Any], where: str = "") -> None:
-        """Bring the value to its canonical form (a names string -> a list) and check it (one-line ConfigError)."""
-        if self.kind == "names":
-            cfg[self.key] = as_name_list(self.key, cfg[self.key], where or "config")
+    def check(self, cfg: Dict[str, Any]) -> None:
+        """Check the value of the key (one-line ConfigError); a names value is a list by now (the config's merge
+        turns a comma-separated string into one)."""
         check_value(self.key, cfg[self.key], self.kind, self.minimum, self.optional, choices=self.choices,
                     maximum=self.maximum)
 
@@ -161,6 +152,6 @@ def defaults(options: Sequence[Option]) -> Dict[str, Any]:
     return {o.key: o.default for o in options}
 
 
-def check_all(options: Sequence[Option], cfg: Dict[str, Any], where: str = "") -> None:
+def check_all(options: Sequence[Option], cfg: Dict[str, Any]) -> None:
     for o in options:
-        o.check(cfg, where)
+        o.check(cfg)

@@ -270,8 +270,7 @@ def check_arguments(attack: str, fn, args: tuple, kwargs: Dict[str, Any]) -> Non
         elif name in hints and not _matches(value, hints[name]):
             raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {value!r}")
     if passed_on:
-        options = {k: p for k, p in inspect.signature(AttackModule.__init__).parameters.items()
-                   if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        options = attack_options()
         for name in passed_on:
             if name not in options:
                 raise TypeError(f"{attack}: got an unexpected keyword argument {name!r}")
@@ -289,9 +288,9 @@ def attack_options() -> List[str]:
 
 def attack_parameters(cls: type) -> List[str]:
     """The parameters an attack class declares itself (its ``__init__`` without ``metric`` and the options)."""
+    skip = {"metric", *attack_options()}
     return [k for k, p in inspect.signature(cls).parameters.items()
-            if k != "metric" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-            and k not in attack_options()]
+            if k not in skip and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
 
 
 def _matches(value: Any, hint: Any) -> bool:

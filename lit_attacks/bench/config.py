@@ -14,8 +14,8 @@ from typing import Any, Dict, List
 import yaml
 
 from lit_attacks.bench.options import DATA_OPTIONS, RUN_OPTIONS
-from lit_attacks.configuration import check_all, defaults
-from lit_attacks.configuration import ConfigError, as_name_list, check_keys, load_yaml_text, yaml_problem
+from lit_attacks.configuration import (ConfigError, as_name_list, check_all, check_keys, defaults, load_yaml_text,
+                                       yaml_problem)
 from lit_attacks.metrics import METRICS
 from lit_attacks.safe_files import component, read_text
 from lit_attacks.tables import tables
@@ -39,7 +39,9 @@ DEFAULT_CONFIG = CONFIG_DIR / "quick.yaml"
 # The data keys, then each table's keys (in table order), then the run keys.
 DEFAULTS: Dict[str, Any] = {**defaults(DATA_OPTIONS), **{k: v for t in tables() for k, v in t.config.items()},
                              **defaults(RUN_OPTIONS)}
-LIST_KEYS = ("metrics", "categories") + tuple(k for t in tables() for k in t.list_keys)
+# Lists of names (a comma-separated string is accepted): the declared "names" keys and the tables' other list keys.
+LIST_KEYS = tuple(o.key for o in DATA_OPTIONS + RUN_OPTIONS + tuple(o for t in tables() for o in t.options)
+                  if o.kind == "names") + tuple(k for t in tables() for k in t.list_keys)
 
 __all__ = ["CONFIG_DIR", "ConfigError", "DEFAULTS", "DEFAULT_CONFIG", "load_yaml", "merge", "validate"]
 

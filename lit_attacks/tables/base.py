@@ -150,7 +150,8 @@ class Table:
             come from the declaration.
         config: the config keys this table owns, with their defaults (the options' included: set it to
             ``defaults(options)`` plus the structured keys it checks itself).
-        list_keys: which of them are lists of names (a comma-separated string is accepted).
+        list_keys: which of its structured keys are lists of names (a comma-separated string is accepted; for its
+            options, the kind "names" says so).
         files: the run-level files :meth:`write` may write, relative to the results folder (recorded in the
             folder's manifest; removed when a later run does not write them).
         example: a config (over the built-in defaults) that turns the table on for a few cells on the built-in set;

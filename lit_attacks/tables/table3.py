@@ -21,7 +21,7 @@ from lit_attacks.metrics import METRICS
 from lit_attacks.report import atomic_write, fingerprint, write_csv
 from lit_attacks.tables import plots
 from lit_attacks import official as off
-from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
+from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, slug
 from lit_attacks.tasks import create_task
 from lit_attacks.transfer import PGD_STARTS, official_transfer_counts, variant_names
 
@@ -96,7 +96,6 @@ class Table3(Table):
                                                    "script)", choices=PGD_STARTS),
     )
     config = defaults(options)
-    list_keys = ("source",)
     files = ("table3.csv", "table3.md")
     example = {"metrics": ["l2"], "attacks": {}, "transfer": True, "source": ["l2"], "flowadv_width": 4}
 
@@ -129,6 +128,7 @@ class Table3(Table):
         if width != 256:
             run.say(f"FlowAdv CNN width {width} (the paper uses 256; --flowadv-width 256 for the full model)")
         spec = {"width": width, "rmse_max": cfg["rmse_max"], "pgd_start": cfg["transfer_pgd_start"]}
+        keys = off.read_key_list(cfg["transfer_keys"], cfg["split"]) if cfg["transfer_keys"] else None  # read once
         for src in cfg["source"]:
             gen = Cell(f"transfer-gen-{slug(src)}", f"transfer: adversarial variants on {src}", spec,
                        partial(self.generate, run, src, width), info={"source": src})
@@ -138,9 +138,8 @@ class Table3(Table):
             for target in cfg["metrics"]:
                 yield Cell(f"transfer-{slug(src)}-to-{slug(target)}", f"transfer: {src} -> {target}",
                            {**spec, "gen": gen_fp, "counting": cfg["transfer_counting"], "list": cfg["transfer_list"],
-                            "keys": metric_file_fingerprint(f"keys:{cfg['transfer_keys']}") if cfg["transfer_keys"]
-                            else None},
-                           partial(self.score, run, src, target, gen_payload["variants"]),
+                            "keys": fingerprint(keys) if keys else None},
+                           partial(self.score, run, src, target, gen_payload["variants"], keys),
                            info={"source": src, "target": target})
 
     @staticmethod
@@ -164,15 +163,14 @@ class Table3(Table):
         ctx.track(f"transfer/adv-{slug(src)}")
         return {"variants": gen.variants}
 
-    def score(self, run: Run, src: str, target: str, variants: List[str], ctx: CellContext) -> Dict[str, Any]:
+    def score(self, run: Run, src: str, target: str, variants: List[str], keys: Optional[List[str]],
+              ctx: CellContext) -> Dict[str, Any]:
         scorer = create_task("transfer_score", metric=target, variants=variants, **run.metric_options())
         rows = SampleRows()
         run.predict(scorer, [rows], AdvShardDataModule(str(self.shards(run, src)), run.cfg["batch_size"]))
         ctx.save_rows(f"transfer/{slug(src)}-to-{slug(target)}.csv", rows.rows, rows.columns)
-        cfg = run.cfg
-        keys = off.read_key_list(cfg["transfer_keys"], cfg["split"]) if cfg["transfer_keys"] else None
-        return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants, cfg["transfer_counting"],
-                                    cfg["transfer_list"], keys)}
+        return {"rows": table3_rows(src, scorer.metric.label, rows.rows, variants, run.cfg["transfer_counting"],
+                                    run.cfg["transfer_list"], keys)}
 
     def aggregate(self, run: Run) -> List[Dict[str, Any]]:
         return [r for cell, payload in self.done.values() if "target" in cell.info for r in payload["rows"]]
