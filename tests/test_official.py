@@ -18,6 +18,7 @@ from scipy.optimize import differential_evolution
 from scipy.signal import convolve2d
 
 import bench
+from lit_attacks.bench.config import CONFIG_DIR, load_yaml
 from lit_attacks.configuration import ConfigError
 from lit_attacks import official as off
 from lit_attacks.attacks import create_attack
@@ -321,6 +322,50 @@ def test_official_counting_equals_the_official_script(batch, attack, kw):
         differs += final_rows[i]["flipped"] != flipped  # the final image counts under ours
     assert sum(r["flipped"] for r in final_rows) >= sum(r["flipped"] for r in out.rows())
     print(f"{attack}: final-image counting differs from the official on {differs} of {len(final_rows)} samples")
+
+
+def algorithm_1(m, ref, p0, p1, eps, alpha, steps):
+    """ICLR Algorithm 1 for one sample, restated: k = 1 .. steps, a signed-gradient step projected to the eps ball
+    and [-1, 1], then the rank checked; a flip after step k stops there. (final image, flipped, k)."""
+    s0, s1, rank = official_rank(m, ref, p0, p1)
+    prey, s_other = (p1, s0) if rank == 1 else (p0, s1)
+    x = prey.clone()
+    for k in range(1, steps + 1):
+        x.requires_grad_(True)
+        s = m(ref, x)
+        loss = ((s_other / (s_other + s) - 1.0) ** 2).sum()
+        grad, = torch.autograd.grad(loss, x)
+        x = torch.clamp(prey + torch.clamp(x.detach() + alpha * grad.sign() - prey, -eps, eps), -1, 1)
+        if m(ref, x) > s_other:
+            return x, True, k
+    return x, False, steps
+
+
+def test_iclr_preset_pgd_is_algorithm_1(batch):
+    """The iclr preset's PGD (eps 0.1, alpha 0.001, 40 steps) as ICLR Algorithm 1 (``while k <= 40``): every image
+    after a step is checked, the 40th too (which official counting never checks): per sample the same image, flip and
+    step count as the restatement; and a sample that flips exactly at the last step counts under the preset's rule
+    but not under ``counting: official``."""
+    kw = dict(load_yaml(CONFIG_DIR / "iclr.yaml")["attacks"]["pgd"])
+    assert (kw["eps"], kw["alpha"], kw["steps"]) == (0.1, 0.001, 40)
+    m = create_metric("lpips_alex", pretrained=False).double()
+
+    def run(**over):
+        a = create_attack("pgd", "lpips_alex", pretrained=False, batch_invariant=True, **{**kw, **over})
+        a.metric = m
+        return a.predict_step(batch)
+
+    out, n = run(), len(batch["ref"])
+    expected = [algorithm_1(m, batch["ref"][i:i + 1], batch["p0"][i:i + 1], batch["p1"][i:i + 1], kw["eps"],
+                            kw["alpha"], kw["steps"]) for i in range(n)]
+    for i, (r, (adv, flip, k)) in enumerate(zip(out.rows(), expected)):
+        torch.testing.assert_close(out.adv[i:i + 1], adv, atol=1e-5, rtol=0)
+        assert (r["flipped"], r["iterations"]) == (flip, k), i
+    last = max(k for _, flip, k in expected if flip)  # rerun with this many steps: that sample flips at the last one
+    i = next(i for i, (_, flip, k) in enumerate(expected) if flip and k == last)
+    rows = run(steps=last).rows()
+    assert (rows[i]["flipped"], rows[i]["iterations"]) == (True, last)
+    assert rows[i]["flipped_official"] is False
 
 
 def test_official_counting_needs_early_stop():
