@@ -25,8 +25,9 @@ Guarantee (Cohen et al., Theorem 1 and Proposition 2): for each sample, with pro
 whole l_2 ball of radius ``R`` (on [-1, 1] images; radius on [0, 1] images = R / 2). With ``n`` draws the largest
 certifiable radius is ``sigma * Phi^-1(alpha ** (1 / n))`` (all votes for c). A sample is *certified correct at
 radius r* when ``c`` is "the preferred image is closer" and ``R >= r``; abstentions count as wrong. Certified
-accuracy is over the unanimous samples. Draws come from per-sample generators (seed, key), so a sample's
-certificate does not depend on its batch or process.
+accuracy is over the unanimous samples. Draws come from per-sample counter-based streams (seed, key;
+:mod:`lit_attacks.attacks.streams`, drawn on the batch's device), so a sample's certificate does not depend on its
+batch, process or device.
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ import torch
 from scipy.stats import beta, norm
 from torch import Tensor
 
-from lit_attacks.attacks.objectives import sample_generator
 from lit_attacks.attacks.output import ScoreOutput, as_list
+from lit_attacks.attacks.streams import Streams
 from lit_attacks.metrics import create_metric, expected_distances
 from lit_attacks.registry import TASKS
 
@@ -64,16 +65,18 @@ def certified_accuracy(radius: Sequence[float], correct: Sequence[bool], r: floa
 
 @torch.no_grad()
 def vote(metric, ref: Tensor, preferred: Tensor, other: Tensor, target: str, sigma: float, draws: int,
-         generators: List[torch.Generator], chunk: int = 64, max_images: int = 256) -> Tensor:
+         streams: Streams, chunk: int = 64, max_images: int = 256, rows: Optional[Tensor] = None) -> Tensor:
     """(B,) number of ``draws`` Gaussian draws under which the base classifier says "preferred is closer".
 
-    Each sample's draws come from its own generator, ``chunk`` at a time; the samples are scored in groups small
-    enough that one metric call sees at most ``max_images`` image pairs (memory is bounded whatever the batch),
-    and since the draws are per sample the grouping does not change the votes."""
+    Each sample's draws come from its own stream (the rows ``rows`` of ``streams``, default all), ``chunk`` at a
+    time for every sample in one tensor call on the batch's device; the samples are scored in groups small enough
+    that one metric call sees at most ``max_images`` image pairs (memory is bounded whatever the batch), and since
+    the draws are per sample the grouping does not change the votes."""
+    rows = torch.arange(ref.shape[0], device=streams.device) if rows is None else rows
     group = max(1, max_images // (2 * min(chunk, draws)))  # both distances of k draws are scored in one call
     if ref.shape[0] > group:
         return torch.cat([vote(metric, ref[i:i + group], preferred[i:i + group], other[i:i + group], target, sigma,
-                               draws, generators[i:i + group], chunk, max_images)
+                               draws, streams, chunk, max_images, rows[i:i + group])
                           for i in range(0, ref.shape[0], group)])
     B = ref.shape[0]
     votes = torch.zeros(B, dtype=torch.long, device=ref.device)
@@ -82,8 +85,8 @@ def vote(metric, ref: Tensor, preferred: Tensor, other: Tensor, target: str, sig
     done = 0
     while done < draws:
         k = min(chunk, draws - done)
-        noise = torch.stack([torch.randn((k, parts) + tuple(ref.shape[1:]), generator=g)  # float32 draws in any mode
-                             for g in generators]).to(ref).flatten(0, 1)  # (B * k, parts, 3, H, W)
+        noise = streams.normal((k, parts) + tuple(ref.shape[1:]), rows, torch.float32)  # float32 in any mode
+        noise = noise.to(ref).flatten(0, 1)  # (B * k, parts, 3, H, W)
         rep = lambda t: t.unsqueeze(1).expand(-1, k, -1, -1, -1).reshape(B * k, *t.shape[1:])  # noqa: E731
         if target == "both":
             a = (rep(preferred) + sigma * noise[:, 0]).clamp(-1, 1)
@@ -159,8 +162,8 @@ class CertifyModule(pl.LightningModule):
         pref = (judge > 0.5).to(ref.device)
         m = pref.view(-1, 1, 1, 1)
         preferred, other = torch.where(m, p1, p0), torch.where(m, p0, p1)
-        g_sel = [sample_generator(h.seed, k, 0) for k in keys]
-        g_est = [sample_generator(h.seed, k, 1) for k in keys]
+        g_sel = Streams.for_samples(h.seed, keys, 0, ref.device)
+        g_est = Streams.for_samples(h.seed, keys, 1, ref.device)
         sel = vote(self.metric, ref, preferred, other, h.target, h.sigma, h.n0, g_sel, h.chunk, h.max_images)
         est = vote(self.metric, ref, preferred, other, h.target, h.sigma, h.n, g_est, h.chunk, h.max_images)
         choose_pref = sel * 2 > h.n0  # a tie in the selection picks "other": the conservative side

@@ -324,3 +324,35 @@ def fake_official(run: Path, folder: Path) -> None:
             for r in scores:
                 _, cat, stem = r["key"].split("/")
                 w.writerow([f"{cat}_{stem}", r["s0"], r["s1"]] + [float(r["s0"]) + 1] * len(off.NOTEBOOK_COLUMNS))
+
+
+class PyStream:
+    """lit_attacks.attacks.streams restated in plain Python integers (one sample's stream): lowbias32 with the 2022
+    constants over (counter, key) words, uniforms (w + 0.5) / 2^32, Box-Muller from one counter's word."""
+
+    def __init__(self, key: int) -> None:
+        self.key, self.used = key, 0
+
+    @staticmethod
+    def mix(h: int) -> int:
+        h ^= h >> 16
+        h = (h * 0x21F0AAAD) % 2 ** 32
+        h ^= h >> 15
+        h = (h * 0x735A2D97) % 2 ** 32
+        return h ^ (h >> 15)
+
+    def word(self, counter: int) -> int:
+        lo, hi = self.key % 2 ** 32, self.key >> 32
+        return self.mix(self.mix((counter % 2 ** 32) ^ lo) ^ (counter >> 32) ^ hi)
+
+    def uniforms(self, n: int) -> list:
+        out = [(self.word(self.used + i) + 0.5) / 2 ** 32 for i in range(n)]
+        self.used += n
+        return out
+
+    def normals(self, n: int) -> list:
+        import math
+        w = [self.word(self.used + i) for i in range(n)]
+        self.used += n
+        return [math.sqrt(-2 * math.log((a + 0.5) / 2 ** 32)) * math.cos(2 * math.pi * (self.mix(a ^ 0x9E3779B9) + 0.5)
+                                                                           / 2 ** 32) for a in w]

@@ -4,10 +4,13 @@ import torch
 from torch import nn
 
 from lit_attacks.attacks import create_attack
-from lit_attacks.attacks.de import STRATEGIES, differential_evolution, distinct_members, generators_for
+from lit_attacks.attacks.de import STRATEGIES, differential_evolution, distinct_members
+from lit_attacks.attacks.streams import Streams
 from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.metrics import create_metric
 from lit_attacks.metrics.local import FullScorer, LocalConvScorer, conv_chain
+
+from helpers import PyStream
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +136,19 @@ def test_distinct_members_are_distinct_uniform_and_avoid_the_candidate():
 
 
 def reference_de(energy_fn, hit_fn, g, lo, hi, P, generations, F, CR, strategy):
-    """One search, one candidate at a time, with the draws in the documented order."""
+    """One search, one candidate at a time, with the draws in the documented order from ``g`` (a plain-Python
+    restatement of the search's stream, :class:`helpers.PyStream`)."""
     D = len(lo)
     k = STRATEGIES[strategy]
     scale = lambda u: lo + u * (hi - lo)  # noqa: E731
-    pop = torch.rand((P, D), generator=g, dtype=torch.float64)
+    pop = torch.tensor(g.uniforms(P * D), dtype=torch.float64).view(P, D)
     energy = [energy_fn(scale(p)) for p in pop]
     queries = P
     for i in range(P):
         if hit_fn(scale(pop[i])):
             return True, scale(pop[i]), queries, 0
     for gen in range(1, generations + 1):
-        u = torch.rand(P * (k + 1 + 2 * D), generator=g, dtype=torch.float64)
+        u = torch.tensor(g.uniforms(P * (k + 1 + 2 * D)), dtype=torch.float64)
         um, uf = u[:P * k].view(P, k), u[P * k:P * (k + 1)]
         uc, ur = u[P * (k + 1):P * (k + 1 + D)].view(P, D), u[P * (k + 1 + D):].view(P, D)
         best = int(torch.tensor(energy).argmin())
@@ -192,11 +196,11 @@ def test_batched_de_equals_a_one_candidate_at_a_time_reference(strategy):
         return d, d < thresholds[rows].unsqueeze(1) ** 2
 
     seeds = [11, 12, 13, 14]
-    res = differential_evolution(score, generators_for(seeds), lo, hi, P, G, F, CR, strategy)
+    res = differential_evolution(score, Streams(torch.tensor(seeds)), lo, hi, P, G, F, CR, strategy)
     for i, s in enumerate(seeds):
         e_fn = lambda p: float(((p - centres[i]) ** 2).sum())  # noqa: E731
         h_fn = lambda p: e_fn(p) < float(thresholds[i]) ** 2  # noqa: E731
-        found, x, q, gen = reference_de(e_fn, h_fn, torch.Generator().manual_seed(s), lo, hi, P, G, F, CR, strategy)
+        found, x, q, gen = reference_de(e_fn, h_fn, PyStream(s), lo, hi, P, G, F, CR, strategy)
         assert (bool(res.found[i]), int(res.queries[i]), int(res.generations[i])) == (found, q, gen), (strategy, i)
         if found:
             assert torch.allclose(res.x[i], x, rtol=0, atol=1e-15)
@@ -265,8 +269,43 @@ def test_the_torch_backend_records_its_flip_as_the_saved_image_scores(batch):
 def test_one_pixel_arguments_are_checked():
     with pytest.raises(ValueError, match="backend must be one of torch, scipy"):
         create_attack("onepixel", "l2", backend="numpy")
-    with pytest.raises(ValueError, match="chunk must be >= 1"):
-        create_attack("onepixel", "l2", chunk=0)
+    with pytest.raises(ValueError, match=r"chunk must be >= 1 \(or 0: measured\)"):
+        create_attack("onepixel", "l2", chunk=-1)
     with pytest.raises(ValueError, match="needs a population of at least 6"):
-        differential_evolution(lambda r, x: None, generators_for([0]), torch.zeros(2), torch.ones(2), 5, 1,
+        differential_evolution(lambda r, x: None, Streams(torch.tensor([0])), torch.zeros(2), torch.ones(2), 5, 1,
                                strategy="rand2bin")
+
+
+def test_measured_chunk_picks_the_fastest_size_caches_it_and_stops_at_out_of_memory():
+    import time
+
+    from lit_attacks.attacks import chunks
+
+    calls = []
+
+    def run(n):  # a fixed cost per call, then a per-item cost that triples past 256 items: fastest at 256
+        calls.append(n)
+        time.sleep(0.004 + n * (2e-5 if n <= 256 else 6e-5))
+    assert chunks.measured_chunk(("test", 1), run, torch.device("cpu")) == 256
+    assert max(calls) == 512 and chunks.measured_chunk(("test", 1), run, torch.device("cpu")) == 256  # cached
+    n_calls = len(calls)
+    assert chunks.measured_chunk(("test", 1), run, torch.device("cpu")) == 256 and len(calls) == n_calls
+
+    def oom(n):
+        if n > 64:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        time.sleep(0.001)
+    assert chunks.measured_chunk(("test", 2), oom, torch.device("cpu")) == 64
+    with pytest.raises(RuntimeError, match="boom"):
+        chunks.measured_chunk(("test", 3), lambda n: (_ for _ in ()).throw(RuntimeError("boom")), torch.device("cpu"))
+
+
+def test_one_pixel_measures_its_chunk_once_per_metric_and_size(batch, monkeypatch):
+    from lit_attacks.attacks import chunks
+
+    monkeypatch.setattr(chunks, "CACHE", {})
+    a = create_attack("onepixel", "lpips_alex", pretrained=False, population=20, generations=1, batch_invariant=True)
+    a.predict_step(batch)
+    assert len(chunks.CACHE) == 1 and list(chunks.CACHE.values())[0] in chunks.SIZES
+    a.predict_step(batch)
+    assert len(chunks.CACHE) == 1

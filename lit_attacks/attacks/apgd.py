@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
-from lit_attacks.attacks.objectives import LOSSES, attack_loss, sample_generator
+from lit_attacks.attacks.objectives import LOSSES, attack_loss
 from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.attacks.streams import Streams
 from lit_attacks.attacks.threat import NORMS, Threat, eps_column, l2_column, normalize, per_sample, project, random_start
 
 
@@ -161,7 +162,8 @@ def apgd(threat: Threat, keys: Sequence[str], eps: Union[float, Tensor], norm: s
             break
         t = threat.select(todo)
         if random_init or r > 0:
-            x0 = random_start(t.centre, eps[todo], norm, t.parts, [sample_generator(seed, keys[int(i)], r) for i in todo])
+            streams = Streams.for_samples(seed, [keys[i] for i in todo.tolist()], r, dev)
+            x0 = random_start(t.centre, eps[todo], norm, t.parts, streams)
         else:
             x0 = t.centre
         sub_nf = None if nonfinite is None else torch.zeros(len(todo), dtype=torch.bool, device=dev)

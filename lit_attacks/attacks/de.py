@@ -2,9 +2,9 @@
 
 The population of S searches is one tensor (S, P, D) in the unit cube; each generation, mutation,
 crossover and bound repair run as tensor ops, and the caller scores all S x P trial vectors in one
-call. Every search draws its random numbers from its own generator, in a fixed order that depends
-only on its own state, so a search gives the same result whatever batch it runs in (up to the
-scores the caller returns). Searches stop independently (first hit, convergence, generation limit)
+call. Every search draws its random numbers from its own counter-based stream (one tensor call for all
+searches, :mod:`lit_attacks.attacks.streams`), in a fixed order that depends only on its own state, so a
+search gives the same result whatever batch it runs in (up to the scores the caller returns). Searches stop independently (first hit, convergence, generation limit)
 and finished ones are compacted out of the population.
 
 The algorithm is scipy's ``differential_evolution`` with ``init="random"``, ``updating="deferred"``,
@@ -16,10 +16,12 @@ with numpy, one candidate at a time).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
+
+from lit_attacks.attacks.streams import Streams
 
 # strategy -> (random members drawn per candidate, uses the best member, uses the current member)
 STRATEGIES = {
@@ -85,7 +87,7 @@ def mutate(pop: Tensor, best: Tensor, members: Tensor, strategy: str, scale: flo
     raise ValueError(f"unknown DE strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
 
 
-def differential_evolution(score: Scorer, generators: Sequence[torch.Generator], lower: Tensor, upper: Tensor,
+def differential_evolution(score: Scorer, streams: Streams, lower: Tensor, upper: Tensor,
                            population: int, generations: int, mutation: float = 0.5, recombination: float = 1.0,
                            strategy: str = "best1bin", device: torch.device | str = "cpu",
                            dtype: torch.dtype = torch.float64) -> DEResult:
@@ -94,7 +96,8 @@ def differential_evolution(score: Scorer, generators: Sequence[torch.Generator],
     Args:
         score: scores trial vectors (see :data:`Scorer`); a hit ends that search (the first hit in
             population order is its result).
-        generators: one CPU generator per search; its draws decide that search alone.
+        streams: one random stream per search (:class:`~lit_attacks.attacks.streams.Streams`, on ``device``);
+            its draws decide that search alone.
         population: members per search (P >= number of random members the strategy needs + 1).
         generations: trial generations after the initial population (scipy's ``maxiter``).
     """
@@ -103,13 +106,12 @@ def differential_evolution(score: Scorer, generators: Sequence[torch.Generator],
     k = STRATEGIES[strategy]
     if population < k + 1:
         raise ValueError(f"DE strategy {strategy} needs a population of at least {k + 1}, got {population}")
-    S, D, P = len(generators), lower.numel(), population
+    S, D, P = len(streams), lower.numel(), population
     lower, upper = lower.to(device, dtype), upper.to(device, dtype)
     to_params = lambda u: lower + u * (upper - lower)  # noqa: E731
 
     def draws(rows: Tensor, shape: Tuple[int, ...]) -> Tensor:
-        return torch.stack([torch.rand(shape, generator=generators[int(i)], dtype=torch.float64)
-                            for i in rows.tolist()]).to(device, dtype)
+        return streams.uniform(shape, rows).to(device, dtype)
 
     if S == 0:
         empty = torch.zeros(0, dtype=torch.long)
@@ -161,8 +163,3 @@ def differential_evolution(score: Scorer, generators: Sequence[torch.Generator],
         out = (trial < 0) | (trial > 1)
         trial = torch.where(out, u_repair, trial)
     return DEResult(found.cpu(), best_x.cpu(), best_e.cpu(), queries.cpu(), gens.cpu())
-
-
-def generators_for(seeds: List[int]) -> List[torch.Generator]:
-    """One CPU generator per search."""
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from lit_attacks.attacks.base import AttackResult, SpatialAttack
 from lit_attacks.attacks.flow import backward_warp, charbonnier, flow_charbonnier
-from lit_attacks.attacks.objectives import sample_generator
 from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.attacks.streams import Streams
 from lit_attacks.metrics import BoundDistance
 
 
@@ -38,16 +38,16 @@ def flops_per_sample(h: int, w: int, width: int = 256, depth: int = 5, head: int
 
 
 def init_params(shapes, keys: Sequence[str], seed: int, restart: int, device, dtype, out_scale: float) -> List[Tensor]:
-    """Stacked (B, ...) weights and biases; each sample's from its own generator (Kaiming-uniform like nn.Conv2d)."""
-    params: List[List[Tensor]] = [[] for _ in range(2 * len(shapes))]
-    for key in keys:
-        g = sample_generator(seed, key, restart)
-        for li, (cin, cout, k) in enumerate(shapes):
-            bound = 1 / math.sqrt(cin * k * k)
-            scale = out_scale if li == len(shapes) - 1 else 1.0
-            params[2 * li].append((torch.rand(cout, cin, k, k, generator=g) * 2 - 1) * bound * scale)
-            params[2 * li + 1].append((torch.rand(cout, generator=g) * 2 - 1) * bound * scale)
-    return [torch.stack(p).to(device=device, dtype=dtype) for p in params]
+    """Stacked (B, ...) weights and biases; each sample's from its own stream (Kaiming-uniform like nn.Conv2d),
+    drawn for the whole batch at once on ``device``."""
+    streams = Streams.for_samples(seed, keys, restart, device)
+    params: List[Tensor] = []
+    for li, (cin, cout, k) in enumerate(shapes):
+        bound = 1 / math.sqrt(cin * k * k)
+        scale = out_scale if li == len(shapes) - 1 else 1.0
+        for shape in ((cout, cin, k, k), (cout,)):
+            params.append(((streams.uniform(shape) * 2 - 1) * (bound * scale)).to(dtype))
+    return params
 
 
 def flow_cnn(params: Sequence[Tensor], x: Tensor) -> Tensor:

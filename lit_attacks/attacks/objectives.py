@@ -1,7 +1,6 @@
 """Pure tensor functions shared by the attacks: prey choice, losses, flips, perturbation statistics."""
 from __future__ import annotations
 
-import hashlib
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -59,12 +58,6 @@ def attack_loss(kind: str, s_adv: Tensor, s_other: Tensor) -> Tensor:
     if kind == "ce":
         return F.softplus(s_adv - s_other)
     raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
-
-
-def sample_generator(seed: int, key: str, restart: int = 0) -> torch.Generator:
-    """A CPU generator for one sample and restart: a sample gets the same random draws whatever its batch."""
-    h = hashlib.sha256(f"{seed}:{key}:{restart}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little"))
 
 
 def project_linf(x: Tensor, centre: Tensor, eps: float) -> Tensor:

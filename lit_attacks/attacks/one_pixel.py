@@ -10,7 +10,9 @@ from scipy.optimize import differential_evolution
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
-from lit_attacks.attacks.de import STRATEGIES, differential_evolution as batched_de, generators_for
+from lit_attacks.attacks.chunks import measured_chunk
+from lit_attacks.attacks.de import STRATEGIES, differential_evolution as batched_de
+from lit_attacks.attacks.streams import Streams
 from lit_attacks.attacks.objectives import one_pixel_fitness
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
@@ -57,16 +59,17 @@ def colour_bounds(encoding: str):
 def one_pixel_batched(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], metric,
                       population: int = 400, generations: int = 100, mutation: float = 0.5,
                       recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
-                      strategy: str = "best1bin", local: bool = True, chunk: int = 128):
+                      strategy: str = "best1bin", local: bool = True, chunk: int = 0):
     """Differential evolution over (x, y, r, g, b) for all samples at once (:mod:`lit_attacks.attacks.de`).
 
     Each generation scores the candidates of every unfinished sample in one scorer call (chunked); the
     scorer is the metric's :meth:`~lit_attacks.metrics.Distance.pixel_scorer` (local evaluation where the
-    metric supports it). Every sample's search uses its own generator, seeded from ``seed`` and its key.
+    metric supports it). Every sample's search uses its own random stream, keyed by ``seed`` and its key.
     Returns (DEResult with decoded colours, whether the scorer was local).
     """
     H, W = prey.shape[-2:]
     P = max(5, (population // 5) * 5)  # scipy's popsize x 5 parameters, as the scipy backend
+    chunk = chunk or pixel_chunk(metric, bound, prey, local)
     scorer = metric.pixel_scorer(bound, prey, local=local, chunk=chunk)
     s_oth = s_other.double()
     lo_c, hi_c = colour_bounds(encoding)
@@ -85,10 +88,25 @@ def one_pixel_batched(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys:
         so = s_oth[rows].unsqueeze(1).expand_as(s).to(params.device)
         return one_pixel_fitness(s, so), s > so
 
-    res = batched_de(score, generators_for([sample_seed(seed, k) for k in keys]), lower, upper, P, generations,
-                     mutation, recombination, strategy)
+    res = batched_de(score, Streams.for_samples(seed, keys, device=prey.device), lower, upper, P, generations,
+                     mutation, recombination, strategy, device=prey.device)
     res.x[:, 2:] = decode_colour(res.x[:, 2:], encoding)
     return res, bool(scorer.local)
+
+
+def pixel_chunk(metric, bound: BoundDistance, prey: Tensor, local: bool) -> int:
+    """The scorer's fastest chunk, measured once per metric, device, dtype, image size and scoring kind
+    (:func:`lit_attacks.attacks.chunks.measured_chunk`)."""
+    S, _, H, W = prey.shape
+    key = ("onepixel", type(metric).__name__, getattr(metric, "label", ""), str(prey.device), prey.dtype, H, W, local)
+
+    def run(n: int) -> None:
+        scorer = metric.pixel_scorer(bound, prey, local=local, chunk=n)
+        N = n * (4 if scorer.local else 1)  # the local scorer's own chunk is 4x
+        i = torch.arange(N, device=prey.device)
+        with torch.no_grad():
+            scorer(i % S, i % H, (i * 7) % W, torch.zeros(N, 3, dtype=prey.dtype, device=prey.device))
+    return measured_chunk(key, run, prey.device)
 
 
 def one_pixel_search(bound: BoundDistance, prey: Tensor, s_other: float, population: int = 400,
@@ -154,7 +172,8 @@ class OnePixel(AttackModule):
             random streams, so their flip rates agree within noise, not sample by sample.
         local: with the torch backend, score candidates by local evaluation where the metric supports it
             (LPIPS on AlexNet and VGG16: exact to float round-off); False scores whole images.
-        chunk: images per metric call when scoring whole images (local evaluation uses 4x as many).
+        chunk: images per metric call when scoring whole images (local evaluation uses 4x as many); 0 (the
+            default): the fastest, measured once per metric, device and image size (:mod:`lit_attacks.attacks.chunks`).
     """
 
     name = "onepixel"
@@ -162,7 +181,7 @@ class OnePixel(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
                  mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, encoding: str = "valid",
-                 strategy: str = "best1bin", backend: str = "torch", local: bool = True, chunk: int = 128,
+                 strategy: str = "best1bin", backend: str = "torch", local: bool = True, chunk: int = 0,
                  **options: Any) -> None:
         if population < 5:
             raise ValueError(f"onepixel: population must be >= 5, got {population}")
@@ -175,8 +194,8 @@ class OnePixel(AttackModule):
                              f"got {strategy!r}")
         if backend not in BACKENDS:
             raise ValueError(f"onepixel: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if chunk < 1:
-            raise ValueError(f"onepixel: chunk must be >= 1, got {chunk}")
+        if chunk < 0:
+            raise ValueError(f"onepixel: chunk must be >= 1 (or 0: measured), got {chunk}")
         super().__init__(metric, **options)
         self.save_hyperparameters()
         self.population, self.generations, self.seed = population, generations, seed

@@ -5,9 +5,10 @@ vertical stripes of +-eps and proposes, at each query, a square window of side `
 channel (then projected); l_2 starts from a grid of ``eta`` patterns and moves the perturbation mass of one
 window into another. ``p`` follows AutoAttack's schedule (``p_init`` halved at 10, 50, 200, 500, 1000, 2000,
 4000, 6000, 8000 of 10,000, rescaled to the query budget). A proposal is kept when it raises the loss or
-flips the rank. Differences: every sample draws its windows and signs from its own generator (AutoAttack
-shares one window position across the batch), so a sample's search does not depend on its batch; the
-search stops per sample at its first flip.
+flips the rank. Differences: every sample draws its windows and signs from its own counter-based stream
+(:mod:`lit_attacks.attacks.streams`: one tensor call per query for the whole batch; AutoAttack shares one window
+position across the batch), so a sample's search does not depend on its batch; the search stops per sample at
+its first flip.
 
 No gradient is ever taken: the metric is only called under ``torch.no_grad()``.
 """
@@ -15,15 +16,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from lit_attacks.attacks.apgd import check_lp
 from lit_attacks.attacks.base import AttackModule, AttackResult
-from lit_attacks.attacks.objectives import attack_loss, sample_generator
+from lit_attacks.attacks.objectives import attack_loss
 from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.attacks.streams import Streams
 from lit_attacks.attacks.threat import Threat, eps_column, l2_column, lp_norm, normalize, project
 
 
@@ -50,8 +52,9 @@ def _eta(s: int) -> Tensor:
     return d / d.pow(2).sum().sqrt()
 
 
-def _signs(g: torch.Generator, n: int) -> Tensor:
-    return torch.where(torch.rand(n, generator=g, dtype=torch.float64) > 0.5, 1.0, -1.0)
+def _signs(u: Tensor) -> Tensor:
+    """+-1 from uniforms (each sign with probability 1/2)."""
+    return torch.where(u > 0.5, 1.0, -1.0).to(torch.float64)
 
 
 def _window(x: Tensor, rows: Tensor, cols: Tensor, s: int) -> Tuple[Tensor, ...]:
@@ -63,55 +66,64 @@ def _window(x: Tensor, rows: Tensor, cols: Tensor, s: int) -> Tuple[Tensor, ...]
             r.view(A, 1, s, 1), c.view(A, 1, 1, s))
 
 
-def linf_init(centre: Tensor, eps: float, gens: List[torch.Generator]) -> Tensor:
+def _positions(u: Tensor, spans: Sequence[int]) -> Tensor:
+    """(A, k) integer positions in [0, span) from (A, k) uniforms."""
+    return (u * torch.tensor(spans, dtype=u.dtype, device=u.device)).floor().long()
+
+
+def _patterns(s: int, transpose: Tensor, device: torch.device) -> Tensor:
+    """(A, s, s): ``eta`` or its transpose per sample."""
+    eta = _eta(s).to(device)
+    return torch.where(transpose.view(-1, 1, 1), eta.t(), eta)
+
+
+def linf_init(centre: Tensor, eps: float, streams: Streams) -> Tensor:
     """Vertical stripes: +-eps per (channel, column), per sample."""
     A, C, H, W = centre.shape
-    stripes = torch.stack([_signs(g, C * W).view(C, 1, W) for g in gens]).to(centre)
+    stripes = _signs(streams.uniform((C, 1, W))).to(centre)
     return (centre + eps * stripes).clamp(-1, 1)
 
 
-def linf_propose(x_best: Tensor, centre: Tensor, eps: float, p: float, gens: List[torch.Generator]) -> Tensor:
-    """Each sample's window of side ``round(sqrt(p H W))`` set to +-2 eps per channel, projected."""
+def linf_propose(x_best: Tensor, centre: Tensor, eps: float, p: float, streams: Streams, rows: Tensor) -> Tensor:
+    """Each sample's window of side ``round(sqrt(p H W))`` set to +-2 eps per channel, projected (the samples
+    ``rows`` of ``streams`` draw: two positions and C signs each, in one call)."""
     A, C, H, W = centre.shape
     s = min(max(int(round(math.sqrt(p * H * W))), 1), H - 1, W - 1)
-    pos = torch.tensor([[int(torch.randint(0, H - s, (1,), generator=g)), int(torch.randint(0, W - s, (1,), generator=g))]
-                        for g in gens], device=centre.device)
-    signs = torch.stack([_signs(g, C) for g in gens]).to(centre).view(A, C, 1, 1)
+    u = streams.uniform((2 + C,), rows)
+    pos = _positions(u[:, :2], (H - s, W - s))
+    signs = _signs(u[:, 2:]).to(centre).view(A, C, 1, 1)
     new = x_best.clone()
     idx = _window(new, pos[:, 0], pos[:, 1], s)
     new[idx] = new[idx] + 2 * eps * signs
     return project(new, centre, eps, "linf")
 
 
-def l2_init(centre: Tensor, eps: float, gens: List[torch.Generator]) -> Tensor:
-    """A grid of (H // 5)-sized ``eta`` patterns with random signs per (sample, channel, tile), scaled to norm eps."""
+def l2_init(centre: Tensor, eps: float, streams: Streams) -> Tensor:
+    """A grid of (H // 5)-sized ``eta`` patterns with random orientation and signs per (sample, channel, tile),
+    scaled to norm eps."""
     A, C, H, W = centre.shape
     s = max(H // 5, 1)
     start = (H - s * 5) // 2
-    delta = torch.zeros(A, C, H, W, dtype=torch.float64)
-    for a, g in enumerate(gens):
-        for vh in range(start, start + s * (H // s), s):
-            for vw in range(start, start + s * (W // s), s):
-                if vh + s > H or vw + s > W:
-                    continue
-                eta = _eta(s).t() if torch.rand(1, generator=g).item() > 0.5 else _eta(s)
-                delta[a, :, vh:vh + s, vw:vw + s] += eta * _signs(g, C).view(C, 1, 1)
+    tiles = [(vh, vw) for vh in range(start, start + s * (H // s), s) for vw in range(start, start + s * (W // s), s)
+             if vh + s <= H and vw + s <= W]
+    u = streams.uniform((len(tiles), 1 + C))  # per tile: orientation, then C signs
+    delta = torch.zeros(A, C, H, W, dtype=torch.float64, device=centre.device)
+    for j, (vh, vw) in enumerate(tiles):
+        eta = _patterns(s, u[:, j, 0] > 0.5, centre.device)
+        delta[:, :, vh:vh + s, vw:vw + s] += eta.unsqueeze(1) * _signs(u[:, j, 1:]).view(A, C, 1, 1)
     return (centre + normalize(delta.to(centre), "l2") * eps).clamp(-1, 1)
 
 
-def l2_propose(x_best: Tensor, centre: Tensor, eps: float, p: float, gens: List[torch.Generator]) -> Tensor:
-    """Move the perturbation of a second random window into a first one, refilled with a random ``eta`` pattern."""
+def l2_propose(x_best: Tensor, centre: Tensor, eps: float, p: float, streams: Streams, rows: Tensor) -> Tensor:
+    """Move the perturbation of a second random window into a first one, refilled with a random ``eta`` pattern
+    (the samples ``rows`` of ``streams`` draw: four positions, an orientation and C signs each, in one call)."""
     A, C, H, W = centre.shape
     s = min(max(int(round(math.sqrt(p * H * W))), 3), H - 1, W - 1)
     s += 1 if s % 2 == 0 and s + 1 < min(H, W) else 0
-    draws = []
-    for g in gens:
-        vh, vw, vh2, vw2 = (int(torch.randint(0, n - s, (1,), generator=g)) for n in (H, W, H, W))
-        eta = _eta(s).t() if torch.rand(1, generator=g).item() > 0.5 else _eta(s)
-        draws.append((vh, vw, vh2, vw2, eta, _signs(g, C)))
-    pos = torch.tensor([d[:4] for d in draws], device=centre.device)
-    eta = torch.stack([d[4] for d in draws]).to(centre).view(A, 1, s, s)
-    signs = torch.stack([d[5] for d in draws]).to(centre).view(A, C, 1, 1)
+    u = streams.uniform((5 + C,), rows)
+    pos = _positions(u[:, :4], (H - s, W - s, H - s, W - s))
+    eta = _patterns(s, u[:, 4] > 0.5, centre.device).to(centre).view(A, 1, s, s)
+    signs = _signs(u[:, 5:]).to(centre).view(A, C, 1, 1)
     delta = x_best - centre
     w1, w2 = _window(delta, pos[:, 0], pos[:, 1], s), _window(delta, pos[:, 2], pos[:, 3], s)
     norm_w1 = delta[w1].pow(2).sum((-2, -1), keepdim=True).sqrt()  # (A, C, 1, 1)
@@ -139,9 +151,9 @@ def square(threat: Threat, keys: Sequence[str], eps: float, norm: str = "linf", 
     """
     centre = threat.centre
     B = len(threat)
-    gens = [sample_generator(seed, keys[i], restart) for i in range(B)]
+    streams = Streams.for_samples(seed, keys, restart, centre.device)
     init, propose = (linf_init, linf_propose) if norm == "linf" else (l2_init, l2_propose)
-    x_best = init(centre, eps, gens)
+    x_best = init(centre, eps, streams)
     s_adv, s_oth = threat(x_best)
     best = attack_loss(loss, s_adv, s_oth)
     done = s_adv > s_oth
@@ -151,7 +163,7 @@ def square(threat: Threat, keys: Sequence[str], eps: float, norm: str = "linf", 
         if not len(act):
             break
         t = threat.select(act)
-        x_new = propose(x_best[act], centre[act], eps, p_schedule(i - 1, queries - 1, p_init), [gens[int(a)] for a in act])
+        x_new = propose(x_best[act], centre[act], eps, p_schedule(i - 1, queries - 1, p_init), streams, act)
         s_adv, s_oth = t(x_new)
         lval = attack_loss(loss, s_adv, s_oth)
         hit = s_adv > s_oth
@@ -176,7 +188,7 @@ class Square(AttackModule):
         loss: "margin", "ce" or "rank" (see :func:`lit_attacks.attacks.objectives.attack_loss`).
         restarts: independent searches for the samples not flipped yet.
         target: "prey" or "ref".
-        seed: combined with each sample's key into its generator.
+        seed: combined with each sample's key (and the restart) into its random stream.
         pretrained, weights_dir, keep_images, batch_invariant, uint8: see :class:`AttackModule`.
     """
 

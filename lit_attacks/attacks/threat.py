@@ -138,16 +138,13 @@ def project(x: Tensor, centre: Tensor, eps, norm: str, parts: int = 1) -> Tensor
     return (centre + delta).clamp(-1, 1)
 
 
-def random_start(centre: Tensor, eps, norm: str, parts: int, generators) -> Tensor:
+def random_start(centre: Tensor, eps, norm: str, parts: int, streams) -> Tensor:
     """A random point of each sample's ball (AutoAttack's start: a uniform or Gaussian direction scaled to norm
-    ``eps``), drawn from the sample's own generator so that it does not depend on the batch."""
-    shape = centre.shape[1:]
-    draws = []
-    for g in generators:
-        t = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1 if norm == "linf" else \
-            torch.randn(shape, generator=g, dtype=torch.float64)
-        draws.append(t)
-    t = torch.stack(draws).to(centre.device, centre.dtype)
+    ``eps``), drawn from the sample's own stream (:class:`~lit_attacks.attacks.streams.Streams`, one row per
+    sample of ``centre``) so that it does not depend on the batch."""
+    shape = tuple(centre.shape[1:])
+    t = streams.uniform(shape) * 2 - 1 if norm == "linf" else streams.normal(shape)
+    t = t.to(centre.device, centre.dtype)
     e = torch.as_tensor(eps, dtype=centre.dtype, device=centre.device)
     e = e.view(-1, *[1] * (centre.ndim - 1)) if e.ndim else e
     return (centre + e * normalize(t, norm, parts)).clamp(-1, 1)
