@@ -134,7 +134,7 @@ class CertifyModule(pl.LightningModule):
         n: draws that estimate its probability.
         alpha: the certificate fails with probability at most ``alpha`` per sample.
         target: the noised images: "both" distorted images (covers perturbing the prey) or "ref".
-        seed: combined with each sample's key into its generator.
+        seed: combined with each sample's key into its random stream.
         chunk: noise draws per sample scored in one metric call.
         max_images: most image pairs in one metric call (bounds memory: DISTS on 64 x 64 needs ~4 MB per pair).
         pretrained, weights_dir: as for attacks.

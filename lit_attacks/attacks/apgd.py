@@ -11,7 +11,8 @@ last checkpoint and the best loss has not improved since. Restarts start from a 
 and attack only the samples not yet flipped. Differences: a sample stops as soon as it flips (AutoAttack
 runs the whole batch for ``n`` iterations and keeps its last flipping point); the loss history of the first
 checkpoint includes the starting point's loss (AutoAttack reads an unset row there); random starts come
-from per-sample generators, so a sample's attack does not depend on its batch.
+from per-sample counter-based streams (:mod:`lit_attacks.attacks.streams`), so a sample's attack does not
+depend on its batch.
 """
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def apgd(threat: Threat, keys: Sequence[str], eps: Union[float, Tensor], norm: s
          loss: str = "margin", rho: float = 0.75, seed: int = 0, random_init: bool = True, eot: int = 1,
          nonfinite: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """APGD with restarts: each restart attacks only the samples not flipped yet, from a random point of the
-    ball drawn from the sample's own generator (``seed``, its key, the restart); with ``random_init=False`` the
+    ball drawn from the sample's own stream (``seed``, its key, the restart); with ``random_init=False`` the
     first run starts at the clean point.
 
     Returns:
