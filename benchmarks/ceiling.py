@@ -201,8 +201,10 @@ def report(results: list) -> str:
                          f"{x['samples_per_s']:.2f} | {x['flips']} |")
     lines += ["", "One-pixel (population 400; 3 generations, 1 on lpips_vgg and dists; chunk measured at start), "
               "candidates per second, speed-up over the scipy loop, and the batched torch DE's candidate rate over "
-              "the plain forward ceiling at batch 400 and at the best batch (64-1024; 64-400 on lpips_vgg and dists):", "",
-              "| metric | scipy loop | torch batched | torch batched + local | speed-up batched | speed-up batched + local "
+              "the plain forward ceiling at batch 400 and at the best batch (64-1024; 64-400 on lpips_vgg and "
+              "dists):", "",
+              "| metric | scipy loop | torch batched | torch batched + local | speed-up batched "
+              "| speed-up batched + local "
               "| best / ceiling at 400 | best / best-batch ceiling |",
               "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -271,15 +273,16 @@ def host_overhead(sizes=(64, 512, 4096), image: int = 8, device: str = "cpu", re
                 sync(device)
                 best = min(best, time.perf_counter() - t0) if r else best
                 flips = int(out.flipped.sum()) if hasattr(out, "flipped") else 0
-            rows.append({"attack": name, "samples": B, "seconds": best, "us_per_sample_step": best / (B * HOST_STEPS) * 1e6,
-                         "flips": flips})
+            rows.append({"attack": name, "samples": B, "seconds": best,
+                         "us_per_sample_step": best / (B * HOST_STEPS) * 1e6, "flips": flips})
             print(f"host {name} {B}: {rows[-1]['us_per_sample_step']:.2f} us", file=sys.stderr, flush=True)
     return rows
 
 
 def host_report(rows: list, image: int) -> str:
     sizes = sorted({r["samples"] for r in rows})
-    lines = [f"Host overhead: microseconds of wall time per sample-step on the near-free l2 metric at {image}x{image} px "
+    lines = [f"Host overhead: microseconds of wall time per sample-step on the near-free l2 metric at "
+             f"{image}x{image} px "
              f"({HOST_STEPS} steps per sample; every sample runs every step):", "",
              "| attack | " + " | ".join(f"{b} samples" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for name in dict.fromkeys(r["attack"] for r in rows):

@@ -4,8 +4,9 @@ The population of S searches is one tensor (S, P, D) in the unit cube; each gene
 crossover and bound repair run as tensor ops, and the caller scores all S x P trial vectors in one
 call. Every search draws its random numbers from its own counter-based stream (one tensor call for all
 searches, :mod:`lit_attacks.attacks.streams`), in a fixed order that depends only on its own state, so a
-search gives the same result whatever batch it runs in (up to the scores the caller returns). Searches stop independently (first hit, convergence, generation limit)
-and finished ones are compacted out of the population.
+search gives the same result whatever batch it runs in (up to the scores the caller returns). Searches
+stop independently (first hit, convergence, generation limit) and finished ones are compacted out of the
+population.
 
 The algorithm is scipy's ``differential_evolution`` with ``init="random"``, ``updating="deferred"``,
 ``polish=False``, ``tol=atol=0`` and a binomial strategy: trial vectors outside the unit cube are
