@@ -96,7 +96,7 @@ class Calls:
             monkeypatch.setattr(owner, name, counted)
 
 
-def _threat(B, eps_never=True):
+def _threat(B):
     g = torch.Generator().manual_seed(0)
     ref, prey = (torch.rand(B, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1 for _ in range(2))
     m = create_metric("l2")

@@ -105,10 +105,6 @@ class Streams:
         self.used[rows] = start + n
         return self.keys[rows], start.unsqueeze(1) + torch.arange(n, device=self.device)
 
-    def bits(self, n: int, rows: Optional[Tensor] = None) -> Tensor:
-        """(R, n) 32-bit words for the samples ``rows`` (default all); each of those samples uses n counters."""
-        return words(*self._counters(n, rows))
-
     def uniform(self, shape: Tuple[int, ...], rows: Optional[Tensor] = None, dtype: torch.dtype = torch.float64
                 ) -> Tensor:
         """(R, *shape) uniforms in (0, 1)."""
@@ -122,13 +118,3 @@ class Streams:
         from ``mix(w ^ 0x9E3779B9)``, computed in float64 and stored as ``dtype``."""
         z = words(*self._counters(math.prod(shape), rows), fn=_normal, dtype=dtype)
         return z.view(-1, *shape)
-
-    def integers(self, high: Tensor | int, shape: Tuple[int, ...] = (), rows: Optional[Tensor] = None) -> Tensor:
-        """(R, *shape) int64 in [0, high): ``floor(u * high)`` (``high`` a number or broadcastable tensor)."""
-        u = self.uniform(shape or (1,), rows)
-        out = (u * high).floor().long()
-        return out.view(-1, *shape) if shape else out.view(-1)
-
-    def signs(self, shape: Tuple[int, ...], rows: Optional[Tensor] = None) -> Tensor:
-        """(R, *shape) float64 +-1, each with probability 1/2."""
-        return torch.where(self.uniform(shape, rows) > 0.5, 1.0, -1.0).to(torch.float64)
