@@ -39,6 +39,7 @@ import torch
 from scipy.stats import beta, norm
 from torch import Tensor
 
+from lit_attacks.attacks.chunks import forward_chunk
 from lit_attacks.attacks.output import ScoreOutput, as_list
 from lit_attacks.attacks.streams import Streams
 from lit_attacks.metrics import create_metric, expected_distances
@@ -65,14 +66,16 @@ def certified_accuracy(radius: Sequence[float], correct: Sequence[bool], r: floa
 
 @torch.no_grad()
 def vote(metric, ref: Tensor, preferred: Tensor, other: Tensor, target: str, sigma: float, draws: int,
-         streams: Streams, chunk: int = 64, max_images: int = 256, rows: Optional[Tensor] = None) -> Tensor:
+         streams: Streams, chunk: int = 64, max_images: int = 0, rows: Optional[Tensor] = None) -> Tensor:
     """(B,) number of ``draws`` Gaussian draws under which the base classifier says "preferred is closer".
 
     Each sample's draws come from its own stream (the rows ``rows`` of ``streams``, default all), ``chunk`` at a
     time for every sample in one tensor call on the batch's device; the samples are scored in groups small enough
-    that one metric call sees at most ``max_images`` image pairs (memory is bounded whatever the batch), and since
-    the draws are per sample the grouping does not change the votes."""
+    that one metric call sees at most ``max_images`` images (memory is bounded whatever the batch; 0: the metric's
+    fastest call size, measured once per metric, device and image size), and since the draws are per sample the
+    grouping does not change the votes."""
     rows = torch.arange(ref.shape[0], device=streams.device) if rows is None else rows
+    max_images = max_images or forward_chunk(metric, ref, 2 * ref.shape[0] * min(chunk, draws))
     group = max(1, max_images // (2 * min(chunk, draws)))  # both distances of k draws are scored in one call
     if ref.shape[0] > group:
         return torch.cat([vote(metric, ref[i:i + group], preferred[i:i + group], other[i:i + group], target, sigma,
@@ -136,13 +139,15 @@ class CertifyModule(pl.LightningModule):
         target: the noised images: "both" distorted images (covers perturbing the prey) or "ref".
         seed: combined with each sample's key into its random stream.
         chunk: noise draws per sample scored in one metric call.
-        max_images: most image pairs in one metric call (bounds memory: DISTS on 64 x 64 needs ~4 MB per pair).
+        max_images: most images in one metric call (bounds memory: DISTS on 64 x 64 needs ~2 MB per image); 0 (the
+            default): the metric's fastest call size, measured once per metric, device and image size
+            (:mod:`lit_attacks.attacks.chunks`; a run that must repeat bit for bit fixes it).
         pretrained, weights_dir: as for attacks.
         batch_invariant: compute in float64.
     """
 
     def __init__(self, metric: str = "lpips_alex", sigma: float = 0.5, n0: int = 100, n: int = 1000,
-                 alpha: float = 0.001, target: str = "both", seed: int = 0, chunk: int = 64, max_images: int = 256,
+                 alpha: float = 0.001, target: str = "both", seed: int = 0, chunk: int = 64, max_images: int = 0,
                  pretrained: bool = True,
                  weights_dir: Optional[str] = None, batch_invariant: bool = False) -> None:
         super().__init__()
@@ -177,13 +182,13 @@ class CertifyModule(pl.LightningModule):
 
 
 def check_certify(sigma: float, n0: int, n: int, alpha: float, target: str, chunk: int = 64,
-                  max_images: int = 256) -> None:
+                  max_images: int = 0) -> None:
     """One-line errors for certification settings."""
     if not sigma > 0:
         raise ValueError(f"certify: sigma must be > 0, got {sigma}")
-    if n0 < 1 or n < 1 or chunk < 1 or max_images < 1:
-        raise ValueError(f"certify: n0, n, chunk and max_images must be >= 1, got n0={n0}, n={n}, chunk={chunk}, "
-                         f"max_images={max_images}")
+    if n0 < 1 or n < 1 or chunk < 1 or max_images < 0:
+        raise ValueError(f"certify: n0, n and chunk must be >= 1 and max_images >= 0 (0: measured), got n0={n0}, "
+                         f"n={n}, chunk={chunk}, max_images={max_images}")
     if not 0 < alpha < 1:
         raise ValueError(f"certify: alpha must be in (0, 1), got {alpha}")
     if target not in TARGETS:

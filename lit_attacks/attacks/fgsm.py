@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.chunks import forward_chunk
 from lit_attacks.attacks.objectives import rank_loss
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.attacks.threat import Threat
@@ -39,17 +40,20 @@ def fgsm_direction(bound: Union[BoundDistance, Threat], prey: Optional[Tensor] =
 
 
 def fgsm_scan(bound: Union[BoundDistance, Threat], prey: Optional[Tensor], s_other: Optional[Tensor], direction: Tensor,
-              grid: Tensor, eps_chunk: int = 8) -> Tuple[Tensor, Tensor]:
+              grid: Tensor, eps_chunk: int = 8, max_images: int = 0) -> Tuple[Tensor, Tensor]:
     """Index of the first grid epsilon whose ``clamp(prey + eps * direction)`` flips, or -1; and queries.
 
     The grid is scanned in chunks of ``eps_chunk`` epsilons; the chunk's candidates of all active
-    samples go through the metric in one forward pass (``active * eps_chunk`` images), and a sample
-    leaves once its first flip is found. The answer is the sequential scan's; ``queries`` (candidates
-    evaluated) depends only on the sample and ``eps_chunk``, never on its batch.
+    samples are scored together (``active * eps_chunk`` images, in metric calls of at most ``max_images``; 0: the
+    metric's fastest call size, measured once per metric, device and image size), and a sample leaves once its
+    first flip is found. The answer is the sequential scan's; ``queries`` (candidates evaluated) depends only on
+    the sample and ``eps_chunk``, never on its batch or the call size: ``eps_chunk`` is part of the statistic.
     """
     t = as_threat(bound, prey, s_other)
     prey = t.centre
     B, n = prey.shape[0], grid.numel()
+    per = 1 if t.target == "prey" else 2  # images per candidate in a metric call
+    max_images = max_images or forward_chunk(t.metric, prey[:, :3], B * min(eps_chunk, n) * per)
     first = torch.full((B,), -1, dtype=torch.long, device=prey.device)
     queries = torch.zeros(B, dtype=torch.long, device=prey.device)
     active, start = torch.arange(B, device=prey.device), 0
@@ -58,8 +62,10 @@ def fgsm_scan(bound: Union[BoundDistance, Threat], prey: Optional[Tensor], s_oth
         k = min(n - start, eps_chunk)
         eps = grid[start:start + k].view(1, k, 1, 1, 1)
         cand = (prey[active, None] + eps * direction[active, None]).clamp(-1, 1)  # (A, k, C, H, W)
+        group = max(1, max_images // (k * per))  # samples per metric call
         with torch.no_grad():
-            s, so = t.select(active).repeat_interleave(k)(cand.flatten(0, 1))
+            s, so = map(torch.cat, zip(*(t.select(active[i:i + group]).repeat_interleave(k)(
+                cand[i:i + group].flatten(0, 1)) for i in range(0, len(active), group))))
         hit = s.view(-1, k) > so.view(-1, k)
         found = hit.any(1)
         queries[active] += k
@@ -76,7 +82,9 @@ class FGSM(AttackModule):
         metric: victim metric name.
         step: grid step (1e-4) and first epsilon.
         max_eps: last epsilon tried (0.05).
-        eps_chunk: epsilons per sample evaluated in one forward pass (memory: batch * eps_chunk images).
+        eps_chunk: epsilons per sample scored in one scan step (the queries count whole steps).
+        max_images: most images per metric call (memory); 0 (the default): the metric's fastest call size,
+            measured once per metric, device and image size (:mod:`lit_attacks.attacks.chunks`).
         target: the image perturbed: "prey" (the paper), "ref" or "both" distorted images; see
             :mod:`lit_attacks.attacks.threat`.
     """
@@ -86,17 +94,18 @@ class FGSM(AttackModule):
     example_params = {"step": 0.002, "max_eps": 0.03}
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
-                 eps_chunk: int = 8, target: str = "prey", **options: Any) -> None:
+                 eps_chunk: int = 8, target: str = "prey", max_images: int = 0, **options: Any) -> None:
         if step <= 0 or max_eps <= 0:
             raise ValueError(f"fgsm: step and max_eps must be > 0, got step={step}, max_eps={max_eps}")
-        if eps_chunk < 1:
-            raise ValueError(f"fgsm: eps_chunk must be >= 1, got {eps_chunk}")
+        if eps_chunk < 1 or max_images < 0:
+            raise ValueError(f"fgsm: eps_chunk must be >= 1 and max_images >= 0 (0: measured), got eps_chunk="
+                             f"{eps_chunk}, max_images={max_images}")
         if max_eps < step:
             raise ValueError(f"fgsm: max_eps ({max_eps}) is below the first epsilon ({step})")
         super().__init__(metric, **options)
         self.save_hyperparameters()
         self.set_target(target)
-        self.grid, self.eps_chunk = eps_grid(step, max_eps), eps_chunk
+        self.grid, self.eps_chunk, self.max_images = eps_grid(step, max_eps), eps_chunk, max_images
 
     @property
     def linf_budget(self) -> float:
@@ -105,7 +114,7 @@ class FGSM(AttackModule):
     def attack_threat(self, threat: Threat, keys: Sequence[str]) -> AttackResult:
         prey = threat.centre
         direction, nonfinite = fgsm_direction(threat)
-        first, queries = fgsm_scan(threat, None, None, direction, self.grid, self.eps_chunk)
+        first, queries = fgsm_scan(threat, None, None, direction, self.grid, self.eps_chunk, self.max_images)
         grid = self.grid.to(prey.device)
         eps = torch.where(first >= 0, grid[first.clamp(min=0)], torch.full_like(grid[:1], math.nan).expand_as(first))
         use = torch.where(first >= 0, grid[first.clamp(min=0)], grid[-1]).to(prey.dtype)  # unflipped: max_eps image

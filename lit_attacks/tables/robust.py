@@ -145,7 +145,7 @@ class Robust(Table):
             check_keys(c, CERTIFY_KEYS, "robust.certify: ")
             try:
                 check_certify(c["sigma"], c["n0"], c["n"], c["alpha"], "ref" if s["target"] == "ref" else "both",
-                              c.get("chunk", 64), c.get("max_images", 256))
+                              c.get("chunk", 64), c.get("max_images", 0))
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"robust.{e}") from None
             if not isinstance(c["radii"], list) or not all(isinstance(x, (int, float)) and x >= 0 for x in c["radii"]):
@@ -222,7 +222,7 @@ class Robust(Table):
     def certify(run: Run, metric: str, c: Dict[str, Any], csv: str, ctx: CellContext) -> Dict[str, Any]:
         """A certification cell; payload ``certified``: certified accuracy at radius 0 and at each of ``radii``."""
         module = create_task("certify", metric=metric, sigma=2 * c["sigma"], n0=c["n0"], n=c["n"], alpha=c["alpha"],
-                             target=c["target"], chunk=c.get("chunk", 64), max_images=c.get("max_images", 256),
+                             target=c["target"], chunk=c.get("chunk", 64), max_images=c.get("max_images", 0),
                              batch_invariant=run.cfg["batch_invariant"], **run.metric_options())
         rows = SampleRows()
         gather = GatherColumns(("radius", "correct"), lambda o: {"radius": torch.tensor(o.radius, dtype=torch.float64),
