@@ -5,6 +5,8 @@ Command line::
     python -m lit_attacks.datamodules.bapps shards --root ROOT --out DIR --split val [--shard-size 1000]
     python -m lit_attacks.datamodules.bapps download --out ROOT [--split val train]
     python -m lit_attacks.datamodules.bapps builtin --out DIR [--n-per-category 40]
+    python -m lit_attacks.datamodules.bapps nights --out ROOT              # NIGHTS (DreamSim), ROOT/nights/
+    python -m lit_attacks.datamodules.bapps nights-fixture --out ROOT [--n 12]   # a small NIGHTS-layout set
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lit_attacks.datamodules.cache import cache_root
+from lit_attacks.datamodules.nights import nights_fingerprint, nights_root, scan_nights
 from lit_attacks.datamodules.shards import (INDEX, HashCache, content_fingerprint, read_index, verify_shards,
                                             write_shards)
 from lit_attacks.datamodules.streaming import SkipLog, stream
@@ -49,8 +52,9 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
 
     ``data`` is None (the built-in set ``builtin``: "photos" or "procedural"), a folder of shards (``index.json`` and/or ``*.tar``,
     directly or in ``<data>/<split>/``, or in ``<data>/shards/<split>/`` as ``python -m
-    lit_attacks.datamodules.bapps builtin`` writes it), or a BAPPS tree root holding ``2afc/`` (converted
-    once to shards in the cache, again when the tree changes). ``refresh`` rebuilds generated shards.
+    lit_attacks.datamodules.bapps builtin`` writes it), a BAPPS tree root holding ``2afc/`` or a NIGHTS root
+    (``data.csv``, or ``nights/data.csv``; :mod:`lit_attacks.datamodules.nights`), converted once to shards in the
+    cache, again when the files change. ``refresh`` rebuilds generated shards.
     """
     component(split, "split", BappsDataError)  # it becomes a folder name in the cache and the data folder
     if data is None:
@@ -59,6 +63,12 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
     data = Path(data)
     if not data.is_dir():
         raise BappsDataError(f"data path {data} does not exist or is not a folder")
+    root = nights_root(data)
+    if root is not None:  # NIGHTS (DreamSim's layout): converted once per split and content
+        out = (Path(cache_dir) if cache_dir else cache_root()) / "nights" / nights_fingerprint(root, split) / split
+        if refresh or not (out / INDEX).is_file():
+            write_shards(scan_nights(root, split), out, prefix=f"nights-{split}", progress=progress)
+        return out
     if (data / "2afc").is_dir():
         fp = _tree_fingerprint(data, split)
         out = (Path(cache_dir) if cache_dir else cache_root()) / "trees" / fp / split
@@ -68,8 +78,8 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
     for cand in (data / split, data / "shards" / split, data):
         if (cand / INDEX).exists() or any(cand.glob("*.tar")):
             return cand
-    raise BappsDataError(f"data path {data} holds no shards (*.tar / {INDEX}, directly or in {split}/) and no "
-                         "BAPPS tree (2afc/)")
+    raise BappsDataError(f"data path {data} holds no shards (*.tar / {INDEX}, directly or in {split}/), no "
+                         "BAPPS tree (2afc/) and no NIGHTS root (data.csv or nights/data.csv)")
 
 
 def shard_urls(folder: Path, hashes: Optional[HashCache] = None) -> List[str]:
@@ -306,18 +316,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, default=64)
     b.add_argument("--split", nargs="+", default=["val"])
     b.add_argument("--kind", choices=["photos", "procedural"], default="photos", help="which built-in set")
+    n = sub.add_parser("nights", help="download NIGHTS (nights.zip, DreamSim's) and unpack it into ROOT/nights")
+    n.add_argument("--out", required=True)
+    f = sub.add_parser("nights-fixture", help="write a small NIGHTS-layout set from the built-in photographs")
+    f.add_argument("--out", required=True)
+    f.add_argument("--n", type=int, default=12, help="triplets per split")
+    f.add_argument("--size", type=int, default=96)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     try:
-        for split in a.split if isinstance(a.split, list) else [a.split]:
+        splits = getattr(a, "split", [])  # the nights commands have none
+        for split in splits if isinstance(splits, list) else [splits]:
             component(split, "--split", BappsDataError)  # a folder name under --out
         if a.cmd == "shards":
             cats = a.categories.split(",") if a.categories else None
             index = write_shards(scan_tree(a.root, a.split, cats), a.out, a.shard_size, progress=True)
             print(f"wrote {index['count']} samples in {len(index['shards'])} shards to {a.out}")
+        elif a.cmd == "nights":
+            from lit_attacks.datamodules.nights import download as nights_download
+            print(f"NIGHTS in {nights_download(a.out)}")
+        elif a.cmd == "nights-fixture":
+            from lit_attacks.datamodules.nights import write_fixture
+            print(f"NIGHTS-layout set in {write_fixture(a.out, a.n, a.size)}")
         elif a.cmd == "download":
             from lit_attacks.datamodules.download import download
             download(a.out, a.split, verify=not a.no_verify)

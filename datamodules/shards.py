@@ -83,7 +83,7 @@ def _write_chunk(tmp: Path, chunk: Sequence[TreeSample], judges: List[float], ca
                      for m in ("ref", "p0", "p1")}
             imgs = [(m, decode_png(b, f"{getattr(s, m)}")) for m, b in blobs.items()]
             check_triplet_sizes(imgs, f"sample {s.key}")
-            judge = read_judge(s.judge, f"{s.judge}")
+            judge = s.judge if isinstance(s.judge, float) else read_judge(s.judge, f"{s.judge}")  # NIGHTS: votes
             for m in ("ref", "p0", "p1"):
                 _add(tar, f"{s.key}.{m}.png", blobs[m])
             _add(tar, f"{s.key}.judge.txt", repr(judge).encode())

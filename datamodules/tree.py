@@ -32,14 +32,15 @@ class BappsDataError(InputError):
 
 @dataclass(frozen=True)
 class TreeSample:
-    """One 2AFC triplet on disk. ``key`` is ``<split>/<category>/<stem>``."""
+    """One 2AFC triplet on disk. ``key`` is ``<split>/<category>/<stem>``; ``judge`` is the judge file, or the
+    judge itself (NIGHTS: from its votes)."""
 
     key: str
     category: str
     ref: Path
     p0: Path
     p1: Path
-    judge: Path
+    judge: Path | float
 
 
 def check_key(key: str, where: str) -> None:

@@ -20,9 +20,11 @@ MAX_BUILTIN_N = 100_000  # samples per category of the built-in set (about 22 GB
 DATA_OPTIONS: Tuple[Option, ...] = (
     Option("name", "default", help="run name: results/<name>/ and the W&B run name"),
     Option("out", None, optional=True, help="results folder (default results/<name>)"),
-    Option("data", None, optional=True, help="BAPPS tree root or shard folder (default: built-in synthetic set; "
-                                              "'builtin' picks it over a config's path)"),
-    Option("split", "val"),
+    Option("data", None, optional=True, help="BAPPS tree root, NIGHTS root or shard folder (default: built-in "
+                                              "synthetic set; 'builtin' picks it over a config's path)"),
+    Option("split", "val", help="data split: val (BAPPS), test (NIGHTS' evaluation split)"),
+    Option("image_size", 64, "int", "images are resized to this many pixels a side at load (BAPPS: 64; NIGHTS is "
+                                    "768 px, DreamSim scores at 224)", minimum=8, maximum=1024),
     Option("categories", None, "names", "comma-separated categories (default: all)", optional=True),
     Option("builtin_n", 40, "int", "samples per category of the built-in set", minimum=1, maximum=MAX_BUILTIN_N),
     Option("builtin", "photos", help="which built-in set (default photos)", choices=("photos", "procedural")),

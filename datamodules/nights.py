@@ -1,0 +1,180 @@
+"""NIGHTS (Fu et al. 2023, DreamSim's 2AFC set) read from its own layout and converted to our shards.
+
+Layout (``nights.zip`` unpacked; the root is the folder holding ``data.csv``, or its parent holding ``nights/``)::
+
+    nights/data.csv             id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet,...
+    nights/ref/000/000.png      the reference
+    nights/distort/000/000_0.png, 000_1.png
+
+As DreamSim's loader, only triplets with ``votes >= 6`` are kept (the ones its authors call unanimous), and a
+``split`` of ``train``, ``val`` or ``test``. Left is our ``p0``, right ``p1``; the judge (fraction preferring p1) is
+``right_vote / (left_vote + right_vote)`` (DreamSim's own target is the ``right_vote`` column, a 0/1 majority for these
+triplets: the same number). Keys are ``<split>/<imagenet|no_imagenet|nights>/<id>`` (``is_imagenet`` picks the
+category when the column is there). ``--data DIR`` recognises a NIGHTS root; the split is converted once to shards in
+the cache with every file checked (PNG only, sizes, the decoded-size cap), as a BAPPS tree is. Images are 768 px:
+the run's ``image_size`` resizes them at load (DreamSim scores at 224).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+from lit_attacks.datamodules.tree import NAME_RE, BappsDataError, TreeSample
+from lit_attacks.safe_files import kind_of, read_text
+
+URL = "https://data.csail.mit.edu/nights/nights.zip"  # DreamSim's dataset/download_dataset.sh
+REQUIRED = ("id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split")
+MIN_VOTES = 6
+SPLITS = ("train", "val", "test")
+MAX_CSV_BYTES = 64 << 20
+
+
+def nights_root(data: Path) -> Optional[Path]:
+    """The NIGHTS root under ``data`` (``data`` itself or ``data/nights``: the folder whose ``data.csv`` has NIGHTS'
+    columns), or None."""
+    for root in (data, data / "nights"):
+        f = root / "data.csv"
+        if f.is_file():
+            try:
+                with open(f, newline="", encoding="utf-8") as fh:
+                    header = next(csv.reader(fh), [])
+            except (OSError, UnicodeDecodeError):
+                continue
+            if {"ref_path", "left_path", "right_path", "left_vote", "right_vote"} <= set(header):
+                return root
+    return None
+
+
+def _number(row: Dict[str, str], col: str, where: str) -> float:
+    try:
+        v = float(row[col])
+    except (TypeError, ValueError):
+        raise BappsDataError(f"{where}: {col} {row.get(col)!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise BappsDataError(f"{where}: {col} {v} must be a finite number >= 0")
+    return v
+
+
+def _inside(root: Path, rel: str, where: str) -> Path:
+    p = Path(rel)
+    if not rel or p.is_absolute() or ".." in p.parts:
+        raise BappsDataError(f"{where}: path {rel!r} must be relative to the NIGHTS root, without '..'")
+    full = root / p
+    if not full.exists():
+        raise BappsDataError(f"{where}: {full} is missing")
+    if not full.is_file():
+        raise BappsDataError(f"{where}: {full} is {kind_of(full.stat().st_mode)}, not a regular file")
+    return full
+
+
+def scan_nights(root: str | Path, split: str = "test") -> List[TreeSample]:
+    """The kept triplets (``votes >= 6``) of ``split``, sorted by key; a malformed row or a missing image raises
+    :class:`BappsDataError` naming the row and the file."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise BappsDataError(f"NIGHTS split {split!r}: NIGHTS has {', '.join(SPLITS)} (use --split test)")
+    f = root / "data.csv"
+    text = read_text(f, "NIGHTS data.csv", MAX_CSV_BYTES, BappsDataError)
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise BappsDataError(f"{f}: missing columns {', '.join(missing)} (NIGHTS' data.csv has {', '.join(REQUIRED)})")
+    samples, seen = [], set()
+    for line, row in enumerate(reader, start=2):
+        where = f"{f} line {line}"
+        if row["split"] != split or _number(row, "votes", where) < MIN_VOTES:
+            continue
+        left, right = _number(row, "left_vote", where), _number(row, "right_vote", where)
+        if left + right <= 0:
+            raise BappsDataError(f"{where}: left_vote and right_vote are both 0: no judge")
+        if not NAME_RE.match(row["id"]):
+            raise BappsDataError(f"{where}: id {row['id']!r} may hold only letters, digits, '_' and '-'")
+        flag = str(row.get("is_imagenet", "")).strip().lower()
+        category = "imagenet" if flag in ("true", "1") else "no_imagenet" if flag in ("false", "0") else "nights"
+        key = f"{split}/{category}/{row['id']}"
+        if key in seen:
+            raise BappsDataError(f"{where}: id {row['id']!r} appears twice in split {split}")
+        seen.add(key)
+        paths = [_inside(root, row[c], where) for c in ("ref_path", "left_path", "right_path")]
+        samples.append(TreeSample(key, category, *paths, judge=right / (left + right)))
+    if not samples:
+        raise BappsDataError(f"{f}: no triplet of split {split!r} with votes >= {MIN_VOTES}")
+    return sorted(samples, key=lambda s: s.key)
+
+
+def nights_fingerprint(root: Path, split: str) -> str:
+    """data.csv's bytes and the size, mtime, ctime and inode of every image the split's kept triplets use."""
+    h = hashlib.sha1(str(root.resolve()).encode() + split.encode() + (root / "data.csv").read_bytes())
+    for s in scan_nights(root, split):
+        for p in (s.ref, s.p0, s.p1):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
+    return h.hexdigest()[:16]
+
+
+def download(out: str | Path, mirrors: Optional[List[str]] = None) -> Path:
+    """Fetch ``nights.zip`` (resumable) and unpack it into ``out`` (``out/nights/data.csv``); returns the root."""
+    from lit_attacks.datamodules.download import DownloadError, _fetch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if nights_root(out) is not None:
+        return nights_root(out)
+    archive = out / "nights.zip"
+    errors = []
+    for url in mirrors or [URL]:
+        if archive.exists():
+            break
+        try:
+            _fetch(url, archive)
+        except OSError as e:  # URLError is an OSError
+            errors.append(f"{url}: {e}")
+    if not archive.exists():
+        raise DownloadError(f"could not download nights.zip (no network?): {'; '.join(errors)}. Download {URL} by "
+                            f"hand into {out} and rerun; a partial nights.zip.part resumes.")
+    with zipfile.ZipFile(archive) as z:
+        for name in z.namelist():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise DownloadError(f"{archive}: member {name!r} would unpack outside {out}")
+        z.extractall(out)
+    archive.unlink()
+    root = nights_root(out)
+    if root is None:
+        raise DownloadError(f"{archive} unpacked, but no nights/data.csv with NIGHTS' columns is in {out}")
+    return root
+
+
+def write_fixture(root: str | Path, n: int = 12, size: int = 96, seed: int = 0, votes: int = 8) -> Path:
+    """A NIGHTS-layout folder of ``n`` triplets per split from the built-in photographs (for tests and trying the
+    pipeline without the 13 GB download): ``root/nights/{data.csv, ref/, distort/}``, DreamSim's columns, judges from
+    the built-in set's; every fourth triplet, and every one whose built-in judge is split, has ``votes`` below 6
+    (DreamSim drops it)."""
+    from lit_attacks.datamodules.synthetic import CATEGORIES, make_photo_sample
+
+    base = Path(root) / "nights"
+    rows = ["id,left_vote,right_vote,votes,ref_path,left_path,right_path,prompt,split,is_imagenet"]
+    i = 0
+    for split in SPLITS:
+        for j in range(n):
+            s = make_photo_sample(seed, split, CATEGORIES[j % len(CATEGORIES)], j, size)
+            judge = 1.0 if s["judge"] > 0.5 else 0.0
+            folder = f"{i // 1000:03d}"
+            ref, left, right = f"ref/{folder}/{i % 1000:03d}.png", f"distort/{folder}/{i % 1000:03d}_0.png", \
+                f"distort/{folder}/{i % 1000:03d}_1.png"
+            for rel, img in ((ref, s["ref"]), (left, s["p0"]), (right, s["p1"])):
+                (base / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.asarray(img)).save(base / rel)
+            v = votes if j % 4 and s["judge"] in (0.0, 1.0) else 5  # split judges: not unanimous, dropped
+            rows.append(f"{i},{1 - judge:g},{judge:g},{v},{ref},{left},{right},an image of a photo,{split},"
+                        f"{'True' if j % 2 else 'False'}")
+            i += 1
+    (base / "data.csv").write_text("\n".join(rows) + "\n")
+    return base
