@@ -2,6 +2,13 @@
 __version__ = "0.1.0"
 
 
+def evaluate(metric, data=None, protocol="leaderboard_quick", **kwargs):
+    """Evaluate any metric with a leaderboard protocol; returns its results entry (:func:`lit_attacks.api.evaluate`)."""
+    from lit_attacks.api import evaluate as run
+
+    return run(metric, data=data, protocol=protocol, **kwargs)
+
+
 def code_fingerprint() -> str:
     """sha256 (first 16 hex) of every Python source file of the installed package, its subpackages
     ``lit_attacks.datamodules`` and ``lit_attacks.callbacks`` included: results computed by other code

@@ -84,3 +84,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-able object (what a cell computes, or its result)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+# Marks a page with the number of images that failed to load (data-broken-images), for browser checks.
+BROKEN_IMAGES_SCRIPT = """window.addEventListener('load',function(){var n=0;for(var i of document.images){if(!i.complete||
+i.naturalWidth===0){n++;}}document.body.setAttribute('data-broken-images',String(n));});"""

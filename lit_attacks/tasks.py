@@ -6,7 +6,8 @@ one row per sample, gathered exactly once under DDP by :class:`lit_attacks.callb
 - ``score``: the distances s0, s1 of a metric (Table 1; :class:`lit_attacks.scoring.ScoreModule`);
 - ``attack:<name>``: any registered attack (:mod:`lit_attacks.attacks`), e.g. ``attack:pgd``;
 - ``transfer_generate`` / ``transfer_score``: adversarial variants on a source metric, scored by a target (Table 3);
-- ``certify``: randomized-smoothing certification (:class:`lit_attacks.certify.CertifyModule`).
+- ``certify``: randomized-smoothing certification (:class:`lit_attacks.certify.CertifyModule`);
+- ``gradient_check``: the prey's gradient at the clean point (:class:`lit_attacks.gradcheck.GradientCheck`).
 
     >>> module = create_task("attack:pgd", metric="l2", steps=5)
     >>> trainer.predict(module, datamodule=dm)
@@ -21,6 +22,7 @@ import pytorch_lightning as pl
 
 from lit_attacks.attacks import ATTACKS
 from lit_attacks.certify import CertifyModule  # noqa: F401 (registers "certify")
+from lit_attacks.gradcheck import GradientCheck  # noqa: F401 (registers "gradient_check")
 from lit_attacks.registry import TASKS
 from lit_attacks.scoring import ScoreModule  # noqa: F401 (registers "score")
 from lit_attacks.transfer import TransferGenerator  # noqa: F401 (registers "transfer_generate", "transfer_score")

@@ -65,6 +65,10 @@ def test_documented_command_is_valid(page, words, monkeypatch):
         assert isinstance(cli.model, RobustLPIPS)
     elif program == "lit_attacks.datamodules.bapps":
         build_parser().parse_args(args)
+    elif program == "lit_attacks.leaderboard":
+        from lit_attacks.leaderboard.__main__ import build_parser as leaderboard_parser
+
+        leaderboard_parser().parse_args(args)
     elif program in ("pip", "pytest", "wandb") or words[:3] == ["python", "-m", "pytest"]:
         pass  # installs and the test runner itself
     else:

@@ -104,6 +104,23 @@ def _robust(out: Path, cfg) -> list:
     return rows
 
 
+def _leaderboard(out: Path, cfg) -> list:
+    """The entry of each metric and its sanity flags, recounted from the robust and gradient-check CSVs."""
+    rows = []
+    for metric in cfg["metrics"]:
+        worst = [x for norm in ("linf", "l2") for r in cfg["robust"][norm]
+                 for x in read_csv(out / "samples" / "robust" / f"{norm}-{r:g}-{metric}.csv")]
+        grads = read_csv(out / "samples" / "leaderboard" / f"gradients-{metric}.csv")
+        flags = {"black_box_beat_white_box": any(x["flipped_by"] == "square" for x in worst),
+                 "zero_or_nonfinite_gradients": any(x["grad_status"] != "ok" for x in grads),
+                 "stochastic_without_eot": False,  # the example's metrics are deterministic
+                 "flip_lost_in_uint8": any(_b(x["flipped"]) and not _b(x["flipped_uint8"]) for x in worst)}
+        entry = f"leaderboard/builtin-{cfg['builtin']}/{cfg['leaderboard']['protocol']}/{metric}.json"
+        assert (out / entry).is_file(), entry
+        rows.append({"entry": entry, "flags": ", ".join(k for k, v in flags.items() if v) or "none"})
+    return rows
+
+
 def _table3(out: Path, cfg) -> list:
     from lit_attacks.tables.table3 import table3_rows  # its counting is checked by a plain count in test_official
 
@@ -137,7 +154,7 @@ def _reproduce(out: Path, cfg) -> list:
 # table name -> its rows recomputed from the per-sample CSVs (only the columns given are compared, in row order)
 REFERENCES = {"table1": _two_afc, "table2": _attack_table("samples", "attacks"),
               "reverse": _attack_table("samples/reverse", "reverse"), "sweep": _sweep, "robust": _robust,
-              "table3": _table3, "reproduce": _reproduce}
+              "table3": _table3, "reproduce": _reproduce, "leaderboard": _leaderboard}
 
 
 def _close(a, b) -> bool:

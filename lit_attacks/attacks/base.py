@@ -90,6 +90,7 @@ class AttackModule(pl.LightningModule):
     name: str = "attack"
     example_params: ClassVar[Dict[str, Any]] = {}
     reverse: ClassVar[bool] = False
+    black_box: ClassVar[bool] = False  # uses only the metric's outputs, no gradient (Square, One-pixel)
     clamp_output: bool = True
     targets: ClassVar[Tuple[str, ...]] = ("prey",)
     target: str = "prey"

@@ -177,6 +177,7 @@ class OnePixel(AttackModule):
     """
 
     name = "onepixel"
+    black_box = True
     example_params = {"population": 20, "generations": 3}
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,

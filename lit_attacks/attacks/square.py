@@ -193,6 +193,7 @@ class Square(AttackModule):
     """
 
     name = "square"
+    black_box = True
     targets = ("prey", "ref")
     example_params = {"queries": 20, "eps": 0.03}
 

@@ -209,6 +209,12 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     quiet_lightning()
     devices = resolve_devices(cfg)
+    from lit_attacks.bench.devices import world_size
+
+    in_process = [m for m in cfg["metrics"] if m.startswith("user:")]
+    if in_process and world_size(devices) > 1:
+        raise Stop(f"metric {in_process[0]} is an object of this process (lit_attacks.evaluate) and cannot reach "
+                   "other DDP processes; use py:package.module:factory for multi-process runs")
     out = Path(cfg["out"])
     if cfg["data"] is not None and not Path(cfg["data"]).expanduser().is_dir():
         raise Stop(f"--data {cfg['data']}: no such folder")
@@ -243,7 +249,8 @@ def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str
     fresh = bool(flags.get("fresh"))
     cats = cfg["categories"]
     dm_kw = dict(data=cfg["data"], split=cfg["split"], categories=cats, batch_size=cfg["batch_size"],
-                 num_workers=cfg["num_workers"], builtin_n=cfg["builtin_n"], seed=cfg["seed"], builtin=cfg["builtin"])
+                 num_workers=cfg["num_workers"], builtin_n=cfg["builtin_n"], seed=cfg["seed"], builtin=cfg["builtin"],
+                 load_size=cfg["image_size"])
     # --fresh also rebuilds generated shards and re-hashes every shard (once, by rank 0, before the others start)
     dm_all = BappsDataModule(unanimous_only=False, refresh=fresh and is_zero, **dm_kw)
     dm_attack = BappsDataModule(unanimous_only=True, **dm_kw)

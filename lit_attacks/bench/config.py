@@ -78,14 +78,37 @@ def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "con
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update(copy.deepcopy(config))
     flags = dict(flags)
+    items = flags.pop("attacks_param", [])
+    metric_params = [i for i in items if i.startswith("py:")]  # --param py:module:factory.KEY=VALUE
+    if len(metric_params) < len(items):
+        flags["attacks_param"] = [i for i in items if not i.startswith("py:")]
     for t in tables():
         t.configure(cfg, flags, config_name)
     cfg.update(flags)
     for key in LIST_KEYS:
         cfg[key] = as_name_list(key, cfg[key], config_name)
+    cfg["metrics"] = with_metric_params(cfg["metrics"], metric_params)
     if cfg["out"] is None:
         cfg["out"] = str(Path("results") / cfg["name"])
     return cfg
+
+
+def with_metric_params(metrics: List[str], items: List[str]) -> List[str]:
+    """``--param py:module:factory.KEY=VALUE``: the keyword argument joins the metric's name
+    (``py:module:factory:KEY=VALUE``), which identifies it everywhere (cells, tables, results entries)."""
+    metrics = list(metrics)
+    for item in items:
+        lhs, eq, value = item.partition("=")
+        spec, dot, key = lhs.rpartition(".")
+        if not eq or not dot or not key.isidentifier() or ":" in value:
+            raise ConfigError(f"--param {item!r}: expected py:MODULE:FACTORY.KEY=VALUE (a value without ':'), e.g. "
+                              "py:mymetrics:build.width=32")
+        hits = [i for i, m in enumerate(metrics) if m == spec or m.startswith(spec + ":")]
+        if not hits:
+            raise ConfigError(f"--param {item!r}: metric {spec!r} is not among --metrics ({','.join(metrics)})")
+        for i in hits:
+            metrics[i] += f":{key}={value}"
+    return metrics
 
 
 def expand_metrics(names: List[str]) -> List[str]:

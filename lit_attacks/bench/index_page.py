@@ -7,14 +7,14 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from lit_attacks.report import BROKEN_IMAGES_SCRIPT
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;
 border:1px solid #eee;margin:.3em 0}.warn{background:#fff3cd;padding:.6em;border:1px solid #e0c060}
 code{background:#f5f5f5;padding:1px 4px}figure{margin:1em 0}figcaption{font-size:13px;color:#555}"""
-# Marks the page with the number of images that failed to load (data-broken-images), for browser checks.
-SCRIPT = """window.addEventListener('load',function(){var n=0;for(var i of document.images){if(!i.complete||
-i.naturalWidth===0){n++;}}document.body.setAttribute('data-broken-images',String(n));});"""
+SCRIPT = BROKEN_IMAGES_SCRIPT
 
 
 def _cell(v: Any) -> str:

@@ -13,7 +13,7 @@ from lit_attacks.tables import tables
 
 def write_outputs(bench) -> List[Path]:
     """Rows of every registered table (disabled ones: empty), their files and figures, then the summary;
-    returns the figures."""
+    returns the figures and the other files the tables wrote (results entries)."""
     out, cfg = bench.out, bench.cfg
     running = {type(t).name: t for t in bench.tables}
     rows: Dict[str, List[Dict[str, Any]]] = {t.name: running[t.name].aggregate(bench) if t.name in running else []
@@ -51,7 +51,7 @@ def write_outputs(bench) -> List[Path]:
                                            dev, wandb_dir, unavailable=bench.unavailable))
     report(bench, {name: (w.title, w.markdown) for name, w in written.items() if w.markdown},
            wandb_dir, seconds)
-    return figs
+    return figs + [f for w in written.values() for f in w.files]
 
 
 def report(bench, md: Dict[str, Any], wandb_dir, seconds: float) -> None:

@@ -53,7 +53,8 @@ def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], label
     lines += ["## Metrics and weights", "", "| metric | label | weights |", "|---|---|---|"]
     for m, label in labels.items():
         prefix, sep, arg = m.partition(":")
-        w = weights.get(m) or (f"checkpoint {arg}" if sep else
+        own = {"py": f"your metric, imported from {arg.split(':')[0]}", "user": "your metric object (this process)"}
+        w = weights.get(m) or (own.get(prefix) or f"checkpoint {arg}" if sep else
                                "no learned weights" if cfg["pretrained"] else "random backbone")
         lines.append(f"| {m} | {label} | `{w}` |")
     if unavailable:

@@ -60,6 +60,7 @@ class Bench:
         self.base = {"data": source.get("index_sha256"), "data_source": str(source.get("data")),
                      "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"], "builtin": cfg["builtin"],
                      "seed": cfg["seed"], "pretrained": cfg["pretrained"], "weights_dir": cfg["weights_dir"],
+                     **({"image_size": cfg["image_size"]} if cfg["image_size"] != 64 else {}),  # 64: earlier cells stay
                      "batch_invariant": cfg["batch_invariant"], "uint8": cfg["uint8"], "version": __version__,
                      "code": code_fingerprint()}
         self.produced: Set[str] = set()  # files (relative to out) of this run's cells
@@ -94,6 +95,27 @@ class Bench:
         if (cell_id, rel) not in self._rows:
             self._rows[cell_id, rel] = read_rows(self.out / rel, self._types[cell_id][rel])
         return self._rows[cell_id, rel]
+
+    def software(self) -> Dict[str, Any]:
+        import platform
+
+        from lit_attacks.bench.run_readme import git_commit
+
+        dev = self.devices
+        device = (torch.cuda.get_device_name() if dev["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available()
+                  else f"CPU, {torch.get_num_threads()} threads")
+        return {"lit_attacks": __version__, "code_fingerprint": code_fingerprint(), "commit": git_commit(),
+                "torch": torch.__version__, "python": platform.python_version(),
+                "device": f"{dev['devices']} x {device}" + (f", {dev['num_nodes']} nodes" if dev["num_nodes"] > 1
+                                                            else "")}
+
+    def command(self) -> str:
+        from lit_attacks.bench.run_readme import command_line
+
+        return "python bench.py " + " ".join(command_line())
+
+    def total_samples(self) -> int:
+        return self.dm_all.dataset().count()
 
     def say(self, line: str) -> None:
         self.progress.say(line)
@@ -223,7 +245,8 @@ def run_files(out: Path) -> List[Path]:
 def clear_run_files(folder: ResultsFolder) -> None:
     """At the start of a run: a results folder never shows run-level files of an earlier run beside this
     one's cells (a run killed midway leaves no summary or README claiming anything)."""
-    folder.remove_all([str(p.relative_to(folder.out)) for p in run_files(folder.out)])
+    folder.remove_all([str(p.relative_to(folder.out)) for p in run_files(folder.out)] +
+                      [rel for rel in folder.files if rel.startswith("leaderboard/")])  # results entries
 
 
 def remove_stale_files(folder: ResultsFolder, produced: Set[str], cell_ids: Set[str]) -> None:

@@ -36,7 +36,8 @@ def table() -> str:
         rows.append(f"| `{name}` | {d['what']} | {d['distance']} | {d['weights']} | {d['calibrated']} |")
     for prefix in METRICS.prefixes():
         d = describe(prefix)
-        rows.append(f"| `{prefix}:<checkpoint>` | {d['what']} | {d['distance']} | {d['weights']} | {d['calibrated']} |")
+        arg = METRICS.info(prefix).get("argument", "checkpoint")
+        rows.append(f"| `{prefix}:<{arg}>` | {d['what']} | {d['distance']} | {d['weights']} | {d['calibrated']} |")
     for name, (what, why) in METRICS.absent_names().items():
         rows.append(f"| `{name}` (not registered) | {what} | - | - | not available: {why} |")
     return "\n".join(rows) + "\n"

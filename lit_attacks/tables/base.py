@@ -36,9 +36,16 @@ def number_id(x: float, fmt: str = "g") -> str:
 
 
 def metric_file_fingerprint(name: str) -> Optional[str]:
-    """sha256 of the file behind a parametrised metric (``rlpips:<checkpoint>``), so a retrained checkpoint
-    at the same path invalidates completed cells; None for registry metrics."""
+    """sha256 of the file behind a parametrised metric (``rlpips:<checkpoint>``; for ``py:`` your module's source,
+    for ``user:`` your object's source and parameters), so a retrained checkpoint or an edited metric invalidates
+    completed cells; None for registry metrics."""
+    from lit_attacks.metrics.user import USER, spec_fingerprint
+
     prefix, sep, arg = name.partition(":")
+    if sep and prefix == "py":
+        return spec_fingerprint(arg)
+    if sep and prefix == "user":
+        return USER[arg]["fingerprint"] if arg in USER else None
     p = Path(arg).expanduser()
     if not sep or not p.is_file():
         return None
@@ -82,6 +89,18 @@ class Run(Protocol):
 
     def clear(self, rel: str) -> None:
         """Remove what bench wrote at or below ``rel`` (rank 0; files its manifest lists, never through a link)."""
+
+    tables: List["Table"]  # the tables of this run, in order
+    weights: Dict[str, str]  # metric -> the weights file or folder it was built from
+
+    def software(self) -> Dict[str, Any]:
+        """The package version, code fingerprint, git commit, torch, Python and device of this run."""
+
+    def command(self) -> str:
+        """The command line of this run, shell-quoted."""
+
+    def total_samples(self) -> int:
+        """Samples of the run's data (all, not only the unanimous ones)."""
 
 
 @dataclass
@@ -129,6 +148,8 @@ class Written:
         figures: PNG figures of the table (drawn by :meth:`Table.write` or by its cells).
         summary: scalars for the W&B run summary.
         panels: ``panels() -> {name: W&B object}`` (tables, charts, histograms), called only when W&B logs.
+        files: other files it wrote whose names depend on the run (results entries), recorded in the folder's
+            manifest like :attr:`Table.files`.
     """
 
     title: str
@@ -136,6 +157,7 @@ class Written:
     figures: List[Path] = field(default_factory=list)
     summary: Dict[str, Any] = field(default_factory=dict)
     panels: Optional[Callable[[], Dict[str, Any]]] = None
+    files: List[Path] = field(default_factory=list)
 
 
 class Table:
