@@ -1,5 +1,8 @@
-"""Attacks on perceptual similarity metrics, and robust metrics, with PyTorch Lightning."""
-__version__ = "0.1.0"
+"""Attacks on perceptual similarity metrics, and robust metrics, with PyTorch Lightning.
+
+``lit_attacks.evaluate(metric, ...)``: any metric (yours too) under a leaderboard protocol (:mod:`lit_attacks.api`).
+"""
+from lit_attacks.version import __version__, code_fingerprint  # noqa: F401 (the package's version and code)
 
 
 def evaluate(metric, data=None, protocol="leaderboard_quick", **kwargs):
@@ -7,22 +10,3 @@ def evaluate(metric, data=None, protocol="leaderboard_quick", **kwargs):
     from lit_attacks.api import evaluate as run
 
     return run(metric, data=data, protocol=protocol, **kwargs)
-
-
-def code_fingerprint() -> str:
-    """sha256 (first 16 hex) of every Python source file of the installed package, its subpackages
-    ``lit_attacks.datamodules`` and ``lit_attacks.callbacks`` included: results computed by other code
-    (another commit, a local edit) are never taken for this code's."""
-    import hashlib
-    import importlib.util
-    from pathlib import Path
-
-    roots = [Path(__file__).parent]
-    for sub in ("lit_attacks.datamodules", "lit_attacks.callbacks"):
-        spec = importlib.util.find_spec(sub)
-        roots += [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    h = hashlib.sha256(__version__.encode())
-    for root in dict.fromkeys(roots):
-        for f in sorted(root.rglob("*.py")):
-            h.update(f"{f.relative_to(root)}\n".encode() + f.read_bytes())
-    return h.hexdigest()[:16]

@@ -99,6 +99,7 @@ def test_a_metric_of_this_file_evaluated_from_python_gives_a_valid_entry_whose_n
     e = runs["py"]
     validate(e)
     assert e["metric"]["name"] == "user:MeanAbsDistance" and e["protocol"]["name"] == "lb_test"
+    assert e["protocol"]["image_size"] == 64 and e["dataset"]["categories"] == "all"
     assert e["metric"]["description"].startswith("Mean absolute pixel difference")
     k, n = unanimous_agreement(MeanAbsDistance())
     assert (e["results"]["clean"]["k"], e["results"]["clean"]["n"]) == (k, n) and n == e["dataset"]["unanimous"]

@@ -55,6 +55,7 @@ def _two_afc(out: Path, cfg) -> list:
 def _flips(recs: list) -> dict:
     flipped = [r for r in recs if _b(r["flipped"])]
     return {"total": len(recs), "flipped": len(flipped), "flip_rate": len(flipped) / len(recs) if recs else math.nan,
+            "flipped_uint8": sum(_b(r["flipped_uint8"]) for r in recs),
             "failed": sum(r["status"] != "ok" for r in recs),
             "rmse_mean": float(np.mean([float(r["rmse"]) for r in flipped])) if flipped else math.nan}
 

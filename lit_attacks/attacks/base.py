@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lit_attacks.attacks.calling import as_batch, check_batch, metric_name, warn_once
 from lit_attacks.attacks.objectives import (UINT8_MODES, agrees_with_humans, choose_prey, flipped, perturbation_stats,
                                             quantize, split_prey, to_uint8)
 from lit_attacks.attacks.output import AttackOutput
@@ -102,6 +103,10 @@ class AttackModule(pl.LightningModule):
 
         @functools.wraps(init)
         def checked(self, *args: Any, **kw: Any) -> None:
+            if args and not isinstance(args[0], str):  # a metric object where a name goes: user:<name>
+                args = (metric_name(args[0]),) + args[1:]
+            elif "metric" in kw and not isinstance(kw["metric"], str):
+                kw["metric"] = metric_name(kw["metric"])
             check_arguments(type(self).name, init, (self,) + args, kw)
             init(self, *args, **kw)
 
@@ -152,7 +157,15 @@ class AttackModule(pl.LightningModule):
             raise FloatingPointError(f"{self.name} on {self.metric_name}: metric returned non-finite {what} "
                                      f"for sample {key}")
 
+    def forward(self, ref: Tensor, p0: Tensor, p1: Tensor, judge: Optional[Any] = None,
+                keys: Optional[Sequence[str]] = None, categories: Optional[Sequence[str]] = None) -> AttackOutput:
+        """Attack B triplets given as (B, 3, H, W) tensors in [-1, 1]: ``attack(ref, p0, p1)``. ``judge`` (B,) is the
+        fraction of people who preferred p1 (optional: without it ``agreed`` is False); ``keys`` name the samples
+        (they seed each sample's random stream; default ``input/000000``...)."""
+        return self.predict_step(as_batch(ref, p0, p1, judge, keys, categories, self.name))
+
     def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> AttackOutput:
+        warn_once(self, check_batch(batch, f"{self.name} on {self.metric_name}"))  # before any work
         if self.batch_invariant:
             self.metric.double()
             batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
@@ -269,7 +282,7 @@ def check_arguments(attack: str, fn, args: tuple, kwargs: Dict[str, Any]) -> Non
         if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
             passed_on = value
         elif name in hints and not _matches(value, hints[name]):
-            raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {value!r}")
+            raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {_short(value)}")
     if passed_on:
         options = attack_options()
         for name in passed_on:
@@ -278,7 +291,13 @@ def check_arguments(attack: str, fn, args: tuple, kwargs: Dict[str, Any]) -> Non
         hints = typing.get_type_hints(AttackModule.__init__)
         for name, value in passed_on.items():
             if not _matches(value, hints[name]):
-                raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {value!r}")
+                raise ValueError(f"{attack}: {name} must be {_describe(hints[name])}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` on one line of at most 80 characters (a module's repr runs to dozens of lines)."""
+    text = repr(value).splitlines()[0] if repr(value) else ""
+    return text if len(text) <= 80 and "\n" not in repr(value) else text[:77] + "..."
 
 
 def attack_options() -> List[str]:

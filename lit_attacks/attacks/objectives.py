@@ -27,8 +27,9 @@ def split_prey(p0: Tensor, p1: Tensor, s0: Tensor, s1: Tensor, farther: bool = F
 def agrees_with_humans(judge: Tensor, prey: Tensor, tied: Optional[Tensor] = None) -> Tensor:
     """(B,) the metric ranked like the humans: its closer image (``prey`` index) is the one people preferred
     (judge > 0.5: p1). A tie (s0 == s1, ``tied``) ranks nothing, so it never agrees: the prey of a tie is p0
-    by convention (as the official code), which would otherwise count as agreeing whenever the judge is 0."""
-    agreed = (judge > 0.5) == prey.bool()
+    by convention (as the official code), which would otherwise count as agreeing whenever the judge is 0. No judge
+    (nan: triplets given without one) never agrees."""
+    agreed = ((judge > 0.5) == prey.bool()) & ~torch.isnan(judge)
     return agreed if tied is None else agreed & ~tied
 
 

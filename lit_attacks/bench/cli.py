@@ -192,13 +192,35 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class Terminated(Exception):
+    """SIGTERM (``kill``, a scheduler's time limit): raised by bench's handler, which Lightning's own SIGTERM handler
+    calls too (alone, Lightning only sets a flag that its predict loop never reads, so the run went on)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``bench.py`` with ``argv``: 0 when done, 130 on Ctrl-C; ``SystemExit`` with the status on an error."""
+    """Run ``bench.py`` with ``argv``: 0 when done, 130 on Ctrl-C, 143 on SIGTERM; ``SystemExit`` with the status on
+    an error."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return command(argv)
     except Stop as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(e.code) from None
+    except (KeyboardInterrupt, Terminated) as e:  # before the results folder was known (config, lock), or after
+        print(f"\nbench.py: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; run the same command "
+              "again to resume (completed cells are kept in <out>/cells).", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def command(argv: Optional[Sequence[str]] = None) -> int:
@@ -225,11 +247,12 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
     with locked(out, is_zero and os.environ.get("NODE_RANK", "0") == "0") as folder:
         try:
             return run(cfg, devices, out, flags, is_zero, folder)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated) as e:
             if is_zero:
-                print(f"\nbench.py: interrupted. Completed cells are saved in {out / 'cells'}; run the same command "
-                      "again to resume from there.", file=sys.stderr)
-            return 130
+                print(f"\nbench.py: {'terminated' if isinstance(e, Terminated) else 'interrupted'}. Completed cells "
+                      f"are saved in {out / 'cells'}; run the same command again to resume from there.",
+                      file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
         except InputError as e:  # bad data, config, weights or folder
             raise Stop(str(e)) from None
         except RunError as e:

@@ -8,6 +8,7 @@ fingerprint and unchanged files is loaded instead. The Bench knows no table by n
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import pytorch_lightning as pl
 import torch
 
-from lit_attacks import __version__, code_fingerprint
+from lit_attacks.version import __version__, code_fingerprint
 from lit_attacks.bench.cells import CellFiles, CellStore, Progress, read_rows
 from lit_attacks.bench.devices import ENV_DDP_TIMEOUT, RunError, ddp_timeout, trainer_kwargs, waiting_line, world_size
 from lit_attacks.bench.folder import ResultsFolder
@@ -80,6 +81,11 @@ class Bench:
                                  inference_mode=False)
             try:
                 trainer.predict(module, datamodule=datamodule, return_predictions=False)
+            except SystemExit:
+                if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1), ignoring SIGINT from then on
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    raise KeyboardInterrupt from None
+                raise
             except torch.distributed.DistError as e:
                 raise RunError(f"DDP: {world_size(self.devices)} processes did not all join or stay within "
                                f"{ddp_timeout():g} s ({first_line(e)}); start every node with the same --num-nodes, "

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
+from lit_attacks.attacks.ensemble import _label as attack_label
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.callbacks.samples import SampleRows
 from lit_attacks.configuration import ConfigError, check_keys
@@ -60,19 +61,13 @@ def protocol_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
     must agree on it (its fingerprint)."""
     s = rb.settings(cfg)
     ens = rb.Robust.worst_case_params(s, "linf", 1.0)["attacks"]
-    attacks = [{"attack": e["attack"], "params": dict(e.get("params") or {}), "label": rb_label(e),
+    attacks = [{"attack": e["attack"], "params": dict(e.get("params") or {}), "label": attack_label(e),
                 "black_box": bool(getattr(ATTACKS.get(e["attack"]), "black_box", False))} for e in ens]
     return {"target": s["target"], "attacks": attacks,
             "radii": {"linf": list(s["linf"]), "l2": list(s["l2"]), "units": UNITS},
             "min_eps": s["min_eps"], "certify": s["certify"], "seed": int(cfg["seed"]),
             "eot": max([int((e.get("params") or {}).get("eot", 1)) for e in ens] or [1]),
-            "uint8": cfg["uint8"]}
-
-
-def rb_label(entry: Dict[str, Any]) -> str:
-    from lit_attacks.attacks.ensemble import _label
-
-    return _label(entry)
+            "image_size": int(cfg["image_size"]), "uint8": cfg["uint8"]}
 
 
 @TABLES.register("leaderboard")
@@ -149,7 +144,9 @@ class Leaderboard(Table):
                 "dataset": {"name": dataset_name(cfg, run.source), "split": cfg["split"],
                             "samples": int(run.total_samples()),
                             "unanimous": n, "source": str(run.source.get("data")),
-                            "fingerprint": str(run.source.get("index_sha256"))},
+                            "categories": cfg["categories"] or "all",
+                            "fingerprint": fingerprint({"shards": run.source.get("index_sha256"),
+                                                        "split": cfg["split"], "categories": cfg["categories"]})},
                 "protocol": {"name": lb["protocol"], "fingerprint": fingerprint(spec),
                              "description": lb.get("description") or "", **{k: v for k, v in spec.items()
                                                                               if k != "uint8"}},

@@ -16,8 +16,8 @@ from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table
                                      number_id, slug)
 from lit_attacks.tables.table2 import attack_cell
 
-COLUMNS = ["metric", "eps", "alpha", "steps", "total", "flipped", "flip_rate", "flip_rate_agreed", "rmse_mean",
-           "samples_per_s"]
+COLUMNS = ["metric", "eps", "alpha", "steps", "total", "flipped", "flip_rate", "flipped_uint8", "flip_rate_agreed",
+           "rmse_mean", "samples_per_s"]
 KEYS = ("attack", "eps", "steps")
 
 
@@ -99,7 +99,8 @@ class Sweep(Table):
             res = payload["results"]
             out.append({"metric": payload["label"], "eps": cell.info["eps"], "alpha": cell.info["alpha"],
                         "steps": cell.info["steps"], "total": res["all"]["total"], "flipped": res["all"]["flipped"],
-                        "flip_rate": res["all"]["flip_rate"], "flip_rate_agreed": res["agreed"]["flip_rate"],
+                        "flip_rate": res["all"]["flip_rate"], "flipped_uint8": res["all"]["flipped_uint8"],
+                        "flip_rate_agreed": res["agreed"]["flip_rate"],
                         "rmse_mean": res["all"]["rmse_mean"], "samples_per_s": payload.get("samples_per_s")})
         return out
 

@@ -1,0 +1,142 @@
+"""A researcher's first hour, round 2 (issue 29): the three-line attack call, inputs checked before any work, and
+Ctrl-C that says how to resume, wherever it lands."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_attacks.attacks import create_attack
+from lit_attacks.bench.cli import main as bench
+from lit_attacks.metrics import create_metric
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--metrics", "l2", "--builtin-n", "2", "--batch-size", "8", "--wandb", "disabled", "--sweep-eps", "",
+         "--attacks", "pgd", "--param", "pgd.steps=3"]
+
+
+def triplets(B=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.rand(B, 3, 32, 32, generator=g) * 2 - 1
+    p0 = (ref + 0.02 * torch.randn(B, 3, 32, 32, generator=g)).clamp(-1, 1)
+    p1 = (ref + 0.2 * torch.randn(B, 3, 32, 32, generator=g)).clamp(-1, 1)
+    return ref, p0, p1
+
+
+def test_three_lines_attack_tensors_and_the_flips_re_score():
+    ref, p0, p1 = triplets()
+    out = create_attack("pgd", "l2", eps=0.2, alpha=0.02, steps=20)(ref, p0, p1)
+    m = create_metric("l2")
+    s0, s1 = m(ref, p0), m(ref, p1)
+    assert out.prey.tolist() == (s1 < s0).long().tolist() and out.key[0] == "input/000000"
+    other = torch.where((out.prey == 1).view(-1, 1, 1, 1), p0, p1)
+    assert out.flipped.any()
+    assert torch.equal(out.flipped, m(ref, out.adv) > m(ref, other))  # every flip re-scored on the returned image
+    assert not out.agreed.any()  # no judge given: nothing to agree with
+    judged = create_attack("pgd", "l2", eps=0.2, alpha=0.02, steps=20)(ref, p0, p1, judge=torch.zeros(6))
+    assert torch.equal(judged.agreed, s0 < s1) and torch.equal(judged.flipped, out.flipped)
+
+
+def test_a_metric_object_works_where_a_name_does():
+    metric = create_metric("lpips_alex", pretrained=False)
+    by_object = create_attack("pgd", metric, steps=3)
+    by_name = create_attack("pgd", "lpips_alex", pretrained=False, steps=3)
+    ref, p0, p1 = triplets(3)
+    assert torch.equal(by_object(ref, p0, p1).s_adv, by_name(ref, p0, p1).s_adv)
+    assert by_object.metric_name == "user:lpips_alex"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda b: b.pop("key"), r"the batch is missing 'key'; a batch holds ref, p0, p1"),
+    (lambda b: b.pop("category"), r"the batch is missing 'category'"),
+    (lambda b: b.update(p1=b["p1"][:2]), r"ref, p0 and p1 must have the same shape"),
+    (lambda b: b.update(ref=b["ref"][0]),
+     r"ref must be a \(B, 3, H, W\) float tensor in \[-1, 1\], got shape \(3, 32, 32\)"),
+    (lambda b: b.update(judge=torch.zeros(2)), r"judge must be a \(6,\) tensor"),
+    (lambda b: b.update(key="one"), r"key must be 6 strings"),
+])
+def test_bad_batches_fail_in_one_line_before_any_work(change, message, monkeypatch):
+    from lit_attacks.attacks import pgd
+
+    atk = create_attack("pgd", "l2", steps=3)
+    ref, p0, p1 = triplets()
+    batch = {"ref": ref, "p0": p0, "p1": p1, "judge": torch.zeros(6), "key": [f"k{i}" for i in range(6)],
+             "category": ["c"] * 6}
+    change(batch)
+    monkeypatch.setattr(pgd.PGD, "attack", lambda *a, **k: pytest.fail("the attack ran on a bad batch"))
+    with pytest.raises(ValueError, match=message) as e:
+        atk.predict_step(batch)
+    assert "\n" not in str(e.value)
+
+
+def test_a_batch_in_0_1_gets_one_warning_and_is_attacked_as_it_is():
+    atk = create_attack("pgd", "l2", steps=2)
+    ref, p0, p1 = ((t + 1) / 2 for t in triplets())
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        atk(ref, p0, p1)
+        atk(ref, p0, p1)
+        atk(*triplets())
+    texts = [str(x.message) for x in w if "[0, 1]" in str(x.message)]
+    assert texts == ["pgd on l2: every image of this batch is in [0, 1]; attacks and metrics expect [-1, 1] images "
+                     "(x * 2 - 1). Attacking them as they are."]
+
+
+def test_a_long_repr_never_floods_an_error():
+    with pytest.raises(ValueError, match=r"^pgd: eps must be a finite number, got .{1,80}$"):
+        create_attack("pgd", "l2", eps=torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(30)]))
+
+
+# ------------------------------------------------------------------------------ 2. Ctrl-C anywhere
+def test_ctrl_c_inside_lightning_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """Lightning catches KeyboardInterrupt in a predict loop and calls sys.exit(1): bench turns it back."""
+    from lit_attacks.attacks import base
+
+    def interrupt(self, batch, batch_idx=0):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(base.AttackModule, "predict_step", interrupt)
+    assert bench(SMALL + ["--out", str(tmp_path / "r"), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again to resume" in err and str(tmp_path / "r" / "cells") in err
+    assert (tmp_path / "r" / "cells").is_dir() and any((tmp_path / "r" / "cells").iterdir())  # table 1 kept
+
+
+@pytest.mark.parametrize("where", ["lightning.pytorch", "preflight", "finish", "config"])
+def test_ctrl_c_at_other_moments(where, tmp_path, capsys, monkeypatch):
+    from lit_attacks.bench import cli, runner
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    if where == "preflight":
+        monkeypatch.setattr(runner, "create_metric", interrupt)
+    elif where == "finish":
+        monkeypatch.setattr("lit_attacks.bench.outputs.write_outputs", interrupt)
+    elif where == "config":
+        monkeypatch.setattr(cli, "resolve_config", interrupt)
+    else:
+        monkeypatch.setattr("lit_attacks.scoring.ScoreModule.predict_step", interrupt)
+    assert bench(SMALL + ["--out", str(tmp_path / "r"), "--quiet"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "summary.json").exists()  # no run-level file claims a finished run
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_real_signal_inside_a_cell_stops_the_run_with_the_resume_line(tmp_path, sig, code, word):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), "--metrics", "l2,ssim", "--builtin-n", "10",
+                          "--wandb", "disabled", "--out", str(tmp_path / "r")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    line = ""
+    while "[cell 3/" not in line and time.time() < deadline:  # well inside the run, inside a Lightning loop
+        line = p.stdout.readline()
+    p.send_signal(sig)  # SIGTERM: Lightning's predict loop alone only noted it and ran on to the end
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == code, err[-2000:]
+    assert f"bench.py: {word}. Completed cells are saved in" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "summary.json").exists()
