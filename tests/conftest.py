@@ -13,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIT_ATTACKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+# the weights folder as the session started (fixtures such as empty_hub unset the variable for one test)
+WEIGHTS = Path(os.environ["LIT_ATTACKS_WEIGHTS_DIR"]) if os.environ.get("LIT_ATTACKS_WEIGHTS_DIR") else SHARED / "weights"
+
+
 def weights_dir() -> Path:
     env = os.environ.get("LIT_ATTACKS_WEIGHTS_DIR")
     return Path(env) if env else SHARED / "weights"
@@ -24,6 +28,15 @@ def empty_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("LIT_ATTACKS_WEIGHTS_DIR", raising=False)
     return tmp_path
+
+
+def weights_file(name: str = "") -> Path:
+    """A weights file (or the folder, ``name`` empty) in ``$LIT_ATTACKS_WEIGHTS_DIR`` (default ../shared/data/weights):
+    a test that needs only the weights runs wherever they are, and skips with a reason where they are not."""
+    p = WEIGHTS / name
+    if not p.exists():
+        pytest.skip(f"weights {p} not available (set LIT_ATTACKS_WEIGHTS_DIR to a folder holding them)")
+    return p
 
 
 def shared_file(rel: str) -> Path:
@@ -40,6 +53,16 @@ def load_image(path: Path, mode: str = "RGB") -> torch.Tensor:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+def photo_triplet(category: str = "blur", idx: int = 0, size: int = 64):
+    """(ref, p0, p1), each (1, 3, size, size) in [-1, 1]: a built-in photo triplet (CC0 photographs shipped with
+    scikit-image), for checks that need real images but not particular ones."""
+    from lit_attacks.datamodules.synthetic import make_photo_sample
+
+    s = make_photo_sample(0, "val", category, idx, size)
+    return tuple(torch.from_numpy(np.asarray(s[k], dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+                 for k in ("ref", "p0", "p1"))
 
 
 @pytest.fixture

@@ -140,3 +140,25 @@ def test_a_real_signal_inside_a_cell_stops_the_run_with_the_resume_line(tmp_path
     assert p.returncode == code, err[-2000:]
     assert f"bench.py: {word}. Completed cells are saved in" in err and "Traceback" not in err
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+# ------------------------------------------------------------------------------ 7. small things
+def test_every_bench_flag_has_help_text():
+    from lit_attacks.bench.cli import build_parser
+
+    bare = [a.option_strings for a in build_parser()._actions if a.option_strings and not (a.help or "").strip()]
+    assert not bare, f"flags without help: {bare}"
+
+
+def test_the_offline_weights_error_names_both_files_and_advises_once(empty_hub, monkeypatch, capsys, tmp_path):
+    from lit_attacks.metrics import WeightsNotFoundError
+    from lit_attacks.metrics import weights as W
+
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    with pytest.raises(WeightsNotFoundError, match=r"'alexnet-owt-7be5be79.pth' \(or a features-only "
+                                                  r"alexnet_features_\*.pth in the weights folder\) not found"):
+        create_metric("lpips_alex", weights_dir=str(empty_hub))
+    with pytest.raises(SystemExit):
+        bench(["--metrics", "lpips_alex", "--weights-dir", str(empty_hub), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert err.count("pretrained") == 1 and "--pretrained false" in err and len(err.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ from lit_attacks.metrics import WeightsNotFoundError, create_metric
 from lit_attacks.metrics import weights as W
 from lit_attacks.metrics.watson import WATSON_FILES
 
-from conftest import load_image, shared_file
+from conftest import load_image, photo_triplet, shared_file, weights_file
 
 
 # ----------------------------------------------------------------------------------------------- Watson-DFT
@@ -164,7 +164,7 @@ def _package_lpips(sd):
 def rlpips_file(path, fname, backbone=True, tune=False, prefix="", seed=0):
     """An R-LPIPS checkpoint of the authors' layout: the whole lpips.LPIPS state dict (ImageNet AlexNet from
     shared/data, heads perturbed; ``tune``: the AlexNet perturbed too), or the heads only."""
-    feats = torch.load(shared_file("weights/alexnet_features_tv_IMAGENET1K_V1.pth"), weights_only=True)
+    feats = torch.load(weights_file("alexnet_features_tv_IMAGENET1K_V1.pth"), weights_only=True)
     net = _package_lpips({})
     sd = net.state_dict()
     slices = {f"net.slice{i}.{k}": None for i in range(1, 6) for k in dict(getattr(net.net, f"slice{i}").state_dict())}
@@ -192,21 +192,21 @@ def rlpips_file(path, fname, backbone=True, tune=False, prefix="", seed=0):
 def test_released_rlpips_equals_lpips_with_the_checkpoint(empty_hub, name, fname, kwargs):
     sd = rlpips_file(empty_hub, fname, **kwargs)
     m = create_metric(name, weights_dir=str(empty_hub))
-    ref, p0, p1 = (load_image(shared_file(f"images/lpips_examples/ex_{n}.png")) for n in ("ref", "p0", "p1"))
+    ref, p0, p1 = photo_triplet()  # any real images: two implementations are compared
     refs, xs = torch.cat([ref, ref]), torch.cat([p0, p1])
     want = _package_lpips(sd)(refs, xs).flatten()
     torch.testing.assert_close(m(refs, xs), want, rtol=1e-6, atol=1e-7)
-    plain = create_metric("lpips_alex", weights_dir=str(shared_file("weights")))(refs, xs)
+    plain = create_metric("lpips_alex", weights_dir=str(weights_file()))(refs, xs)
     assert not torch.allclose(m(refs, xs), plain, rtol=1e-2)  # the checkpoint's heads, not the package's
     assert m.label == name and m.pretrained
 
 
 def test_released_rlpips_heads_only_file_takes_the_imagenet_alexnet(empty_hub):
     sd = rlpips_file(empty_hub, "latest_net_linf_x1.pth", backbone=False)
-    feats = shared_file("weights/alexnet_features_tv_IMAGENET1K_V1.pth")
+    feats = weights_file("alexnet_features_tv_IMAGENET1K_V1.pth")
     (empty_hub / feats.name).symlink_to(feats)
     m = create_metric("rlpips_linf_x1", weights_dir=str(empty_hub))
-    ref, p0 = (load_image(shared_file(f"images/lpips_examples/ex_{n}.png")) for n in ("ref", "p0"))
+    ref, p0, _ = photo_triplet()
     torch.testing.assert_close(m(ref, p0), _package_lpips(sd)(ref, p0).flatten(), rtol=1e-6, atol=1e-7)
 
 

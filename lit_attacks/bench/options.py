@@ -39,8 +39,10 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("weights_dir", None, optional=True, help="folder searched first for weights ($LIT_ATTACKS_WEIGHTS_DIR)"),
     Option("skip_unavailable", False, "bool", "true: metrics whose weights or extra are missing are listed as not "
                                               "run instead of stopping"),
-    Option("batch_size", 64, "int", minimum=1),
-    Option("num_workers", 0, "int", minimum=0),
+    Option("batch_size", 64, "int", "samples per batch of every cell (memory: attacks hold a few copies per sample)",
+           minimum=1),
+    Option("num_workers", 0, "int", "DataLoader worker processes per device process (0: load in the main process)",
+           minimum=0),
     Option("batch_invariant", False, "bool", "float64: results independent of batching", switch=True),
     Option("uint8", "round", help="8-bit images (PNGs, s_adv_uint8): round (default) or trunc as the official code",
            choices=UINT8_MODES),
@@ -50,11 +52,12 @@ RUN_OPTIONS: Tuple[Option, ...] = (
            minimum=0),
     Option("accelerator", None, optional=True, help="explicit Lightning accelerator, e.g. cpu (with --devices 2: "
                                                      "CPU DDP)"),
-    Option("devices", None, "int", optional=True, minimum=1),
+    Option("devices", None, "int", "Lightning devices per node (with --accelerator; --gpus N sets both)", optional=True,
+           minimum=1),
     Option("strategy", "auto", help="Lightning strategy (default: ddp when more than one process)"),
     Option("num_nodes", 1, "int", "nodes of a multi-node run (torchrun / SLURM)", minimum=1),
     Option("wandb", "auto", help="W&B mode (auto: online with an API key, else offline)", choices=MODES),
-    Option("wandb_project", "lit-attacks"),
+    Option("wandb_project", "lit-attacks", help="W&B project name"),
 )
 
 

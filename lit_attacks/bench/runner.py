@@ -146,7 +146,9 @@ class Bench:
                 if built.weights_file is not None:
                     self.weights[m] = built.weights_file
             except WeightsNotFoundError as e:
-                self._unavailable(m, f"{e}; or run with --pretrained false (random backbones)")
+                why = str(e).replace("use pretrained=False", "run with --pretrained false")  # the flag, said once
+                self._unavailable(m, why if "--pretrained false" in why else f"{why}; or run with --pretrained false "
+                                  "(random backbones)")
             except ImportError as e:  # an optional extra is not installed
                 self._unavailable(m, str(e))
             except (CheckpointError, WeightsFileError) as e:

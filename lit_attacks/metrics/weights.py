@@ -78,10 +78,10 @@ def _load(path: Path) -> Dict[str, torch.Tensor]:
     return obj
 
 
-def _download(url: str, metric: str, fname: str, weights_dir: Optional[Path]) -> Dict[str, torch.Tensor]:
+def _download(url: str, metric: str, fname: str, weights_dir: Optional[Path], also: str = "") -> Dict[str, torch.Tensor]:
     where = f"{weights_dir} or {hub_checkpoints_dir()}" if weights_dir else str(hub_checkpoints_dir())
     msg = (
-        f"{metric}: weights file {fname!r} not found and could not be downloaded from {url}; "
+        f"{metric}: weights file {fname!r}{also} not found and could not be downloaded from {url}; "
         f"put it in {where} (or set {ENV_WEIGHTS_DIR}=<folder>), or use pretrained=False for a "
         f"random backbone (tests and timing only)"
     )
@@ -108,7 +108,8 @@ def backbone_features(metric: str, arch: str, weights_dir: Optional[str | os.Pat
     cached = hub_checkpoints_dir() / fname
     if cached.is_file():
         return _features_only(_load(cached), cached, metric)
-    return _features_only(_download(_TV_ROOT + fname, metric, fname, wd), hub_checkpoints_dir() / fname, metric)
+    also = f" (or a features-only {arch}_features_*.pth in the weights folder)"
+    return _features_only(_download(_TV_ROOT + fname, metric, fname, wd, also), hub_checkpoints_dir() / fname, metric)
 
 
 _USED: ContextVar[Optional[Dict[str, str]]] = ContextVar("lit_attacks_weights_used", default=None)
