@@ -162,3 +162,18 @@ def test_the_offline_weights_error_names_both_files_and_advises_once(empty_hub, 
         bench(["--metrics", "lpips_alex", "--weights-dir", str(empty_hub), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert err.count("pretrained") == 1 and "--pretrained false" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_rerun_readme_keeps_what_the_cells_cost(tmp_path):
+    import json
+    import re
+
+    out = tmp_path / "r"
+    assert bench(SMALL + ["--out", str(out), "--quiet"]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert "loaded" not in (out / "README.md").read_text()
+    assert bench(SMALL + ["--out", str(out), "--quiet"]) == 0
+    n = len(first["cells"])
+    text = (out / "README.md").read_text()
+    m = re.search(rf"which loaded {n} of its {n} cells from an earlier run; the cells took ([0-9.]+) s", text)
+    assert m and float(m[1]) == pytest.approx(sum(c["seconds"] for c in first["cells"].values()), abs=0.06)

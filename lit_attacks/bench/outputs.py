@@ -47,8 +47,10 @@ def write_outputs(bench) -> List[Path]:
                                                        figs, listed() + ["README.md"]))
     dev = f"{bench.devices['devices']} x {bench.devices['accelerator']} ({bench.devices['strategy']})"
     files = listed()
+    compute = sum(p.get("seconds") or 0 for p in bench.cells.values())
     atomic_write(out / "README.md", render(cfg, command_line(), bench.source, bench.labels, weights, files, seconds,
-                                           dev, wandb_dir, unavailable=bench.unavailable))
+                                           dev, wandb_dir, unavailable=bench.unavailable,
+                                           cells=(len(bench.cells), len(bench.loaded), compute)))
     report(bench, {name: (w.title, w.markdown) for name, w in written.items() if w.markdown},
            wandb_dir, seconds)
     return figs + [f for w in written.values() for f in w.files]

@@ -38,16 +38,27 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def cell_time(cells: Optional[tuple]) -> str:
+    if not cells or not cells[1]:
+        return ""
+    n, loaded, compute = cells
+    return (f" for this invocation, which loaded {loaded} of its {n} cells from an earlier run; the cells took "
+            f"{compute:.1f} s when they were computed")
+
+
 def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], labels: Dict[str, str],
            weights: Dict[str, str], files: List[str], seconds: float, devices: str,
-           wandb_dir: Optional[str], unavailable: Optional[Dict[str, str]] = None) -> str:
+           wandb_dir: Optional[str], unavailable: Optional[Dict[str, str]] = None,
+           cells: Optional[tuple] = None) -> str:
+    """The run README. ``cells``: (cells, of them loaded from an earlier run, seconds the cells took when computed),
+    so a rerun that loads everything still says what the results cost."""
     lines = [f"# Bench run `{cfg['name']}`", ""]
     if not cfg["pretrained"]:
         lines += ["> **WARNING: random backbones** (`pretrained: false`). Learned metrics ran with randomly",
                   "> initialised networks: the numbers are for testing and timing only, not about LPIPS & co.", ""]
     lines += ["All tables, plots and example grids on one page: [index.html](index.html).", ""]
     lines += ["## Command", "", "```bash", "python bench.py " + " ".join(argv), "```", "",
-              f"Wall time {seconds:.1f} s on {devices}.", "", "## Data", ""]
+              f"Wall time {seconds:.1f} s on {devices}{cell_time(cells)}.", "", "## Data", ""]
     lines += [f"- source: {data.get('data')}", f"- shards: `{data.get('shards')}`",
               f"- shard index sha256 (first 16 hex): `{data.get('index_sha256')}`", f"- split: {cfg['split']}", ""]
     lines += ["## Metrics and weights", "", "| metric | label | weights |", "|---|---|---|"]

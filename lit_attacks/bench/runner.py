@@ -54,6 +54,7 @@ class Bench:
         self.weights: Dict[str, str] = {}  # metric -> the weights file or folder it was built from
         self.unavailable: Dict[str, str] = {}  # metric -> why it could not be built (skip_unavailable)
         self.cells: Dict[str, Dict[str, Any]] = {}  # cell id -> payload, in run order
+        self.loaded: Set[str] = set()  # cells completed by an earlier run, loaded by this one
         self._rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}  # rows computed in this run
         self._types: Dict[str, Dict[str, Dict[str, str]]] = {}  # cell id -> CSV -> column types
         self.wandb = WandbRun(resolve_mode(cfg["wandb"]), cfg["wandb_project"], cfg["name"], out,
@@ -216,6 +217,7 @@ class Bench:
             self.produced.update(hashes)
         else:
             self.progress.finish()
+            self.loaded.add(cell.id)
             payload = state["payload"]
             self._types[cell.id] = state["types"]
             self.produced.update(state["files"])
