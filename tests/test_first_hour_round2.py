@@ -177,3 +177,57 @@ def test_a_rerun_readme_keeps_what_the_cells_cost(tmp_path):
     text = (out / "README.md").read_text()
     m = re.search(rf"which loaded {n} of its {n} cells from an earlier run; the cells took ([0-9.]+) s", text)
     assert m and float(m[1]) == pytest.approx(sum(c["seconds"] for c in first["cells"].values()), abs=0.06)
+
+
+# ------------------------------------------------------------------------------ 3. the index page
+CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
+
+
+def test_examples_are_drawn_across_categories_flipped_first():
+    from types import SimpleNamespace
+
+    from lit_attacks.callbacks.examples import ExampleCollector
+
+    c = ExampleCollector(k=4)
+    trainer = SimpleNamespace(is_global_zero=True)
+    c.on_predict_start(trainer, None)
+    c.on_predict_batch_end(trainer, None, _outputs(["b/0", "b/1", "b/2", "n/0"], ["blur"] * 3 + ["noise"],
+                                                   [True, True, True, False]), None, 0)
+    c.on_predict_batch_end(trainer, None, _outputs(["n/1", "j/0"], ["noise", "jpeg"], [True, False]), None, 1)
+    c.on_predict_end(trainer, None)
+    assert [e["key"] for e in c.examples] == ["b/0", "n/1", "b/1", "b/2"]  # flipped, one category at a time
+    c = ExampleCollector(k=3)
+    c.on_predict_start(trainer, None)
+    c.on_predict_batch_end(trainer, None, _outputs(["b/0", "n/0", "j/0"], ["blur", "noise", "jpeg"],
+                                                   [False, False, True]), None, 0)
+    c.on_predict_end(trainer, None)
+    assert [e["key"] for e in c.examples] == ["j/0", "b/0", "n/0"]  # then unflipped ones, across categories
+
+
+def _outputs(keys, cats, flipped):
+    from types import SimpleNamespace
+
+    B = len(keys)
+    img = torch.zeros(B, 4, 4, 3, dtype=torch.uint8)
+    return SimpleNamespace(key=keys, category=cats, flipped=torch.tensor(flipped), s_other=torch.ones(B),
+                           s_adv=torch.ones(B), s0=torch.zeros(B), s1=torch.ones(B),
+                           images={n: img for n in ("ref", "other", "prey", "adv")})
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium installed (Debian package chromium)")
+def test_the_index_page_fits_1280_px_with_a_compact_table2_and_a_legend(tmp_path):
+    out = tmp_path / "r"
+    assert bench(SMALL[:-4] + ["--attacks", "fgsm,pgd", "--param", "pgd.steps=3", "--param", "fgsm.step=0.002",
+                               "--out", str(out), "--quiet"]) == 0
+    page = (out / "index.html").read_text()
+    assert "<th>8-bit</th>" in page and "flipped_uint8" not in page.split("id='table2'")[1].split("</table>")[0]
+    assert ">tied<" not in page  # no tie in this run: the empty groups are folded
+    assert "<ul class='legend'>" in page and "table2.csv'>table2.csv</a> (every column)" in page
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1280,900"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", (out / "index.html").as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert 'data-broken-images="0"' in dom and 'data-overflow="false"' in dom
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={tmp_path / 'page.png'}", (out / "index.html").as_uri()],
+                   capture_output=True, timeout=120)
+    assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -13,7 +13,8 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200p
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;
 border:1px solid #eee;margin:.3em 0}.warn{background:#fff3cd;padding:.6em;border:1px solid #e0c060}
-code{background:#f5f5f5;padding:1px 4px}figure{margin:1em 0}figcaption{font-size:13px;color:#555}"""
+code{background:#f5f5f5;padding:1px 4px}figure{margin:1em 0}figcaption{font-size:13px;color:#555}
+.wrap{overflow-x:auto;max-width:100%}.legend{font-size:13px;color:#444}"""
 SCRIPT = BROKEN_IMAGES_SCRIPT
 
 
@@ -32,22 +33,26 @@ def table_html(rows: Sequence[Dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render(out: Path, title: str, command: str, notes: List[str], tables: List[Tuple[str, str, List[Dict[str, Any]]]],
-           figures: Sequence[Path], files: Sequence[str]) -> str:
-    """The page. ``tables``: (anchor, title, rows) per table; ``figures``: PNG paths under ``out``."""
+def render(out: Path, title: str, command: str, notes: List[str],
+           tables: List[Tuple[str, str, List[Dict[str, Any]], List[str]]], figures: Sequence[Path],
+           files: Sequence[str]) -> str:
+    """The page. ``tables``: (anchor, title, rows, legend) per table (the rows each table shows on the page, its
+    CSV linked beside them); ``figures``: PNG paths under ``out``."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
              f"<h1>{html.escape(title)}</h1>", f"<p><code>{html.escape(command)}</code></p>"]
     parts += [f"<p class='warn'>{html.escape(n)}</p>" for n in notes]
-    parts.append("<p>Contents: " + " | ".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t, _ in tables)
+    parts.append("<p>Contents: " + " | ".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t, *_ in tables)
                  + " | <a href='#figures'>figures</a> | <a href='#files'>files</a> | "
                    "<a href='README.md'>README.md</a> | <a href='summary.json'>summary.json</a></p>")
-    for anchor, name, rows in tables:
+    for anchor, name, rows, legend in tables:
         parts.append(f"<h2 id='{anchor}'>{html.escape(name)}</h2>")
         csv = out / f"{anchor}.csv"
         if csv.is_file():
-            parts.append(f"<p><a href='{anchor}.csv'>{anchor}.csv</a></p>")
-        parts.append(table_html(rows))
+            parts.append(f"<p><a href='{anchor}.csv'>{anchor}.csv</a> (every column)</p>")
+        parts.append(f"<div class='wrap'>{table_html(rows)}</div>")
+        if legend:
+            parts.append("<ul class='legend'>" + "".join(f"<li>{html.escape(x)}</li>" for x in legend) + "</ul>")
     parts.append("<h2 id='figures'>Figures</h2>")
     for fig in figures:
         rel = fig.relative_to(out).as_posix()

@@ -41,7 +41,7 @@ def write_outputs(bench) -> List[Path]:
     notes = [] if cfg["pretrained"] else ["WARNING: random backbones (pretrained: false): the numbers are for testing "
                                           "and timing only."]
     notes += [f"Not run (unavailable here): {m}: {why}" for m, why in bench.unavailable.items()]
-    page_tables = [(name, written[name].title, rows[name]) for name in running if rows[name]]
+    page_tables = [(name, written[name].title, *running[name].page(rows[name])) for name in running if rows[name]]
     command = "python bench.py " + " ".join(command_line())
     atomic_write(out / "index.html", index_page.render(out, f"Bench run {cfg['name']}", command, notes, page_tables,
                                                        figs, listed() + ["README.md"]))

@@ -238,6 +238,11 @@ class Table:
         """Write the table's files (of :attr:`files`) and figures; what was written, for the console and W&B."""
         return Written(self.name)
 
+    def page(self, rows: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+        """What the run's index page shows of the rows, and a legend of its columns (the full rows stay in the
+        table's CSV, linked beside it); by default the rows as they are."""
+        return rows, []
+
 
 def tables() -> List[type]:
     """Every registered table class, in ``order``."""

@@ -130,23 +130,33 @@ def min_eps_curves(rows: Sequence[Dict[str, Any]], path: Path) -> Optional[Path]
 
 
 def example_grid(examples: Sequence[Dict[str, Any]], title: str, path: Path) -> Optional[Path]:
-    """Rows of (ref, other, prey, adversarial prey, amplified |adv - prey|) uint8 images; the captions give each
-    image's distance to the reference, d(ref, .), with enough digits to tell a flip."""
+    """Rows of (ref, other, prey, adversarial prey, |adv - prey|) uint8 images; the captions give each image's
+    distance to the reference, d(ref, .), with enough digits to tell a flip, and each one's category. The
+    difference is the largest over the colour channels, drawn dark purple (0) to yellow (its largest value, stated
+    in the caption in [-1, 1] units) on a framed panel, so a uniform l_inf perturbation does not vanish into the
+    page."""
     if not examples:
         return None
     plt = _plt()
     fig, axes = plt.subplots(len(examples), 5, figsize=(8.2, 1.8 * len(examples)), squeeze=False)
     for row, ex in zip(axes, examples):
         im = ex["images"]
-        diff = np.abs(im["adv"].astype(np.float64) - im["prey"].astype(np.float64))
-        gain = 255.0 / diff.max() if diff.max() > 0 else 1.0
+        diff = np.abs(im["adv"].astype(np.float64) - im["prey"].astype(np.float64)).max(axis=2)
+        top = diff.max()
         captions = [f"ref {ex['key'].split('/', 1)[-1]}", f"other {ex['s_other']:.6g}", f"prey {ex['s_prey']:.6g}",
-                    f"adv {ex['s_adv']:.6g}" + (" flipped" if ex["flipped"] else ""), f"|adv - prey| x{gain:.0f}"]
-        shown = [im["ref"], im["other"], im["prey"], im["adv"], np.clip(diff * gain, 0, 255).astype(np.uint8)]
-        for ax, picture, cap in zip(row, shown, captions):
-            ax.imshow(picture, interpolation="nearest")
+                    f"adv {ex['s_adv']:.6g}" + (" flipped" if ex["flipped"] else ""),
+                    f"|adv - prey|: 0 to {2 * top / 255:.3g}"]  # the key names the category
+        shown = [im["ref"], im["other"], im["prey"], im["adv"], diff]
+        for j, (ax, picture, cap) in enumerate(zip(row, shown, captions)):
+            if j < 4:
+                ax.imshow(picture, interpolation="nearest")
+                ax.axis("off")
+            else:  # dark = unchanged; a frame, so the panel reads as one even when it is uniform
+                ax.imshow(picture, cmap="viridis", vmin=0, vmax=max(top, 1e-12), interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("#444")
             ax.set_title(cap, fontsize=7)
-            ax.axis("off")
     fig.suptitle(f"{title}: distances to the reference d(ref, .)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

@@ -298,6 +298,17 @@ class Robust(Table):
                    if k not in ("metric", "samples") and isinstance(v, (int, float))}
         return Written(title, md, [fig] if fig is not None else [], summary)
 
+    def page(self, rows: List[Dict[str, Any]]):
+        """Accuracies in % (as the README states them), AUC in %, median minimum epsilons as they are."""
+        def percent(key: str) -> bool:
+            return key not in ("metric", "samples", "failed") and not key.startswith("median")
+
+        view = [{(f"{k} (%)" if percent(k) else k): (round(100 * v, 1) if percent(k) and isinstance(v, float) else v)
+                 for k, v in r.items()} for r in rows]
+        return view, ["accuracies in % of the unanimous samples: clean, robust at each radius (radii on [0, 1] "
+                      "images, l_inf in 1/255), AUC of robust accuracy against the budget, certified at each l_2 "
+                      "radius; median min eps: of the flipped samples, in the radius units"]
+
     @staticmethod
     def scalars(cell_id: str, metric: str, payload: Dict[str, Any]) -> Dict[str, Any]:
         res = payload.get("results", {}).get("all")

@@ -193,6 +193,9 @@ class Table2(Table):
         summary = {f"flip_rate/{r['attack']}/{r['metric']}": r["flip_rate"] for r in rows if r["group"] == "all"}
         return Written(self.title, md, self.figures(run, rows), summary, partial(self.panels, run, rows))
 
+    def page(self, rows: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+        return table2_page(rows)
+
     def figures(self, run: Run, rows: List[Dict[str, Any]]) -> List:
         plots_dir = run.out / "plots"
         figs = [plots.flip_rate_bars(rows, plots_dir / f"{self.figure_prefix}flip_rates.png"),
@@ -231,6 +234,30 @@ def counting_caption(attacks: Dict[str, Dict[str, Any]]) -> str:
     """Which rule counts a flip, per attack (its ``counting`` parameter; "final" by default)."""
     rules = [f"{a}: {COUNTINGS.get(kw.get('counting', 'final'), kw.get('counting'))}" for a, kw in attacks.items()]
     return "Flips counted as " + "; ".join(rules) + "."
+
+
+PAGE_LEGEND = [
+    "group: the samples the metric ranked like the humans (agreed), the other way (disagreed), or all of them",
+    "total: unanimous samples in the group; flipped: rank flips of the float adversarial image (% of total); "
+    "8-bit: of those, the flips that survive saving the image as 8 bits",
+    "eps: mean smallest flipping epsilon (FGSM) or the budget (PGD), on [-1, 1]; RMSE and PSNR (dB) of the "
+    "flipped samples' perturbations, mean +- std, on [0, 255]",
+    "groups without samples (no tie, for instance) are left out; the CSV has every column and row",
+]
+
+
+def table2_page(rows: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """A compact Table 2 for the index page: the counts with their 8-bit share, epsilon, RMSE and PSNR."""
+    view = []
+    for r in rows:
+        if not r["total"]:
+            continue
+        spread = lambda m, s: f"{r[m]:.2f} +- {r[s]:.2f}" if r["flipped"] else "-"  # noqa: E731
+        view.append({"metric": r["metric"], "attack": r["attack"], "group": r["group"], "total": r["total"],
+                     "flipped": f"{r['flipped']} ({100 * r['flip_rate']:.1f}%)", "8-bit": r["flipped_uint8"],
+                     "eps": r["eps_mean"], "RMSE": spread("rmse_mean", "rmse_std"),
+                     "PSNR": spread("psnr_mean", "psnr_std")})
+    return view, PAGE_LEGEND
 
 
 def table2_markdown(rows: List[Dict[str, Any]]) -> str:
