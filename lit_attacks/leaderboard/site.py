@@ -178,7 +178,8 @@ def plot_svg(group: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
     W, H, pad, gap = 360, 240, 44, 30
     norms = [n for n in ("linf", "l2") if any(r["norm"] == n for e in entries for r in e["results"]["robust"])]
     total_w = pad + len(norms) * (W + gap) + 170
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{H + 2 * pad}" '
+    height = max(H + 2 * pad, pad + 16 * len(entries) + 16)  # the legend: one line per metric
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{height}" '
              f'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>']
     for i, norm in enumerate(norms):
         x0, y0 = pad + i * (W + gap), pad
@@ -200,17 +201,22 @@ def plot_svg(group: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
             pts = [(0.0, e["results"]["clean"]["value"])] + [(r["radius"], r["accuracy"]["value"])
                                                              for r in e["results"]["robust"] if r["norm"] == norm]
             pts = [(r, a) for r, a in pts if a is not None]
-            c = COLOURS[j % len(COLOURS)]
-            parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
+            c, dash = COLOURS[j % len(COLOURS)], _dash(j)
+            parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="'
                          + " ".join(f"{X(r):.1f},{Y(a):.1f}" for r, a in pts) + '"/>')
             parts += [f'<circle cx="{X(r):.1f}" cy="{Y(a):.1f}" r="2.5" fill="{c}"/>' for r, a in pts]
     lx = pad + len(norms) * (W + gap)
     for j, e in enumerate(entries):
-        c = COLOURS[j % len(COLOURS)]
+        c, dash = COLOURS[j % len(COLOURS)], _dash(j)
         parts.append(f'<line x1="{lx}" x2="{lx + 18}" y1="{pad + 8 + 16 * j}" y2="{pad + 8 + 16 * j}" stroke="{c}" '
-                     f'stroke-width="2"/><text x="{lx + 24}" y="{pad + 12 + 16 * j}">'
+                     f'stroke-width="2"{dash}/><text x="{lx + 24}" y="{pad + 12 + 16 * j}">'
                      f'{html.escape(e["metric"]["label"][:26])}</text>')
     return "\n".join(parts + ["</svg>"]) + "\n"
+
+
+def _dash(j: int) -> str:
+    """Solid lines for the first ten metrics, then dashed, then dotted: colours repeat, line styles tell them apart."""
+    return ["", ' stroke-dasharray="6,3"', ' stroke-dasharray="2,2"'][(j // len(COLOURS)) % 3]
 
 
 STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1240px;color:#222}
