@@ -21,7 +21,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from lit_attacks.configuration import load_yaml_text
 from lit_attacks.datamodules.bapps import BappsDataModule
-from lit_attacks.quiet import third_party_warnings_silenced
+from lit_attacks.quiet import lightning_adverts_silenced, third_party_warnings_silenced
 from lit_attacks.robust.module import RobustLPIPS
 
 TRAINER_DEFAULTS = {"inference_mode": False, "max_epochs": 5}  # inference_mode off: validation runs PGD
@@ -49,6 +49,7 @@ class TrainCLI(LightningCLI):
 
 
 def main(args: Optional[List[str]] = None) -> LightningCLI:
+    lightning_adverts_silenced()
     with third_party_warnings_silenced():  # known, understood third-party warnings only (lit_attacks.quiet)
         return TrainCLI(RobustLPIPS, BappsDataModule, trainer_defaults=TRAINER_DEFAULTS,
                         save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args)

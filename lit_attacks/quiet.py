@@ -27,3 +27,20 @@ def third_party_warnings_silenced() -> Iterator[None]:
         for message, category in KNOWN:
             warnings.filterwarnings("ignore", message=message, category=category)
         yield
+
+
+class _NoAdverts:
+    """A logging filter dropping Lightning's product tips (a line about installing litlogger on every run)."""
+
+    def filter(self, record) -> bool:
+        return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+def lightning_adverts_silenced() -> None:
+    """Drop Lightning's product tips from its rank-zero log (its device and run information stays)."""
+    import logging
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())

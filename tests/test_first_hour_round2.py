@@ -231,3 +231,37 @@ def test_the_index_page_fits_1280_px_with_a_compact_table2_and_a_legend(tmp_path
     subprocess.run([CHROMIUM, *flags, f"--screenshot={tmp_path / 'page.png'}", (out / "index.html").as_uri()],
                    capture_output=True, timeout=120)
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_train_py_says_no_noise(tmp_path):
+    """W&B's anonymous and git-root warnings and Lightning's litlogger advert are gone; the quick config's logging
+    interval fits its 8 batches per epoch."""
+    import logging
+
+    import yaml
+
+    from lit_attacks.quiet import lightning_adverts_silenced
+    from lit_attacks.robust.logger import AutoWandbLogger
+
+    logger = AutoWandbLogger(mode="offline", save_dir=str(tmp_path))
+    assert "anonymous" not in logger._wandb_init
+    settings = logger._wandb_init["settings"]
+    assert settings.disable_git or Path(settings.git_root, ".git").exists()
+    lightning_adverts_silenced()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        log.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]...")
+        log.info("GPU available: False, used: False")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+    assert [r.getMessage() for r in records] == ["GPU available: False, used: False"]
+    quick = yaml.safe_load((ROOT / "configs" / "train" / "quick.yaml").read_text())
+    batches = quick["data"]["builtin_n"] * 5 // quick["data"]["batch_size"]  # 5 categories of the built-in set
+    assert quick["trainer"]["log_every_n_steps"] <= batches

@@ -1,6 +1,7 @@
 """W&B logger for train.py: online with an API key, offline without one (no account needed)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from pytorch_lightning.loggers import WandbLogger
@@ -26,5 +27,17 @@ class AutoWandbLogger(WandbLogger):
             raise ValueError(f"AutoWandbLogger: mode must be auto, online, offline or disabled, got {mode!r}")
         self.mode = m
         extra = {"mode": "disabled"} if m == "disabled" else {}
+        if m != "disabled":
+            extra["settings"] = git_settings()
         super().__init__(project=project, name=name, save_dir=save_dir, offline=m == "offline", log_model=log_model,
                          **extra)
+        self._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B warns that it has no effect
+
+
+def git_settings():
+    """W&B settings that record the source checkout's commit (W&B looks for git in the run folder, which is none,
+    and warns), or skip git where the package is installed without one."""
+    import wandb
+
+    root = Path(__file__).resolve().parents[2]
+    return wandb.Settings(git_root=str(root)) if (root / ".git").exists() else wandb.Settings(disable_git=True)
