@@ -88,6 +88,6 @@ def fingerprint(obj: Any) -> str:
 
 # Marks a page with the number of images that failed to load (data-broken-images) and whether it is wider than the
 # window (data-overflow: a horizontal scroll bar), for browser checks.
-BROKEN_IMAGES_SCRIPT = """window.addEventListener('load',function(){var n=0;for(var i of document.images){if(!i.complete||
-i.naturalWidth===0){n++;}}document.body.setAttribute('data-broken-images',String(n));
+BROKEN_IMAGES_SCRIPT = """window.addEventListener('load',function(){var n=0;for(var i of document.images){
+if(!i.complete||i.naturalWidth===0){n++;}}document.body.setAttribute('data-broken-images',String(n));
 document.body.setAttribute('data-overflow',String(document.documentElement.scrollWidth>window.innerWidth));});"""

@@ -14,7 +14,7 @@ SHARED = Path(os.environ.get("LIT_ATTACKS_SHARED_DATA", ROOT.parent / "shared" /
 
 
 # the weights folder as the session started (fixtures such as empty_hub unset the variable for one test)
-WEIGHTS = Path(os.environ["LIT_ATTACKS_WEIGHTS_DIR"]) if os.environ.get("LIT_ATTACKS_WEIGHTS_DIR") else SHARED / "weights"
+WEIGHTS = Path(os.environ.get("LIT_ATTACKS_WEIGHTS_DIR") or SHARED / "weights")
 
 
 def weights_dir() -> Path:

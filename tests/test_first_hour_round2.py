@@ -265,3 +265,43 @@ def test_train_py_says_no_noise(tmp_path):
     quick = yaml.safe_load((ROOT / "configs" / "train" / "quick.yaml").read_text())
     batches = quick["data"]["builtin_n"] * 5 // quick["data"]["batch_size"]  # 5 categories of the built-in set
     assert quick["trainer"]["log_every_n_steps"] <= batches
+
+
+# ------------------------------------------------------------------------------ 5. progress from the work left
+def test_the_eta_is_the_work_left_over_the_measured_rate(monkeypatch, capsys):
+    """Cells cost 0.5 s each plus 0.01 s per unit of work: the fit recovers both and predicts the rest."""
+    from lit_attacks.bench import cells
+
+    now = [0.0]
+    monkeypatch.setattr(cells.time, "time", lambda: now[0])
+    works = [2, 2, 256, 93, 996, 996]
+    p = cells.Progress(len(works), work=sum(works))
+    etas = []
+    for w in works:
+        p.start("cell", work=w)
+        etas.append(capsys.readouterr().out.strip().rsplit("ETA ", 1)[1])
+        now[0] += 0.5 + 0.01 * w
+        p.finish()
+    left = lambda i: sum(0.5 + 0.01 * w for w in works[i:])  # noqa: E731
+    assert etas[:3] == ["?", "?", "?"]  # two cells of one work: the fixed cost and the rate are not separable yet
+    assert etas[3] == cells.clock(left(3)) and etas[4] == cells.clock(left(4))  # exact for an exact linear cost
+
+
+@pytest.mark.parametrize("preset", ["quick", "leaderboard_quick", "robust_quick", "table2"])
+def test_each_table_plans_the_work_its_cells_declare(preset):
+    from types import SimpleNamespace
+
+    from lit_attacks.bench.cli import parse_args, resolve_config
+    from lit_attacks.tables import tables
+
+    cfg = resolve_config(parse_args(["--config", preset]))
+    run = SimpleNamespace(cfg=cfg, devices={"accelerator": "cpu"})
+    for t in tables():
+        plan = t.plan(cfg)
+        if plan.cells and t.name not in ("table3", "reproduce"):  # these read data or files to list their cells
+            cells = list(t().cells(run))
+            assert len(cells) == plan.cells and plan.total_work == pytest.approx(sum(c.work for c in cells)), t.name
+    from lit_attacks.attacks.cost import attack_cost
+
+    assert attack_cost("pgd", {"steps": 30}) == pytest.approx(30 * 3 + 3)  # forward + backward per step
+    assert attack_cost("square", {"queries": 100}) == pytest.approx(100 + 3)  # black-box: forwards only

@@ -139,30 +139,49 @@ def clock(seconds: float) -> str:
 
 
 class Progress:
-    """``[cell i/n] what | elapsed | ETA`` lines; the ETA is the mean time of the cells computed so far
-    (loaded cells cost nothing) times the cells left."""
+    """``[cell i/n] what | elapsed | ETA`` lines. A computed cell's time is fitted as a fixed cost per cell (Trainer,
+    loaders) plus its work (:attr:`lit_attacks.tables.base.Cell.work`, metric evaluations per sample) over a rate,
+    by least squares over the cells computed so far; the ETA applies the fit to the cells and work left (loaded
+    cells cost nothing), so cheap Table 1 cells first do not promise a short run of expensive attacks. Until two
+    cells of different work have run the fit is undetermined and the ETA says ``?``."""
 
-    def __init__(self, total: int, quiet: bool = False, is_zero: bool = True) -> None:
+    def __init__(self, total: int, quiet: bool = False, is_zero: bool = True, work: Optional[float] = None) -> None:
         self.total, self.quiet, self.is_zero = total, quiet, is_zero
-        self.index, self.computed, self.spent = 0, 0, 0.0
+        self.work = float(work) if work is not None else 100.0 * total
+        self.index, self.computed, self.spent, self.done_work = 0, 0, 0.0, 0.0
+        self.fits: List[tuple] = []  # (work, seconds) of each computed cell
         self.t0 = time.time()
         self._start: Optional[float] = None
+        self._current = 0.0
 
-    def start(self, what: str, resumed: bool = False) -> None:
+    def eta(self) -> float:
+        """Seconds left: (cells left) x fixed + (work left) x seconds per unit of work; nan while undetermined."""
+        if len({w for w, _ in self.fits}) < 2:
+            return math.nan
+        n = len(self.fits)
+        mw, mt = sum(w for w, _ in self.fits) / n, sum(t for _, t in self.fits) / n
+        sww = sum((w - mw) ** 2 for w, _ in self.fits)
+        per = max(sum((w - mw) * (t - mt) for w, t in self.fits) / sww, 0.0)
+        fixed = mt - per * mw
+        if fixed < 0:  # no fixed cost: time proportional to work
+            fixed, per = 0.0, sum(t for _, t in self.fits) / sum(w for w, _ in self.fits)
+        return (self.total - self.index + 1) * fixed + max(self.work - self.done_work, 0.0) * per
+
+    def start(self, what: str, resumed: bool = False, work: float = 100.0) -> None:
         self.index += 1
-        self._start = None if resumed else time.time()
-        left = self.total - self.index + 1
-        eta = self.spent / self.computed * left if self.computed else math.nan
-        status = "done earlier, loaded" if resumed else f"ETA {clock(eta)}"
+        self._start, self._current = (None if resumed else time.time()), float(work)
+        status = "done earlier, loaded" if resumed else f"ETA {clock(self.eta())}"
         self.say(f"[cell {self.index}/{self.total}] {what} | elapsed {clock(time.time() - self.t0)} | {status}")
 
     def finish(self) -> float:
         """Seconds the current cell took (0 for a loaded one)."""
+        self.done_work += self._current
         if self._start is None:
             return 0.0
         dt = time.time() - self._start
         self.computed += 1
         self.spent += dt
+        self.fits.append((self._current, dt))
         self._start = None
         return dt
 

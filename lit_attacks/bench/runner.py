@@ -48,7 +48,7 @@ class Bench:
         self.dm_all, self.dm_attack, self.store = dm_all, dm_attack, store
         self.quiet, self.is_zero = quiet, is_zero
         self.tables: List[Table] = [t() for t in tables() if t.plan(cfg).cells > 0]
-        self.progress = Progress(self.planned_cells(), quiet=quiet, is_zero=is_zero)
+        self.progress = Progress(self.planned_cells(), quiet=quiet, is_zero=is_zero, work=self.planned_work())
         self.t0 = time.time()
         self.labels: Dict[str, str] = {}
         self.weights: Dict[str, str] = {}  # metric -> the weights file or folder it was built from
@@ -161,7 +161,7 @@ class Bench:
                 raise ConfigError(f"metric {m}: could not be built ({why}); set "
                                   f"{ENV_DEBUG}=1 for the traceback") from None
         if self.unavailable:
-            self.progress.total = self.planned_cells()
+            self.progress.total, self.progress.work = self.planned_cells(), self.planned_work()
         by_label: Dict[str, str] = {}
         for m, label in self.labels.items():
             if label in by_label:
@@ -171,6 +171,9 @@ class Bench:
 
     def planned_cells(self) -> int:
         return sum(t.plan(self.cfg).cells for t in self.tables)
+
+    def planned_work(self) -> float:
+        return sum(t.plan(self.cfg).total_work for t in self.tables)
 
     def _unavailable(self, metric: str, reason: str) -> None:
         if not self.cfg["skip_unavailable"] or metric not in self.cfg["metrics"]:
@@ -200,7 +203,7 @@ class Bench:
                               "values that name them (metrics, radii, epsilons) distinct")
         fp = fingerprint({"cell": cell.id, **self.base, **cell.spec})
         state = self.store.load(cell.id, fp)
-        self.progress.start(cell.what, resumed=state is not None)
+        self.progress.start(cell.what, resumed=state is not None, work=cell.work)
         if state is None:
             files = CellFiles(self.out, self.is_zero)
             payload = cell.compute(files)

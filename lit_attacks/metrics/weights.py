@@ -78,7 +78,8 @@ def _load(path: Path) -> Dict[str, torch.Tensor]:
     return obj
 
 
-def _download(url: str, metric: str, fname: str, weights_dir: Optional[Path], also: str = "") -> Dict[str, torch.Tensor]:
+def _download(url: str, metric: str, fname: str, weights_dir: Optional[Path],
+              also: str = "") -> Dict[str, torch.Tensor]:
     where = f"{weights_dir} or {hub_checkpoints_dir()}" if weights_dir else str(hub_checkpoints_dir())
     msg = (
         f"{metric}: weights file {fname!r}{also} not found and could not be downloaded from {url}; "

@@ -115,6 +115,8 @@ class Cell:
         compute: ``compute(ctx) -> payload`` (a JSON-able dict), run on every rank.
         info: what the table needs to know about the cell later (metric, attack, ...).
         log: ``log(payload) -> {name: scalar}`` logged to W&B once the cell is complete (None: nothing).
+        work: metric evaluations per sample it needs (:func:`lit_attacks.attacks.cost.attack_cost`): the
+            progress line's ETA is the work left over the rate measured so far.
     """
 
     id: str
@@ -123,6 +125,7 @@ class Cell:
     compute: Callable[[CellContext], Dict[str, Any]]
     info: Dict[str, Any] = field(default_factory=dict)
     log: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+    work: float = 100.0
 
 
 @dataclass
@@ -132,10 +135,16 @@ class Plan:
     Attributes:
         cells: how many cells it will yield (0: the table is off for this config).
         metrics: metrics it builds besides ``cfg["metrics"]`` (built, and checked, in the preflight).
+        work: the sum of its cells' :attr:`Cell.work` (None: 100 per cell).
     """
 
     cells: int = 0
     metrics: List[str] = field(default_factory=list)
+    work: Optional[float] = None
+
+    @property
+    def total_work(self) -> float:
+        return float(self.work) if self.work is not None else 100.0 * self.cells
 
 
 @dataclass

@@ -34,6 +34,7 @@ from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table,
 from lit_attacks.tasks import create_task
 
 KEYS = ("protocol", "dataset", "description")
+GRADIENT = 5.0  # metric evaluations per sample of the gradient check: two scores, a forward and a backward
 
 
 def dataset_name(cfg: Dict[str, Any], source: Dict[str, Any]) -> str:
@@ -95,14 +96,15 @@ class Leaderboard(Table):
 
     @classmethod
     def plan(cls, cfg: Dict[str, Any]) -> Plan:
-        return Plan(cells=len(cfg["metrics"])) if cfg["leaderboard"] is not None else Plan()
+        return Plan(cells=len(cfg["metrics"]), work=GRADIENT * len(cfg["metrics"])) if cfg["leaderboard"] is not None \
+            else Plan()
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
             csv = f"samples/leaderboard/gradients-{slug(metric)}.csv"
             yield Cell(f"leaderboard-gradients-{slug(metric)}", f"gradient check on {metric}",
                        {"metric_file": metric_file_fingerprint(metric)}, partial(self.gradients, run, metric, csv),
-                       info={"metric": metric, "csv": csv})
+                       info={"metric": metric, "csv": csv}, work=GRADIENT)
 
     @staticmethod
     def gradients(run: Run, metric: str, csv: str, ctx: CellContext) -> Dict[str, Any]:

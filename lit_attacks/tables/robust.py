@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Sequence
 import numpy as np
 import torch
 
+from lit_attacks.attacks.cost import SCORE, attack_cost
 from lit_attacks.attacks.ensemble import STANDARD
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.callbacks.aggregates import GatherColumns
@@ -171,7 +172,18 @@ class Robust(Table):
             return Plan()
         s = settings(cfg)
         per = len(s["linf"]) + len(s["l2"]) + (2 if s["min_eps"] else 0) + (1 if s["certify"] else 0)
-        return Plan(cells=len(cfg["metrics"]) * per)
+        return Plan(cells=len(cfg["metrics"]) * per, work=len(cfg["metrics"]) * sum(cls.cell_costs(s)))
+
+    @classmethod
+    def cell_costs(cls, s: Dict[str, Any]) -> List[float]:
+        """Metric evaluations per sample of one metric's cells (:func:`lit_attacks.attacks.cost.attack_cost`)."""
+        costs = [attack_cost("worst_case", cls.worst_case_params(s, norm, r)) for norm in ("linf", "l2")
+                 for r in s[norm]]
+        if s["min_eps"]:
+            costs += [attack_cost("min_eps", cls.min_eps_params(s, norm)) for norm in ("linf", "l2")]
+        if s["certify"]:
+            costs.append(SCORE * (s["certify"]["n0"] + s["certify"]["n"]))
+        return costs
 
     # ------------------------------------------------------------------ cells
     def cells(self, run: Run) -> Iterator[Cell]:
@@ -195,14 +207,15 @@ class Robust(Table):
                 c = {**s["certify"], "target": "ref" if s["target"] == "ref" else "both"}
                 yield Cell(cid, f"certify (sigma {c['sigma']:g}) {metric}", {"params": c, **mfp},
                            partial(self.certify, run, metric, c, csv),
-                           info={"kind": "certify", "metric": metric, "csv": csv})
+                           info={"kind": "certify", "metric": metric, "csv": csv}, work=SCORE * (c["n0"] + c["n"]))
 
     def _attack(self, run: Run, cid: str, what: str, attack: str, metric: str, params: Dict[str, Any],
                 mfp: Dict[str, Any], info: Dict[str, Any]) -> Cell:
         csv = f"samples/robust/{cid[len('robust-'):]}.csv"
         compute = partial(self.attack, run, attack, metric, params, cid, csv, info)
         return Cell(cid, what, {"params": params, **mfp}, compute,
-                    info={**info, "metric": metric, "csv": csv}, log=partial(self.scalars, cid, metric))
+                    info={**info, "metric": metric, "csv": csv}, log=partial(self.scalars, cid, metric),
+                    work=attack_cost(attack, params))
 
     @staticmethod
     def attack(run: Run, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str, info: Dict[str, Any],

@@ -14,6 +14,7 @@ from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
+from lit_attacks.attacks.cost import attack_cost
 from lit_attacks.tables.table2 import attack_cell
 
 COLUMNS = ["metric", "eps", "alpha", "steps", "total", "flipped", "flip_rate", "flipped_uint8", "flip_rate_agreed",
@@ -73,7 +74,9 @@ class Sweep(Table):
 
     @classmethod
     def plan(cls, cfg: Dict[str, Any]) -> Plan:
-        return Plan(cells=len(cfg["metrics"]) * len(sweep_points(cfg["sweep"])))
+        points = sweep_points(cfg["sweep"])
+        return Plan(cells=len(cfg["metrics"]) * len(points),
+                    work=len(cfg["metrics"]) * sum(attack_cost("pgd", p) for p in points))
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
@@ -83,7 +86,8 @@ class Sweep(Table):
                 csv = f"samples/sweep/{cid[len('sweep-'):]}.csv"
                 compute = partial(self.compute, run, metric, pt, cid, csv)
                 yield Cell(cid, f"sweep pgd eps={pt['eps']:g} on {metric}", {"params": pt, **mfp}, compute,
-                           info={"metric": metric, **pt}, log=partial(self.scalars, metric, pt["eps"]))
+                           info={"metric": metric, **pt}, log=partial(self.scalars, metric, pt["eps"]),
+                           work=attack_cost("pgd", pt))
 
     @staticmethod
     def compute(run: Run, metric: str, pt: Dict[str, Any], cid: str, csv: str, ctx: CellContext) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Dict, Iterator, List
 
+from lit_attacks.attacks.cost import SCORE
 from lit_attacks.callbacks.aggregates import TwoAFCScores
 from lit_attacks.callbacks.samples import SampleRows
 from lit_attacks.datamodules.tree import BappsDataError
@@ -25,13 +26,14 @@ class Table1(Table):
 
     @classmethod
     def plan(cls, cfg: Dict[str, Any]) -> Plan:
-        return Plan(cells=len(cfg["metrics"]))
+        return Plan(cells=len(cfg["metrics"]), work=SCORE * len(cfg["metrics"]))
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
             cid = f"table1-{slug(metric)}"
             yield Cell(cid, f"table1 {metric}", {"metric_file": metric_file_fingerprint(metric)},
-                       partial(self.score, run, metric), info={"metric": metric}, log=partial(self.scalars, metric))
+                       partial(self.score, run, metric), info={"metric": metric}, log=partial(self.scalars, metric),
+                       work=SCORE)
 
     @staticmethod
     def csv(metric: str) -> str:

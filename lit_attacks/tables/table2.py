@@ -12,6 +12,7 @@ import yaml
 
 from lit_attacks.attacks import ATTACKS
 from lit_attacks.attacks.base import attack_parameters
+from lit_attacks.attacks.cost import attack_cost
 from lit_attacks.attacks.output import FRACTION_COLUMNS
 from lit_attacks.callbacks.adv_shards import AdvShardWriter
 from lit_attacks.callbacks.attack_metrics import AttackMetrics
@@ -152,7 +153,8 @@ class Table2(Table):
 
     @classmethod
     def plan(cls, cfg: Dict[str, Any]) -> Plan:
-        return Plan(cells=len(cfg["metrics"]) * len(cfg[cls.key]))
+        return Plan(cells=len(cfg["metrics"]) * len(cfg[cls.key]),
+                    work=len(cfg["metrics"]) * sum(attack_cost(a, kw) for a, kw in cfg[cls.key].items()))
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
@@ -163,7 +165,7 @@ class Table2(Table):
                 compute = partial(self.compute, run, attack, metric, params, cid, csv)
                 yield Cell(cid, f"{attack} on {metric}", {"params": params, **mfp}, compute,
                            info={"attack": attack, "metric": metric, "csv": csv},
-                           log=partial(self.scalars, attack, metric))
+                           log=partial(self.scalars, attack, metric), work=attack_cost(attack, params))
 
     def compute(self, run: Run, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str,
                 ctx: CellContext) -> Dict[str, Any]:
