@@ -294,6 +294,24 @@ class BappsDataModule(pl.LightningDataModule):
                 "index_sha256": content_fingerprint(folder, index, self.hashes)}
 
 
+class NightsDataModule(BappsDataModule):
+    """NIGHTS (DreamSim's 2AFC set) from its own layout: :class:`BappsDataModule` on a NIGHTS root, with NIGHTS'
+    evaluation split and DreamSim's resolution as defaults (:mod:`lit_attacks.datamodules.nights`).
+
+    Args:
+        data: the NIGHTS root (``data.csv``), or the folder holding ``nights/``.
+        split: "test" (the evaluation split), "val" or "train".
+        load_size: 224 (DreamSim's; the images are 768 px).
+        kwargs: as :class:`BappsDataModule`.
+    """
+
+    def __init__(self, data: str, split: str = "test", load_size: int = 224, **kwargs) -> None:
+        if nights_root(Path(data).expanduser()) is None:
+            raise BappsDataError(f"{data}: no NIGHTS root (data.csv with NIGHTS' columns, or nights/data.csv); "
+                                 "python -m lit_attacks.datamodules.bapps nights --out DIR downloads it")
+        super().__init__(data=data, split=split, load_size=load_size, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m lit_attacks.datamodules.bapps`` (shards, download, builtin)."""
     p = argparse.ArgumentParser(prog="python -m lit_attacks.datamodules.bapps", description=__doc__,

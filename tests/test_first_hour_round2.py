@@ -305,3 +305,18 @@ def test_each_table_plans_the_work_its_cells_declare(preset):
 
     assert attack_cost("pgd", {"steps": 30}) == pytest.approx(30 * 3 + 3)  # forward + backward per step
     assert attack_cost("square", {"queries": 100}) == pytest.approx(100 + 3)  # black-box: forwards only
+
+
+def test_a_run_far_slower_than_this_machine_managed_says_so(tmp_path, capsys, monkeypatch):
+    import json
+    import re
+
+    monkeypatch.setenv("LIT_ATTACKS_CACHE", str(tmp_path / "cache"))
+    assert bench(SMALL + ["--out", str(tmp_path / "a")]) == 0
+    rates = json.loads((tmp_path / "cache" / "machine_rates.json").read_text())
+    assert any(k.startswith("pgd-l2|cpu|64") for k in rates)
+    assert "this machine's best rate" not in capsys.readouterr().out
+    (tmp_path / "cache" / "machine_rates.json").write_text(json.dumps({k: v / 10 for k, v in rates.items()}))
+    assert bench(SMALL + ["--out", str(tmp_path / "b")]) == 0  # as if this machine had once been 10x faster
+    out = capsys.readouterr().out
+    assert re.search(r"note: pgd on l2 ran at 0\.[0-4]\dx this machine's best rate for it", out), out

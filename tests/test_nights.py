@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from lit_attacks.bench.cli import main as bench
-from lit_attacks.datamodules.bapps import BappsDataModule
+from lit_attacks.datamodules.bapps import BappsDataModule, NightsDataModule
 from lit_attacks.datamodules.nights import MIN_VOTES, download, nights_root, scan_nights, write_fixture
 from lit_attacks.datamodules.tree import BappsDataError
 from lit_attacks.report import read_csv
@@ -46,6 +46,15 @@ def test_data_recognises_a_nights_root_and_resizes_to_the_image_size(nights, tmp
     assert sorted(k.split("/")[-1] for k in b["key"]) == sorted(kept(nights, "test"))
     small = BappsDataModule(data=str(nights), split="test", load_size=32, cache_dir=str(tmp_path))
     assert next(iter(small.predict_dataloader()))["p1"].shape[-1] == 32
+
+
+def test_the_nights_datamodule_defaults_to_the_test_split_at_224_px(nights, tmp_path):
+    dm = NightsDataModule(str(nights), cache_dir=str(tmp_path), batch_size=64)
+    b = next(iter(dm.predict_dataloader()))
+    assert b["ref"].shape[1:] == (3, 224, 224) and all(k.startswith("test/") for k in b["key"])
+    assert len(b["key"]) == len(kept(nights, "test"))
+    with pytest.raises(BappsDataError, match="no NIGHTS root"):
+        NightsDataModule(str(tmp_path))
 
 
 def test_table1_and_the_quick_protocol_run_on_nights_unchanged(nights, tmp_path):

@@ -188,3 +188,33 @@ class Progress:
     def say(self, line: str) -> None:
         if not self.quiet and self.is_zero:
             print(line, flush=True)
+
+
+class MachineRates:
+    """The fastest time per sample each cell has taken on this machine (``machine_rates.json`` in the cache, keyed
+    by cell id, device and image size), so a run much slower than this machine managed before says so: the ETA
+    uses the rate of this run, which a busy machine makes long. Unreadable or unwritable: no comparison, no error."""
+
+    SLOW = 0.5  # say so below half the best rate
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.best: Dict[str, float] = {k: float(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            self.best = {}
+
+    def observe(self, key: str, seconds_per_sample: float) -> Optional[float]:
+        """Record a measurement; the ratio best / this one when it is below :attr:`SLOW`, else None."""
+        if not (seconds_per_sample > 0 and math.isfinite(seconds_per_sample)):
+            return None
+        best = self.best.get(key)
+        self.best[key] = min(best, seconds_per_sample) if best else seconds_per_sample
+        return best / seconds_per_sample if best and best / seconds_per_sample < self.SLOW else None
+
+    def save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps(self.best, indent=0, sort_keys=True))
+        except OSError:
+            pass

@@ -18,9 +18,10 @@ import pytorch_lightning as pl
 import torch
 
 from lit_attacks.version import __version__, code_fingerprint
-from lit_attacks.bench.cells import CellFiles, CellStore, Progress, read_rows
+from lit_attacks.bench.cells import CellFiles, CellStore, MachineRates, Progress, read_rows
 from lit_attacks.bench.devices import ENV_DDP_TIMEOUT, RunError, ddp_timeout, trainer_kwargs, waiting_line, world_size
 from lit_attacks.bench.folder import ResultsFolder
+from lit_attacks.datamodules.cache import cache_root
 from lit_attacks.datamodules.shards import sha256
 from lit_attacks.bench.wandb_log import WandbRun
 from lit_attacks.configuration import ConfigError
@@ -55,6 +56,7 @@ class Bench:
         self.unavailable: Dict[str, str] = {}  # metric -> why it could not be built (skip_unavailable)
         self.cells: Dict[str, Dict[str, Any]] = {}  # cell id -> payload, in run order
         self.loaded: Set[str] = set()  # cells completed by an earlier run, loaded by this one
+        self.rates = MachineRates(cache_root() / "machine_rates.json")
         self._rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}  # rows computed in this run
         self._types: Dict[str, Dict[str, Dict[str, str]]] = {}  # cell id -> CSV -> column types
         self.wandb = WandbRun(resolve_mode(cfg["wandb"]), cfg["wandb_project"], cfg["name"], out,
@@ -210,6 +212,7 @@ class Bench:
             payload["seconds"] = self.progress.finish()
             n = files.samples
             payload["samples_per_s"] = n / payload["seconds"] if payload["seconds"] > 0 else None
+            self._compare_rate(cell, payload["seconds"], n)
             self._types[cell.id] = files.types
             self._rows.update({(cell.id, rel): rows for rel, rows in files.rows.items()})
             hashes = files.hashes() if self.is_zero else {}
@@ -227,6 +230,16 @@ class Bench:
         self.cells[cell.id] = payload
         return payload
 
+    def _compare_rate(self, cell: Cell, seconds: float, samples: int) -> None:
+        """Say so when this cell ran at under half the rate it had at its best on this machine (rank 0)."""
+        if not self.is_zero or not samples:
+            return
+        key = f"{cell.id}|{self.devices['accelerator']}|{self.cfg['image_size']}"
+        ratio = self.rates.observe(key, seconds / samples)
+        if ratio is not None:
+            self.say(f"note: {cell.what} ran at {ratio:.2f}x this machine's best rate for it (an earlier run): the "
+                     "machine is busy or slower now, and the ETA, which uses this run's rate, is long for it")
+
     # ---------------------------------------------------------------- outputs
     def finish(self) -> None:
         """Remove what earlier runs left that this one did not produce, then write the run-level files. If
@@ -234,6 +247,7 @@ class Bench:
         folder then holds the completed cells and no summary, and the same command finishes the run."""
         from lit_attacks.bench.outputs import write_outputs
 
+        self.rates.save()
         remove_stale_files(self.folder, self.produced, set(self.cells))
         t0 = time.time_ns()
         try:
