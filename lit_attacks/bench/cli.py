@@ -219,8 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "again to resume (completed cells are kept in <out>/cells).", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread:  # None: a handler not set from Python; the default is the closest to it
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def command(argv: Optional[Sequence[str]] = None) -> int:
