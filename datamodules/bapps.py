@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lit_attacks.datamodules.cache import cache_root
 from lit_attacks.datamodules.nights import nights_fingerprint, nights_root, scan_nights
-from lit_attacks.datamodules.shards import (INDEX, HashCache, content_fingerprint, read_index, verify_shards,
+from lit_attacks.datamodules.shards import (INDEX, HashCache, content_fingerprint, read_index, stat_key, verify_shards,
                                             write_shards)
 from lit_attacks.datamodules.streaming import SkipLog, stream
 from lit_attacks.datamodules.synthetic import builtin_shards
@@ -40,8 +40,7 @@ def _tree_fingerprint(root: Path, split: str) -> str:
     changes on every write, so edits that put back the size and mtime (cp -p, rsync -a, tar x) are seen."""
     h = hashlib.sha1(str(root.resolve()).encode())
     for p in walk_files(root / "2afc" / split, f"BAPPS tree {root}", BappsDataError):  # ends: loops are errors
-        st = p.stat()
-        h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
+        h.update(f"{p.relative_to(root)}:{stat_key(p)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -65,9 +64,10 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
         raise BappsDataError(f"data path {data} does not exist or is not a folder")
     root = nights_root(data)
     if root is not None:  # NIGHTS (DreamSim's layout): converted once per split and content
-        out = (Path(cache_dir) if cache_dir else cache_root()) / "nights" / nights_fingerprint(root, split) / split
+        samples = scan_nights(root, split)  # read and checked once: for the fingerprint and the conversion
+        out = (Path(cache_dir) if cache_dir else cache_root()) / "nights" / nights_fingerprint(root, samples) / split
         if refresh or not (out / INDEX).is_file():
-            write_shards(scan_nights(root, split), out, prefix=f"nights-{split}", progress=progress)
+            write_shards(samples, out, prefix=f"nights-{split}", progress=progress)
         return out
     if (data / "2afc").is_dir():
         fp = _tree_fingerprint(data, split)

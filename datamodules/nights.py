@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from PIL import Image
 
+from lit_attacks.datamodules.shards import stat_key
 from lit_attacks.datamodules.tree import NAME_RE, BappsDataError, TreeSample
 from lit_attacks.safe_files import kind_of, read_text
 
@@ -110,13 +111,14 @@ def scan_nights(root: str | Path, split: str = "test") -> List[TreeSample]:
     return sorted(samples, key=lambda s: s.key)
 
 
-def nights_fingerprint(root: Path, split: str) -> str:
-    """data.csv's bytes and the size, mtime, ctime and inode of every image the split's kept triplets use."""
-    h = hashlib.sha1(str(root.resolve()).encode() + split.encode() + (root / "data.csv").read_bytes())
-    for s in scan_nights(root, split):
+def nights_fingerprint(root: Path, samples: List[TreeSample]) -> str:
+    """data.csv's bytes and the size, mtime, ctime and inode of every image of ``samples`` (a split's kept
+    triplets, from :func:`scan_nights`; their keys name the split)."""
+    h = hashlib.sha1(str(root.resolve()).encode() + (root / "data.csv").read_bytes())
+    for s in samples:
+        h.update(s.key.encode())
         for p in (s.ref, s.p0, s.p1):
-            st = p.stat()
-            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
+            h.update(f"{p.relative_to(root)}:{stat_key(p)}".encode())
     return h.hexdigest()[:16]
 
 

@@ -166,7 +166,8 @@ def _check_entry(p: Path, name: str, entry: dict) -> None:
                              f"got {entry['compression']!r}")
 
 
-def _stat_key(path: Path) -> str:
+def stat_key(path: Path) -> str:
+    """Size, mtime, ctime and inode of a file: what says it changed, without reading it."""
     st = path.stat()  # ctime changes on every write, even when mtime is put back (cp -p, rsync -a, tar x)
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
@@ -186,7 +187,7 @@ class HashCache:
 
     def sha256(self, path: Path) -> str:
         path = Path(path).resolve()
-        key = f"{path}|{_stat_key(path)}"
+        key = f"{path}|{stat_key(path)}"
         if key not in self.known:
             self.known[key] = sha256(path)
             self._save()
@@ -194,7 +195,7 @@ class HashCache:
 
     def scan(self, path: Path, compression: Optional[str] = None) -> List[Tuple[str, Optional[float]]]:
         """:func:`scan_keys_and_judges` of ``path``, remembered (in this process) while its stat is unchanged."""
-        key = f"{Path(path).resolve()}|{compression}|{_stat_key(path) if Path(path).exists() else ''}"
+        key = f"{Path(path).resolve()}|{compression}|{stat_key(path) if Path(path).exists() else ''}"
         if key not in self.scanned:
             self.scanned[key] = scan_keys_and_judges(Path(path), compression)
         return self.scanned[key]

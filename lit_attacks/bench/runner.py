@@ -126,6 +126,9 @@ class Bench:
     def total_samples(self) -> int:
         return self.dm_all.dataset().count()
 
+    def file_sha256(self, path: Path) -> str:
+        return self.dm_all.hashes.sha256(path)
+
     def say(self, line: str) -> None:
         self.progress.say(line)
 

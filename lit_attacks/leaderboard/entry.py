@@ -14,10 +14,11 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from scipy.stats import beta
 
+from lit_attacks.datamodules.shards import sha256
 from lit_attacks.safe_files import InputError
 
 SCHEMA_VERSION = 1
@@ -91,20 +92,14 @@ def read_entry(path: Path) -> Dict[str, Any]:
     return entry
 
 
-def sha256_files(path: Optional[str]) -> List[Dict[str, str]]:
-    """``[{file, sha256}]`` of a weights file, or of every file in a weights folder (None: no weights)."""
+def sha256_files(path: Optional[str], digest: Callable[[Path], str] = sha256) -> List[Dict[str, str]]:
+    """``[{file, sha256}]`` of a weights file, or of every file in a weights folder (None: no weights). ``digest``:
+    a file's sha256 (a run passes its stat-keyed cache, so unchanged weights are not read again)."""
     if not path:
         return []
     p = Path(path)
     files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.is_file() else []
-    out = []
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        out.append({"file": f.name if p.is_file() else str(f.relative_to(p)), "sha256": h.hexdigest()})
-    return out
+    return [{"file": f.name if p.is_file() else str(f.relative_to(p)), "sha256": digest(f)} for f in files]
 
 
 def sanity_flags(worst_rows: Sequence[Sequence[Dict[str, Any]]], black_box: Sequence[str],

@@ -35,7 +35,7 @@ from lit_attacks.metrics.base import Distance, MetricInputError
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.safe_files import InputError
 
-USER: Dict[str, Dict[str, Any]] = {}  # name -> {"object", "similarity", "fingerprint", "description"}
+USER: Dict[str, Dict[str, Any]] = {}  # name -> {"object": the wrapped metric, "fingerprint"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -69,8 +69,13 @@ class UserDistance(Distance):
         return 1 - d if self.similarity else d
 
 
+def _definition(obj: Any) -> Any:
+    """The function or class that defines ``obj`` (an instance: its class)."""
+    return obj if inspect.isroutine(obj) or inspect.isclass(obj) else type(obj)
+
+
 def _description(obj: Any) -> str:
-    doc = inspect.getdoc(obj if inspect.isroutine(obj) or inspect.isclass(obj) else type(obj)) or ""
+    doc = inspect.getdoc(_definition(obj)) or ""
     return doc.strip().splitlines()[0] if doc.strip() else type(obj).__name__
 
 
@@ -124,7 +129,7 @@ def register_object(obj: Any, name: Optional[str] = None, similarity: Optional[b
         raise UserMetricError(f"metric name {name!r}: use letters, digits, '_', '.' and '-' only")
     metric = wrap(copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj, f"user:{name}", similarity)  # yours
     # stays as it was (trainable, in its mode): the copy is frozen
-    USER[name] = {"object": metric, "fingerprint": object_fingerprint(obj), "description": _description(obj)}
+    USER[name] = {"object": metric, "fingerprint": object_fingerprint(obj)}
     return f"user:{name}"
 
 
@@ -132,7 +137,7 @@ def object_fingerprint(obj: Any) -> str:
     """sha256 (first 20 hex) of an object's source (when it has one) and of its parameters and buffers."""
     h = hashlib.sha256()
     try:
-        h.update(inspect.getsource(obj if inspect.isroutine(obj) or inspect.isclass(obj) else type(obj)).encode())
+        h.update(inspect.getsource(_definition(obj)).encode())
     except (OSError, TypeError):
         h.update(repr(type(obj)).encode())
     if isinstance(obj, nn.Module):

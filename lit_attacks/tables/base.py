@@ -102,6 +102,9 @@ class Run(Protocol):
     def total_samples(self) -> int:
         """Samples of the run's data (all, not only the unanimous ones)."""
 
+    def file_sha256(self, path: Path) -> str:
+        """sha256 of a file, remembered by its stat in the cache (unchanged files are not read again)."""
+
 
 @dataclass
 class Cell:

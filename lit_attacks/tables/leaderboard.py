@@ -14,6 +14,7 @@ rows. The entry format and its sanity flags are documented in docs/leaderboard.m
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -32,6 +33,7 @@ from lit_attacks.report import markdown_table, write_json
 from lit_attacks.tables import robust as rb
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
 from lit_attacks.tasks import create_task
+from lit_attacks.wandb_utils import finite
 
 KEYS = ("protocol", "dataset", "description")
 GRADIENT = 5.0  # metric evaluations per sample of the gradient check: two scores, a forward and a backward
@@ -101,7 +103,7 @@ class Leaderboard(Table):
 
     def cells(self, run: Run) -> Iterator[Cell]:
         for metric in run.cfg["metrics"]:
-            csv = f"samples/leaderboard/gradients-{slug(metric)}.csv"
+            csv = self.csv(metric)
             yield Cell(f"leaderboard-gradients-{slug(metric)}", f"gradient check on {metric}",
                        {"metric_file": metric_file_fingerprint(metric)}, partial(self.gradients, run, metric, csv),
                        info={"metric": metric, "csv": csv}, work=GRADIENT)
@@ -113,10 +115,7 @@ class Leaderboard(Table):
         rows = SampleRows()
         run.predict(module, [rows], run.datamodule(unanimous_only=True))
         ctx.save_rows(csv, rows.rows, rows.columns)
-        counts: Dict[str, int] = {}
-        for r in rows.rows:
-            counts[r["grad_status"]] = counts.get(r["grad_status"], 0) + 1
-        return {"label": module.metric.label, "gradients": counts}
+        return {"label": module.metric.label, "gradients": dict(Counter(r["grad_status"] for r in rows.rows))}
 
     # ------------------------------------------------------------------ results
     def entries(self, run: Run) -> Dict[str, Dict[str, Any]]:
@@ -139,7 +138,8 @@ class Leaderboard(Table):
             entry = {
                 "schema_version": SCHEMA_VERSION,
                 "metric": {"name": metric, "label": row["metric"], "description": describe(metric, m),
-                           "weights": sha256_files(run.weights.get(metric)) if cfg["pretrained"] else [],
+                           "weights": sha256_files(run.weights.get(metric), run.file_sha256) if cfg["pretrained"]
+                           else [],
                            "options": {"pretrained": cfg["pretrained"], "batch_invariant": cfg["batch_invariant"],
                                        "stochastic": bool(m.stochastic)},
                            "fingerprint": metric_file_fingerprint(metric)},
@@ -170,7 +170,7 @@ class Leaderboard(Table):
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "command": run.command(),
             }
-            entry["results"]["auc"] = {k: _finite(v) for k, v in entry["results"]["auc"].items()}
+            entry["results"]["auc"] = {k: v if finite(v) else None for k, v in entry["results"]["auc"].items()}
             validate(entry, f"leaderboard entry of {metric}")
             out[metric] = entry
         return out
@@ -207,7 +207,3 @@ def describe(name: str, metric: torch.nn.Module) -> str:
     prefix, sep, _ = name.partition(":")
     info = METRICS.info(prefix if sep else name)
     return info.get("what", "") or (type(metric).__doc__ or "").strip().split("\n")[0]
-
-
-def _finite(v: Any) -> Any:
-    return v if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") else None
