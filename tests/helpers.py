@@ -356,3 +356,16 @@ class PyStream:
         self.used += n
         return [math.sqrt(-2 * math.log((a + 0.5) / 2 ** 32)) * math.cos(2 * math.pi * (self.mix(a ^ 0x9E3779B9) + 0.5)
                                                                            / 2 ** 32) for a in w]
+
+
+def procedural_batch(cache_dir, batch_size: int = 12) -> dict:
+    """The first ``batch_size`` samples of the built-in procedural set (4 per category) in float64: batched kernels'
+    dependence on batch composition is ~1e-19 there (1e-8 in float32, which sign() can amplify), so batched and
+    per-sample runs must agree."""
+    import torch
+
+    from lit_attacks.datamodules.bapps import BappsDataModule
+
+    dm = BappsDataModule(batch_size=batch_size, builtin_n=4, cache_dir=str(cache_dir), builtin="procedural")
+    b = next(iter(dm.predict_dataloader()))
+    return {k: v.double() if torch.is_tensor(v) else v for k, v in b.items()}

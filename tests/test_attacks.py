@@ -6,12 +6,13 @@ import pytest
 import torch
 from scipy.optimize import differential_evolution
 
-from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.attacks import create_attack
 from lit_attacks.attacks.fgsm import FGSM, eps_grid, fgsm_direction, fgsm_scan
 from lit_attacks.attacks.one_pixel import apply_pixel, sample_seed
 from lit_attacks.attacks.pgd import pgd
 from lit_attacks.metrics import create_metric
+
+from helpers import procedural_batch
 
 # small real metrics; lpips with a random (seeded) backbone
 METRICS = {"l2": dict(eps=0.1, alpha=0.01), "ssim": dict(eps=0.1, alpha=0.01), "lpips_alex": dict(eps=0.03, alpha=0.001)}
@@ -19,12 +20,8 @@ METRICS = {"l2": dict(eps=0.1, alpha=0.01), "ssim": dict(eps=0.1, alpha=0.01), "
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
-    """12 built-in samples in float64: batched kernels' dependence on batch composition is ~1e-19 there
-    (1e-8 in float32, which sign() can amplify), so batched and per-sample runs must agree."""
-    dm = BappsDataModule(batch_size=12, builtin_n=4, cache_dir=str(tmp_path_factory.mktemp("cache")),
-                         builtin="procedural")  # the set the floors below were measured on
-    b = next(iter(dm.predict_dataloader()))
-    return {k: v.double() if torch.is_tensor(v) else v for k, v in b.items()}
+    """12 built-in samples in float64 (the set the floors below were measured on)."""
+    return procedural_batch(tmp_path_factory.mktemp("cache"), 12)
 
 
 def metric(name):

@@ -7,17 +7,15 @@ from lit_attacks.attacks import chunks
 from lit_attacks.attacks.fgsm import eps_grid, fgsm_direction, fgsm_scan
 from lit_attacks.certify import CertifyModule, vote
 from lit_attacks.attacks.streams import Streams
-from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.metrics import create_metric
 from lit_attacks.metrics.base import BoundDistance
+
+from helpers import procedural_batch
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
-    dm = BappsDataModule(batch_size=12, builtin_n=4, cache_dir=str(tmp_path_factory.mktemp("cache")),
-                         builtin="procedural")
-    b = next(iter(dm.predict_dataloader()))
-    return {k: v.double() if torch.is_tensor(v) else v for k, v in b.items()}
+    return procedural_batch(tmp_path_factory.mktemp("cache"), 12)
 
 
 @pytest.fixture

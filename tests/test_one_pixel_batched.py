@@ -6,19 +6,15 @@ from torch import nn
 from lit_attacks.attacks import create_attack
 from lit_attacks.attacks.de import STRATEGIES, differential_evolution, distinct_members
 from lit_attacks.attacks.streams import Streams
-from lit_attacks.datamodules.bapps import BappsDataModule
 from lit_attacks.metrics import create_metric
 from lit_attacks.metrics.local import FullScorer, LocalConvScorer, conv_chain
 
-from helpers import PyStream
+from helpers import PyStream, procedural_batch
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
-    dm = BappsDataModule(batch_size=6, builtin_n=4, cache_dir=str(tmp_path_factory.mktemp("cache")),
-                         builtin="procedural")
-    b = next(iter(dm.predict_dataloader()))
-    return {k: v.double() if torch.is_tensor(v) else v for k, v in b.items()}
+    return procedural_batch(tmp_path_factory.mktemp("cache"), 6)
 
 
 # ------------------------------------------------------------------------------------------- local evaluation
