@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Any, Dict, List
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from lit_attacks.datamodules.shards import INDEX, sha256
+from lit_attacks.report import atomic_file, atomic_write
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -40,10 +40,15 @@ class AdvShardWriter(pl.Callback):
         return f"{self.prefix}-rank{rank:03d}.tar"
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.out_dir / (self._name(trainer.global_rank) + ".tmp")
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._file = atomic_file(self.out_dir / self._name(trainer.global_rank))  # through the results folder's guard
+        self._tar = tarfile.open(self._file.__enter__(), "w", format=tarfile.USTAR_FORMAT)
         self._keys = []
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._tar is not None:  # the temporary shard is removed; nothing half-written stays
+            self._tar.close()
+            self._tar = None
+            self._file.__exit__(type(exception), exception, None)
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -61,8 +66,9 @@ class AdvShardWriter(pl.Callback):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self._tar.close()
+        self._tar = None
+        self._file.__exit__(None, None, None)
         final = self.out_dir / self._name(trainer.global_rank)
-        os.replace(self._tmp, final)
         entry = {"name": final.name, "count": len(self._keys), "keys": self._keys}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             parts: List[Dict[str, Any]] = [None] * dist.get_world_size()  # type: ignore[list-item]
@@ -74,4 +80,4 @@ class AdvShardWriter(pl.Callback):
                 p["sha256"] = sha256(self.out_dir / p["name"])
                 p["size"] = (self.out_dir / p["name"]).stat().st_size
             index = {"format": 1, "kind": "adversarial", "count": sum(p["count"] for p in parts), "shards": parts}
-            (self.out_dir / INDEX).write_text(json.dumps(index, indent=1))
+            atomic_write(self.out_dir / INDEX, json.dumps(index, indent=1))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import stat
@@ -24,6 +25,8 @@ from typing import BinaryIO, Iterator, Optional, Set, Tuple, Type
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MAX_NAME = 128  # characters of one path component made from user input
+READ_BLOCK = 1 << 20  # bytes per read of a bounded reader
+MAX_JSON_DEPTH = 64  # nesting of objects and arrays in a JSON file this project reads
 
 
 class InputError(ValueError):
@@ -87,12 +90,19 @@ def open_regular(path: str | os.PathLike, what: str, max_bytes: Optional[int] = 
 
 
 def read_regular(path: str | os.PathLike, what: str, max_bytes: int, error: Type[Exception] = InputError) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (also when it grows while being read)."""
+    """The bytes of a regular file of at most ``max_bytes`` (also when it grows while being read). Read in blocks of
+    at most 1 MiB: the memory taken is the file's size, never the cap (a 2 kB file costs 2 kB under any cap)."""
+    blocks, total = [], 0
     with open_regular(path, what, max_bytes, error) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        while total <= max_bytes:
+            block = f.read(min(READ_BLOCK, max_bytes + 1 - total))
+            if not block:
+                break
+            blocks.append(block)
+            total += len(block)
+    if total > max_bytes:
         raise error(f"{what} {path} grew past {max_bytes} bytes while being read")
-    return data
+    return b"".join(blocks)
 
 
 def read_text(path: str | os.PathLike, what: str, max_bytes: int, error: Type[Exception] = InputError) -> str:
@@ -101,6 +111,52 @@ def read_text(path: str | os.PathLike, what: str, max_bytes: int, error: Type[Ex
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{what} {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number (only finite numbers are)")
+
+
+def _unique_pairs(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of objects and arrays in JSON ``text`` (strings skipped), without parsing it."""
+    bare = JSON_STRING.sub("", text)
+    depth = deepest = 0
+    for m in re.finditer(r"[\[{\]}]", bare):
+        depth += 1 if m.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def strict_json(text: str, where: str, error: Type[Exception] = InputError, max_depth: int = MAX_JSON_DEPTH):
+    """Standard JSON only, as another program would read it: ``NaN``/``Infinity`` and a key repeated in one object
+    are errors (Python's ``json`` accepts both, the last key winning), and so is nesting deeper than ``max_depth``
+    (checked before parsing: a deep file cannot exhaust the recursion limit). One line naming ``where``."""
+    deepest = json_depth(text)
+    if deepest > max_depth:
+        raise error(f"{where}: JSON nested {deepest} levels deep; at most {max_depth} are read")
+    try:
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_pairs)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise error(f"{where}: not standard JSON ({first_line(e, 200)})") from None
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int, error: Type[Exception] = InputError):
+    """A regular file of at most ``max_bytes`` of UTF-8 standard JSON (:func:`strict_json`), parsed."""
+    return strict_json(read_text(path, what, max_bytes, error), f"{what} {path}", error)
 
 
 def walk_files(root: str | os.PathLike, what: str, error: Type[Exception] = InputError,

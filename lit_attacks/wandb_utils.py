@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 import netrc
 import os
-from typing import Any, Dict, Sequence
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Sequence
 
 MODES = ("auto", "online", "offline", "disabled")
 ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what W&B itself accepts in $WANDB_MODE
@@ -21,6 +24,35 @@ def check_env_mode() -> None:
 
         raise ConfigError(f"WANDB_MODE={env!r}: W&B accepts {', '.join(ENV_MODES)}; fix or unset it (or pass "
                           "--wandb disabled)")
+
+
+# W&B's own folders (run files, artifact cache, staging copies of logged tables, settings): by default under the home
+# folder (~/.cache/wandb, ~/.local/share/wandb, ~/.config/wandb); a run of this project keeps them in its own folder.
+WANDB_STATE = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data", "WANDB_CONFIG_DIR": "config"}
+
+
+@contextmanager
+def third_party_state(run_dir: str | os.PathLike, cache: str | os.PathLike) -> Iterator[None]:
+    """For the block: W&B's folders under ``run_dir`` (``<run_dir>/wandb/{cache,data,config}``; W&B puts its run in
+    ``<run_dir>/wandb`` too) and matplotlib's (font cache, config) under ``<cache>/matplotlib``, where the user has not
+    chosen them (a variable already set is kept): a run writes nothing under the home folder. The environment is
+    restored after the block (the Python API leaves the caller's process as it was); matplotlib reads its variable
+    once, at import, so a process that imported it before keeps its own folder."""
+    wanted = {k: str(Path(run_dir) / "wandb" / sub) if sub else str(Path(run_dir)) for k, sub in WANDB_STATE.items()}
+    if "matplotlib" not in sys.modules:  # else lit_attacks/__init__.py has set it, or the user's process chose
+        wanted["MPLCONFIGDIR"] = str(Path(cache) / "matplotlib")
+    saved = {k: os.environ.get(k) for k in wanted}
+    for k, v in wanted.items():
+        if not os.environ.get(k):
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def has_api_key() -> bool:

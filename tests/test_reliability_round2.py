@@ -185,11 +185,14 @@ def test_the_data_command_line_refuses_a_split_that_is_a_path(tmp_path, capsys, 
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     from lit_attacks.report import atomic_write
 
-    def full(self, text):
-        Path.write_bytes(self, text[:3].encode())
+    real_write_bytes = Path.write_bytes
+
+    def full(self, data):  # a disk that fills after three bytes, whichever way the file is written
+        real_write_bytes(self, (data.encode() if isinstance(data, str) else data)[:3])
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
     monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(OSError, match="No space left"):
         atomic_write(tmp_path / "summary.json", "{}" * 100)
     assert tree_listing(tmp_path) == []

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, validate
 from lit_attacks.bench.devices import RunError
-from lit_attacks.bench.folder import OWN, FolderError, ResultsFolder, RunLock, SUBFOLDERS
+from lit_attacks.bench.folder import MANIFEST, OWN, FolderError, ResultsFolder, RunLock, SUBFOLDERS
 from lit_attacks.safe_files import InputError
 from lit_attacks.tables import tables
 
@@ -169,10 +169,11 @@ def locked(out: Path, first: bool) -> Iterator[Optional[ResultsFolder]]:
             folder.check_writable(SUBFOLDERS)
         except FolderError as e:
             raise Stop(str(e)) from None
-        yield folder
+        with folder.writing():  # every file bench writes in out goes through the folder guard
+            yield folder
     finally:
         rest = [p.name for p in lock.out.iterdir() if p.name not in OWN] if lock.out.is_dir() else []
-        lock.release(leave_nothing=not rest and not folder.files)
+        lock.release(leave_nothing=not rest and not folder.files, manifest=MANIFEST)
 
 
 def end_distributed() -> None:
@@ -244,7 +245,11 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
     from pytorch_lightning.utilities import rank_zero_only
 
     is_zero = rank_zero_only.rank == 0
-    with locked(out, is_zero and os.environ.get("NODE_RANK", "0") == "0") as folder:
+    from lit_attacks.datamodules.cache import cache_root
+    from lit_attacks.wandb_utils import third_party_state
+
+    with locked(out, is_zero and os.environ.get("NODE_RANK", "0") == "0") as folder, \
+            third_party_state(out, cache_root()):  # W&B's and matplotlib's files: in out and the cache, not ~
         try:
             return run(cfg, devices, out, flags, is_zero, folder)
         except (KeyboardInterrupt, Terminated) as e:

@@ -246,24 +246,16 @@ class Bench:
     # ---------------------------------------------------------------- outputs
     def finish(self) -> None:
         """Remove what earlier runs left that this one did not produce, then write the run-level files. If
-        writing them fails (a full disk, a folder made read-only), those written so far are removed again: the
-        folder then holds the completed cells and no summary, and the same command finishes the run."""
+        writing them fails (a full disk, a folder made read-only), every file written so far is removed again (the
+        folder guard knows them): the folder then holds the completed cells and no summary or results entry, and the
+        same command finishes the run. The manifest says the run finished only once everything is written."""
         from lit_attacks.bench.outputs import write_outputs
 
         self.rates.save()
         remove_stale_files(self.folder, self.produced, set(self.cells))
-        t0 = time.time_ns()
-        try:
-            figs = write_outputs(self)
-        except BaseException:
-            for p in run_files(self.out):
-                try:
-                    if not p.is_symlink() and p.is_file() and p.stat().st_mtime_ns >= t0:
-                        p.unlink()
-                except OSError:
-                    pass
-            raise
-        self.folder.record_files([str(p.relative_to(self.out)) for p in run_files(self.out) + list(figs)])
+        with self.folder.writing(undo=True):
+            write_outputs(self)
+            self.folder.set_state(finished=True)
 
 
 def run_files(out: Path) -> List[Path]:
@@ -274,7 +266,9 @@ def run_files(out: Path) -> List[Path]:
 
 def clear_run_files(folder: ResultsFolder) -> None:
     """At the start of a run: a results folder never shows run-level files of an earlier run beside this
-    one's cells (a run killed midway leaves no summary or README claiming anything)."""
+    one's cells (a run killed midway leaves no summary or README claiming anything), and its manifest says the run
+    has not finished until :meth:`Bench.finish` has written everything."""
+    folder.set_state(finished=False)
     folder.remove_all([str(p.relative_to(folder.out)) for p in run_files(folder.out)] +
                       [rel for rel in folder.files if rel.startswith("leaderboard/")])  # results entries
 

@@ -9,6 +9,7 @@ and the sanity flags a reviewer checks before believing a robust number. ``schem
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -19,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from scipy.stats import beta
 
 from lit_attacks.datamodules.shards import sha256
-from lit_attacks.safe_files import InputError
+from lit_attacks.safe_files import InputError, read_json
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
@@ -65,29 +66,82 @@ def _validator():
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
+MAX_ENTRY_BYTES = 4 << 20  # an entry is a few kB; a larger file is refused before it is read
+MAX_STRING = 20000  # characters of one string value (a command line, a description)
+TOLERANCE = 1e-9  # value = k / n and ci95 containing it, checked to this
+
+
 def validate(entry: Dict[str, Any], where: str = "entry") -> None:
-    """Raise :class:`EntryError` (one line: the file, the field, what is wrong) if ``entry`` breaks the schema."""
+    """Raise :class:`EntryError` (one line: the file, the field, what is wrong) if ``entry`` breaks the schema, holds a
+    non-finite or oversized number or string, or its numbers disagree (a rate whose value is not k / n, k above n, an
+    interval that does not contain its value, a date without a time zone that cannot be read)."""
+    _finite(entry, where, "")
     errors = sorted(_validator().iter_errors(entry), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         field = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise EntryError(f"{where}: {field}: {e.message[:300]}{more}")
+    results = entry["results"]
+    rates = [("results/clean", results["clean"])]
+    rates += [(f"results/robust/{i}/accuracy", r["accuracy"]) for i, r in enumerate(results["robust"])]
+    rates += [(f"results/certified/{i}/accuracy", c["accuracy"]) for i, c in enumerate(results["certified"])]
+    for field, r in rates:
+        _consistent_rate(r, f"{where}: {field}")
+    entry_date(entry, where)
+
+
+def _finite(obj: Any, where: str, field: str) -> None:
+    """Every number finite and every integer of at most 2^53 (what JSON readers hold exactly); strings bounded."""
+    if isinstance(obj, bool) or obj is None:
+        return
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise EntryError(f"{where}: {field or '(top level)'}: {obj} is not a finite number")
+    if isinstance(obj, int) and abs(obj) > 2 ** 53:
+        raise EntryError(f"{where}: {field or '(top level)'}: integer of {len(str(abs(obj)))} digits is out of range")
+    if isinstance(obj, str) and len(obj) > MAX_STRING:
+        raise EntryError(f"{where}: {field or '(top level)'}: a string of {len(obj)} characters (at most {MAX_STRING})")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite(v, where, f"{field}/{k}".lstrip("/"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _finite(v, where, f"{field}/{i}".lstrip("/"))
+
+
+def _consistent_rate(r: Dict[str, Any], where: str) -> None:
+    k, n, value, (lo, hi) = r["k"], r["n"], r["value"], r["ci95"]
+    if k > n:
+        raise EntryError(f"{where}: k = {k} exceeds n = {n}")
+    if value is None:
+        if k != 0 or lo is not None or hi is not None:
+            raise EntryError(f"{where}: value is null but k = {k}, ci95 = {[lo, hi]} (a rate without a value has "
+                             "k = 0 and no interval)")
+        return
+    if n == 0 or abs(value - k / n) > TOLERANCE:
+        raise EntryError(f"{where}: value {value} is not k / n = {k} / {n}")
+    if lo is None or hi is None or not lo - TOLERANCE <= value <= hi + TOLERANCE:
+        raise EntryError(f"{where}: ci95 {[lo, hi]} does not contain the value {value}")
+
+
+def entry_date(entry: Dict[str, Any], where: str = "entry") -> datetime.datetime:
+    """The entry's date as an aware datetime (ISO 8601; no time zone: UTC), so dates of different offsets compare."""
+    try:
+        d = datetime.datetime.fromisoformat(entry["date"].replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise EntryError(f"{where}: date: {str(entry.get('date'))[:40]!r} is not an ISO 8601 date and time") from None
+    return d if d.tzinfo is not None else d.replace(tzinfo=datetime.timezone.utc)
 
 
 def read_entry(path: Path) -> Dict[str, Any]:
-    """A validated entry from ``path``."""
-    try:
-        entry = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise EntryError(f"{path}: cannot read it ({e})") from None
-    except json.JSONDecodeError as e:
-        raise EntryError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    """A validated entry from ``path``: a regular file of at most :data:`MAX_ENTRY_BYTES` of standard JSON (no NaN or
+    Infinity, no repeated key, nesting bounded), checked by :func:`validate`."""
+    entry = read_json(path, "leaderboard entry", MAX_ENTRY_BYTES, EntryError)
     if not isinstance(entry, dict):
         raise EntryError(f"{path}: expected a JSON object, got {type(entry).__name__}")
     if entry.get("schema_version") != SCHEMA_VERSION:
-        raise EntryError(f"{path}: schema_version {entry.get('schema_version')!r}; this lit-attacks reads version "
-                         f"{SCHEMA_VERSION}")
+        raise EntryError(f"{path}: schema_version {str(entry.get('schema_version'))[:20]!r}; this lit-attacks reads "
+                         f"version {SCHEMA_VERSION}")
     validate(entry, str(path))
     return entry
 

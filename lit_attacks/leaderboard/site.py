@@ -12,32 +12,42 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from lit_attacks.leaderboard.entry import EntryError, read_entry
+from lit_attacks.folders import BENCH_MANIFEST, SITE_MANIFEST, OwnedFolder, RunLock, run_finished
+from lit_attacks.leaderboard.entry import MAX_ENTRY_BYTES, EntryError, entry_date, read_entry
 from lit_attacks.report import BROKEN_IMAGES_SCRIPT, atomic_write
-from lit_attacks.safe_files import file_stem
+from lit_attacks.safe_files import InputError, file_stem, open_regular
 
-MANIFEST = ".leaderboard-site.json"
+MANIFEST = SITE_MANIFEST
+LOCK_NAME = ".leaderboard-site.lock"
 FLAG_NAMES = {"black_box_beat_white_box": "black-box beat white-box",
               "zero_or_nonfinite_gradients": "zero/non-finite grad",
               "stochastic_without_eot": "stochastic, no EOT", "flip_lost_in_uint8": "flip lost in 8-bit"}
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
 
-def find_entries(paths: Sequence[str | Path]) -> List[Path]:
+def find_entries(paths: Sequence[str | Path], notes: Optional[List[str]] = None) -> List[Path]:
     """Entry files under each path: a file as it is; in a folder, every ``leaderboard/<dataset>/<protocol>/*.json``
     below it (bench results folders, at any depth), else every ``*.json`` below it that is an entry (a folder of
-    copied entries)."""
+    copied entries). Never followed: symlinks. Skipped, each with a line in ``notes``: a leaderboard site inside a
+    folder (its entries are copies of others) and the entries of a bench run that did not finish (its manifest says
+    so: the run stopped before its last file). A path that is itself a site is refused."""
+    notes = notes if notes is not None else []
     found: List[Path] = []
     for p in map(Path, paths):
+        if p.is_dir() and (p / MANIFEST).exists():
+            raise EntryError(f"{p} is a leaderboard site (it holds {MANIFEST}): its entries are copies; give the bench "
+                             "results folders or entry folders it was built from")
         if p.is_file():
             found.append(p)
         elif p.is_dir():
-            runs = sorted(f for f in p.rglob("*.json") if f.is_file() and not f.is_symlink()
-                          and len(f.parts) >= 4 and f.parts[-4] == "leaderboard")
-            found += runs or sorted(f for f in p.rglob("*.json") if f.is_file() and not f.is_symlink() and _is_entry(f))
+            files = _json_files(p, notes)
+            runs = [f for f in files if len(f.parts) >= 4 and f.parts[-4] == "leaderboard"]
+            found += _finished(runs, notes) if runs else [f for f in files if _is_entry(f)]
         else:
             raise EntryError(f"{p}: no such file or folder")
     if not found:
@@ -46,16 +56,44 @@ def find_entries(paths: Sequence[str | Path]) -> List[Path]:
     return list(dict.fromkeys(found))
 
 
+def _json_files(root: Path, notes: List[str]) -> List[Path]:
+    """Regular ``*.json`` files below ``root``, sorted, not through symlinks, not inside a leaderboard site."""
+    out: List[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):  # never follows links
+        here = Path(dirpath)
+        if here != root and (here / MANIFEST).exists():
+            notes.append(f"skipped {here}: a leaderboard site (its entries are copies)")
+            dirnames[:] = []
+            continue
+        dirnames.sort()
+        out += [here / n for n in sorted(filenames) if n.endswith(".json") and (here / n).is_file()
+                and not (here / n).is_symlink()]
+    return out
+
+
+def _finished(files: List[Path], notes: List[str]) -> List[Path]:
+    """The entries of bench runs that finished (an entry folder without a bench manifest is taken as it is)."""
+    kept = []
+    for f in files:
+        run = Path(*f.parts[:-4]) if len(f.parts) > 4 else Path(".")
+        if (run / BENCH_MANIFEST).exists() and not run_finished(run):
+            notes.append(f"skipped {f}: the bench run in {run} did not finish (run its command again to finish it)")
+            continue
+        kept.append(f)
+    return kept
+
+
 def _is_entry(path: Path) -> bool:
     try:
-        return '"schema_version"' in path.read_text(errors="replace")[:200]
-    except OSError:
+        with open_regular(path, "file", MAX_ENTRY_BYTES) as f:
+            return b'"schema_version"' in f.read(200)
+    except (InputError, OSError):
         return False
 
 
 def group_entries(files: Sequence[Path]) -> Dict[Tuple[str, str], Dict[str, Tuple[Path, Dict[str, Any]]]]:
     """(dataset, protocol) -> metric -> (file, entry); refuses a protocol or dataset fingerprint that differs
-    within a group."""
+    within a group. A metric entered twice keeps its newest entry (dates compared as times, across time zones)."""
     groups: Dict[Tuple[str, str], Dict[str, Tuple[Path, Dict[str, Any]]]] = {}
     first: Dict[Tuple[str, str], Tuple[Path, Dict[str, Any]]] = {}
     for f in files:
@@ -72,7 +110,7 @@ def group_entries(files: Sequence[Path]) -> Dict[Tuple[str, str], Dict[str, Tupl
             first[g] = (f, e)
         rows = groups.setdefault(g, {})
         name = e["metric"]["name"]
-        if name not in rows or e["date"] >= rows[name][1]["date"]:
+        if name not in rows or entry_date(e) >= entry_date(rows[name][1]):
             rows[name] = (f, e)
     return groups
 
@@ -105,14 +143,30 @@ def flags_of(entry: Dict[str, Any]) -> List[str]:
     return [f"{FLAG_NAMES[k]} ({f['samples']})" for k, f in entry["sanity"].items() if f["raised"]]
 
 
-def build(paths: Sequence[str | Path], out: str | Path) -> Dict[str, Any]:
-    """Merge the entries under ``paths`` into the site at ``out``; returns what leaderboard.json holds."""
+def build(paths: Sequence[str | Path], out: str | Path, notes: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Merge the entries under ``paths`` into the site at ``out``; returns what leaderboard.json holds. ``out`` is
+    claimed by the folder guard (:class:`lit_attacks.folders.OwnedFolder`): a new or empty folder, or one an earlier
+    build made (its manifest); nothing is written through a symlink, and a rebuild removes only the files an earlier
+    build wrote and this one did not. Lines about skipped inputs go to ``notes``."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EntryError(f"--out {out}: exists and is not a folder")
-    groups = group_entries(find_entries(paths))
-    out.mkdir(parents=True, exist_ok=True)
-    written: List[str] = []
+    if os.path.lexists(out) and (os.path.islink(out) or not out.is_dir()):
+        raise EntryError(f"--out {out}: exists and is not a folder (or is a symlink)")
+    groups = group_entries(find_entries(paths, notes))
+    lock = RunLock(out, LOCK_NAME, "leaderboard build", what="site folder")
+    lock.acquire()
+    site = OwnedFolder(out, MANIFEST, "leaderboard", arg="--out", exempt=(), own=(LOCK_NAME,),
+                       what="site folder", kind="leaderboard site")
+    try:
+        site.claim()
+        with site.writing() as written:
+            board = _write_site(out, groups)
+        site.remove_all([rel for rel in site.files if rel not in set(written)])
+    finally:
+        lock.release(leave_nothing=not site.files, manifest=MANIFEST)
+    return board
+
+
+def _write_site(out: Path, groups: Dict[Tuple[str, str], Dict[str, Tuple[Path, Dict[str, Any]]]]) -> Dict[str, Any]:
     board: Dict[str, Any] = {"schema_version": 1, "groups": []}
     for (dataset, protocol), rows in sorted(groups.items()):
         first = next(iter(rows.values()))[1]
@@ -125,35 +179,29 @@ def build(paths: Sequence[str | Path], out: str | Path) -> Dict[str, Any]:
         for name, (src, e) in ordered:
             rel = f"entries/{file_stem(dataset)}/{file_stem(protocol)}/{file_stem(name)}.json"
             atomic_write(out / rel, json.dumps(e, indent=1) + "\n")
-            written.append(rel)
             v = values(e)
             group["rows"].append({"metric": e["metric"]["label"], "name": name, "entry": rel, "source": str(src),
                                   "values": {h: v.get(k, (None, None))[0] for k, h in cols},
                                   "ci95": {h: v.get(k, (None, None))[1] for k, h in cols},
                                   "flags": flags_of(e), "date": e["date"]})
         atomic_write(out / group["plot"], plot_svg(group, [e for _, (_, e) in ordered]))
-        written.append(group["plot"])
         board["groups"].append(group)
     atomic_write(out / "leaderboard.json", json.dumps(board, indent=1) + "\n")
     atomic_write(out / "leaderboard.md", markdown(board))
     atomic_write(out / "index.html", page(board))
-    written += ["leaderboard.json", "leaderboard.md", "index.html"]
-    _remove_stale(out, written)
     return board
 
 
-def _remove_stale(out: Path, written: List[str]) -> None:
-    """Files an earlier build of this site wrote that this one did not (never anything else, never via a link)."""
-    old: List[str] = []
-    try:
-        old = json.loads((out / MANIFEST).read_text()).get("files", [])
-    except (OSError, ValueError):
-        pass
-    for rel in set(old) - set(written):
-        p = out / rel
-        if isinstance(rel, str) and ".." not in Path(rel).parts and p.is_file() and not p.is_symlink():
-            p.unlink()
-    atomic_write(out / MANIFEST, json.dumps({"files": sorted(written)}) + "\n")
+MD_SPECIAL = re.compile(r"([\\`|\[\]])")  # escapes, code spans, table cells, links and images
+
+
+def md(text: Any) -> str:
+    """Text from an entry as inert Markdown on one line: HTML's ``& < >`` as entities (GitHub, MkDocs and Jekyll
+    render raw HTML in Markdown), the Markdown that could change the page's structure backslash-escaped (``|`` would end a
+    table cell, ``[`` start a link or an image, a backquote a code span), line breaks as spaces."""
+    s = " ".join(str(text).split())
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MD_SPECIAL.sub(r"\\\1", s)
 
 
 def markdown(board: Dict[str, Any]) -> str:
@@ -163,12 +211,13 @@ def markdown(board: Dict[str, Any]) -> str:
              "smoothing certifies it. AUC: area under robust accuracy against the budget (0-1). Sorted by AUC "
              "l_inf.", ""]
     for g in board["groups"]:
-        lines += [f"## {g['dataset']} / {g['protocol']} ({g['samples']} samples)", "", g["description"], "",
-                  "| metric | " + " | ".join(g["columns"]) + " | flags |", "|---|" + "---|" * (len(g["columns"]) + 1)]
+        lines += [f"## {md(g['dataset'])} / {md(g['protocol'])} ({g['samples']} samples)", "", md(g["description"]),
+                  "", "| metric | " + " | ".join(md(c) for c in g["columns"]) + " | flags |",
+                  "|---|" + "---|" * (len(g["columns"]) + 1)]
         for r in g["rows"]:
             cells = [f"{r['values'][c]:.3f}" if c.startswith("AUC") and r["values"][c] is not None
                      else pct(r["values"][c]) for c in g["columns"]]
-            lines.append(f"| {r['metric']} | " + " | ".join(cells) + f" | {', '.join(r['flags']) or '-'} |")
+            lines.append(f"| {md(r['metric'])} | " + " | ".join(cells) + f" | {md(', '.join(r['flags']) or '-')} |")
         lines += ["", f"![robust accuracy against radius]({g['plot']})", ""]
     return "\n".join(lines) + "\n"
 
@@ -183,7 +232,7 @@ def plot_svg(group: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
              f'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>']
     for i, norm in enumerate(norms):
         x0, y0 = pad + i * (W + gap), pad
-        rmax = max(r["radius"] for e in entries for r in e["results"]["robust"] if r["norm"] == norm)
+        rmax = max(r["radius"] for e in entries for r in e["results"]["robust"] if r["norm"] == norm) or 1.0
         X = lambda r: x0 + W * r / rmax  # noqa: E731
         Y = lambda a: y0 + H * (1 - a)  # noqa: E731
         parts.append(f'<rect x="{x0}" y="{y0}" width="{W}" height="{H}" fill="none" stroke="#444"/>')

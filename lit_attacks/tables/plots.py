@@ -27,11 +27,13 @@ def wrap(label: str, width: int = 18) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    _plt().close(fig)
+    from lit_attacks.report import atomic_file
+
+    try:
+        with atomic_file(path) as tmp:  # through the results folder's guard
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    finally:
+        _plt().close(fig)
     return path
 
 
