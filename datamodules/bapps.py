@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lit_attacks.datamodules.cache import cache_root
+from lit_attacks.datamodules.cache import cache_root, publish
 from lit_attacks.datamodules.nights import nights_fingerprint, nights_root, scan_nights
 from lit_attacks.datamodules.shards import (INDEX, HashCache, content_fingerprint, read_index, stat_key, verify_shards,
                                             write_shards)
@@ -62,24 +62,43 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
     data = Path(data)
     if not data.is_dir():
         raise BappsDataError(f"data path {data} does not exist or is not a folder")
+    cache = Path(cache_dir) if cache_dir else cache_root()
+    complete = lambda p: (p / INDEX).is_file()  # noqa: E731 (a published entry holds its index)
     root = nights_root(data)
     if root is not None:  # NIGHTS (DreamSim's layout): converted once per split and content
         samples = scan_nights(root, split)  # read and checked once: for the fingerprint and the conversion
-        out = (Path(cache_dir) if cache_dir else cache_root()) / "nights" / nights_fingerprint(root, samples) / split
-        if refresh or not (out / INDEX).is_file():
-            write_shards(samples, out, prefix=f"nights-{split}", progress=progress)
-        return out
+        out = cache / "nights" / nights_fingerprint(root, samples) / split
+        return publish(out, lambda tmp: write_shards(samples, tmp, prefix=f"nights-{split}", progress=progress),
+                       f"the shards of NIGHTS {root} ({split})", complete, refresh)
     if (data / "2afc").is_dir():
-        fp = _tree_fingerprint(data, split)
-        out = (Path(cache_dir) if cache_dir else cache_root()) / "trees" / fp / split
-        if refresh or not (out / INDEX).is_file():
-            write_shards(scan_tree(data, split), out, progress=progress)
-        return out
+        out = cache / "trees" / _tree_fingerprint(data, split) / split
+        return publish(out, lambda tmp: write_shards(scan_tree(data, split), tmp, progress=progress),
+                       f"the shards of BAPPS tree {data} ({split})", complete, refresh)
     for cand in (data / split, data / "shards" / split, data):
         if (cand / INDEX).exists() or any(cand.glob("*.tar")):
             return cand
     raise BappsDataError(f"data path {data} holds no shards (*.tar / {INDEX}, directly or in {split}/), no "
                          "BAPPS tree (2afc/) and no NIGHTS root (data.csv or nights/data.csv)")
+
+
+def partial_tree(root: Path, split: str) -> Optional[str]:
+    """A line about a BAPPS tree that ``python -m lit_attacks.datamodules.bapps download`` did not unpack whole (no
+    completion marker) and that lacks some of the split's official categories (an interrupted download of an earlier
+    version left such trees): converted as it is, and said. None for a whole tree or one that is not BAPPS'."""
+    from lit_attacks.datamodules.download import unpacked
+    from lit_attacks.datamodules.tree import SPLIT_CATEGORIES
+
+    base = Path(root) / "2afc" / split
+    if split not in SPLIT_CATEGORIES or unpacked(base) or not base.is_dir():
+        return None
+    present = {p.name for p in base.iterdir() if p.is_dir()}
+    official = SPLIT_CATEGORIES[split]
+    missing = [c for c in official if c not in present]
+    if not (present & set(official)) or not missing:
+        return None
+    return (f"BAPPS tree {root} holds {len(official) - len(missing)} of the {len(official)} categories of {split} "
+            f"(missing: {', '.join(missing)}); if a download stopped midway, move the tree aside and run python -m "
+            f"lit_attacks.datamodules.bapps download --out {root}")
 
 
 def shard_urls(folder: Path, hashes: Optional[HashCache] = None) -> List[str]:
@@ -290,8 +309,9 @@ class BappsDataModule(pl.LightningDataModule):
             if c not in present:
                 raise BappsDataError(f"--categories {c!r}: no sample of that category in {folder}; present: "
                                      f"{', '.join(present)}")
+        note = partial_tree(Path(self.hparams.data), split or self.hparams.split) if self.hparams.data else None
         return {"data": self.hparams.data or f"built-in {self.hparams.builtin} set (synthetic judges)", "shards": str(folder),
-                "index_sha256": content_fingerprint(folder, index, self.hashes)}
+                "index_sha256": content_fingerprint(folder, index, self.hashes), **({"note": note} if note else {})}
 
 
 class NightsDataModule(BappsDataModule):

@@ -20,16 +20,15 @@ import csv
 import hashlib
 import io
 import math
-import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
 from lit_attacks.datamodules.shards import stat_key
 from lit_attacks.datamodules.tree import NAME_RE, BappsDataError, TreeSample
-from lit_attacks.safe_files import kind_of, read_text
+from lit_attacks.safe_files import first_line, kind_of, open_regular, read_regular
 
 URL = "https://data.csail.mit.edu/nights/nights.zip"  # DreamSim's dataset/download_dataset.sh
 REQUIRED = ("id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split")
@@ -38,19 +37,33 @@ SPLITS = ("train", "val", "test")
 MAX_CSV_BYTES = 64 << 20
 
 
+MAX_HEADER_BYTES = 1 << 20  # the header line (a NIGHTS header is about 100 bytes)
+FLAGS = {"true": "imagenet", "1": "imagenet", "false": "no_imagenet", "0": "no_imagenet", "": "nights"}
+
+
+def _header(f: Path) -> List[str]:
+    """The column names of a CSV file's first line, read bounded and decoded leniently (for recognising a root: the
+    whole file is checked strictly when it is read)."""
+    with open_regular(f, "NIGHTS data.csv", None, BappsDataError) as fh:
+        line = fh.readline(MAX_HEADER_BYTES)
+    text = line.decode("utf-8-sig", errors="replace")
+    try:
+        return [c.strip() for c in next(csv.reader([text]), [])]
+    except csv.Error:
+        return []
+
+
 def nights_root(data: Path) -> Optional[Path]:
     """The NIGHTS root under ``data`` (``data`` itself or ``data/nights``: the folder whose ``data.csv`` has NIGHTS'
     columns), or None."""
     for root in (data, data / "nights"):
         f = root / "data.csv"
-        if f.is_file():
-            try:
-                with open(f, newline="", encoding="utf-8") as fh:
-                    header = next(csv.reader(fh), [])
-            except (OSError, UnicodeDecodeError):
-                continue
-            if {"ref_path", "left_path", "right_path", "left_vote", "right_vote"} <= set(header):
-                return root
+        try:
+            header = _header(f) if f.is_file() else []
+        except (BappsDataError, OSError):
+            continue
+        if {"ref_path", "left_path", "right_path", "left_vote", "right_vote"} <= set(header):
+            return root
     return None
 
 
@@ -58,22 +71,67 @@ def _number(row: Dict[str, str], col: str, where: str) -> float:
     try:
         v = float(row[col])
     except (TypeError, ValueError):
-        raise BappsDataError(f"{where}: {col} {row.get(col)!r} is not a number") from None
+        raise BappsDataError(f"{where}: {col} {str(row.get(col))[:40]!r} is not a number") from None
     if not math.isfinite(v) or v < 0:
         raise BappsDataError(f"{where}: {col} {v} must be a finite number >= 0")
     return v
 
 
+def judge_of(left: float, right: float) -> float:
+    """The fraction of votes for the right image, ``right / (left + right)``, without overflow: both counts are
+    scaled by the larger first (``1e308`` votes each give 0.5, not 0)."""
+    m = max(left, right)
+    return (right / m) / (left / m + right / m)
+
+
 def _inside(root: Path, rel: str, where: str) -> Path:
     p = Path(rel)
     if not rel or p.is_absolute() or ".." in p.parts:
-        raise BappsDataError(f"{where}: path {rel!r} must be relative to the NIGHTS root, without '..'")
+        raise BappsDataError(f"{where}: path {rel[:80]!r} must be relative to the NIGHTS root, without '..'")
     full = root / p
     if not full.exists():
         raise BappsDataError(f"{where}: {full} is missing")
     if not full.is_file():
         raise BappsDataError(f"{where}: {full} is {kind_of(full.stat().st_mode)}, not a regular file")
     return full
+
+
+def read_rows(f: Path) -> Iterator[Tuple[int, Dict[str, str]]]:
+    """(line, row by column name) of NIGHTS' ``data.csv``, read as users save it: a UTF-8 byte-order mark (Excel)
+    skipped, columns in any order, surrounding spaces in names ignored, blank lines skipped. Text that is not UTF-8, a
+    row with more or fewer fields than the header (a file cut inside its last row), a field over the csv module's
+    limit or an unknown ``split`` is a one-line error naming the line."""
+    data = read_regular(f, "NIGHTS data.csv", MAX_CSV_BYTES, BappsDataError)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise BappsDataError(f"{f} line {line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); save "
+                             "data.csv as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [c.strip() for c in next(reader, [])]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise BappsDataError(f"{f}: missing columns {', '.join(missing)} (NIGHTS' data.csv has "
+                                 f"{', '.join(REQUIRED)}; its header holds {', '.join(h[:40] for h in header[:12])})")
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise BappsDataError(f"{f}: column {twice[0]!r} appears twice in the header")
+        for row in reader:
+            line = reader.line_num
+            if not row or row == [""]:
+                continue
+            if len(row) != len(header):
+                raise BappsDataError(f"{f} line {line}: {len(row)} fields, the header has {len(header)} (a row cut "
+                                     "short, or a stray comma); fix or remove the line")
+            values = dict(zip(header, row))
+            if values["split"] not in SPLITS:
+                raise BappsDataError(f"{f} line {line}: split {values['split'][:20]!r} is not one of "
+                                     f"{', '.join(SPLITS)}")
+            yield line, values
+    except csv.Error as e:
+        raise BappsDataError(f"{f} line {reader.line_num}: not a readable CSV row ({first_line(e, 120)})") from None
 
 
 def scan_nights(root: str | Path, split: str = "test") -> List[TreeSample]:
@@ -83,29 +141,26 @@ def scan_nights(root: str | Path, split: str = "test") -> List[TreeSample]:
     if split not in SPLITS:
         raise BappsDataError(f"NIGHTS split {split!r}: NIGHTS has {', '.join(SPLITS)} (use --split test)")
     f = root / "data.csv"
-    text = read_text(f, "NIGHTS data.csv", MAX_CSV_BYTES, BappsDataError)
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-    if missing:
-        raise BappsDataError(f"{f}: missing columns {', '.join(missing)} (NIGHTS' data.csv has {', '.join(REQUIRED)})")
     samples, seen = [], set()
-    for line, row in enumerate(reader, start=2):
+    for line, row in read_rows(f):
         where = f"{f} line {line}"
-        if row["split"] != split or _number(row, "votes", where) < MIN_VOTES:
+        votes, left, right = (_number(row, c, where) for c in ("votes", "left_vote", "right_vote"))
+        flag = row.get("is_imagenet", "").strip().lower()
+        if flag not in FLAGS:
+            raise BappsDataError(f"{where}: is_imagenet {flag[:20]!r} is not True, False, 1, 0 or empty")
+        if row["split"] != split or votes < MIN_VOTES:
             continue
-        left, right = _number(row, "left_vote", where), _number(row, "right_vote", where)
         if left + right <= 0:
             raise BappsDataError(f"{where}: left_vote and right_vote are both 0: no judge")
         if not NAME_RE.match(row["id"]):
-            raise BappsDataError(f"{where}: id {row['id']!r} may hold only letters, digits, '_' and '-'")
-        flag = str(row.get("is_imagenet", "")).strip().lower()
-        category = "imagenet" if flag in ("true", "1") else "no_imagenet" if flag in ("false", "0") else "nights"
+            raise BappsDataError(f"{where}: id {row['id'][:40]!r} may hold only letters, digits, '_' and '-'")
+        category = FLAGS[flag]
         key = f"{split}/{category}/{row['id']}"
         if key in seen:
             raise BappsDataError(f"{where}: id {row['id']!r} appears twice in split {split}")
         seen.add(key)
         paths = [_inside(root, row[c], where) for c in ("ref_path", "left_path", "right_path")]
-        samples.append(TreeSample(key, category, *paths, judge=right / (left + right)))
+        samples.append(TreeSample(key, category, *paths, judge=judge_of(left, right)))
     if not samples:
         raise BappsDataError(f"{f}: no triplet of split {split!r} with votes >= {MIN_VOTES}")
     return sorted(samples, key=lambda s: s.key)
@@ -114,7 +169,8 @@ def scan_nights(root: str | Path, split: str = "test") -> List[TreeSample]:
 def nights_fingerprint(root: Path, samples: List[TreeSample]) -> str:
     """data.csv's bytes and the size, mtime, ctime and inode of every image of ``samples`` (a split's kept
     triplets, from :func:`scan_nights`; their keys name the split)."""
-    h = hashlib.sha1(str(root.resolve()).encode() + (root / "data.csv").read_bytes())
+    h = hashlib.sha1(str(root.resolve()).encode() + read_regular(root / "data.csv", "NIGHTS data.csv", MAX_CSV_BYTES,
+                                                                  BappsDataError))
     for s in samples:
         h.update(s.key.encode())
         for p in (s.ref, s.p0, s.p1):
@@ -123,13 +179,19 @@ def nights_fingerprint(root: Path, samples: List[TreeSample]) -> str:
 
 
 def download(out: str | Path, mirrors: Optional[List[str]] = None) -> Path:
-    """Fetch ``nights.zip`` (resumable) and unpack it into ``out`` (``out/nights/data.csv``); returns the root."""
-    from lit_attacks.datamodules.download import DownloadError, _fetch
+    """Fetch ``nights.zip`` (resumable) and unpack it whole into ``out`` (``out/nights/data.csv``; through a private
+    folder, checked against the free space and the archive's listing, marked complete last:
+    :func:`lit_attacks.datamodules.download.unpack`); returns the root. A ``nights`` folder this command did not finish
+    unpacking is refused, naming it, never taken as the data set."""
+    from lit_attacks.datamodules.download import DownloadError, _fetch, unpack, unpacked, MARKER
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if nights_root(out) is not None:
-        return nights_root(out)
+    if unpacked(out / "nights"):
+        return out / "nights"
+    if (out / "nights").exists():
+        raise DownloadError(f"{out / 'nights'} exists but was not unpacked whole by this command (no {MARKER}: an "
+                            "interrupted unpack, or files put there by hand); remove or rename it and run again")
     archive = out / "nights.zip"
     errors = []
     for url in mirrors or [URL]:
@@ -142,15 +204,10 @@ def download(out: str | Path, mirrors: Optional[List[str]] = None) -> Path:
     if not archive.exists():
         raise DownloadError(f"could not download nights.zip (no network?): {'; '.join(errors)}. Download {URL} by "
                             f"hand into {out} and rerun; a partial nights.zip.part resumes.")
-    with zipfile.ZipFile(archive) as z:
-        for name in z.namelist():
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise DownloadError(f"{archive}: member {name!r} would unpack outside {out}")
-        z.extractall(out)
+    root = unpack(archive, out, "nights")
     archive.unlink()
-    root = nights_root(out)
-    if root is None:
-        raise DownloadError(f"{archive} unpacked, but no nights/data.csv with NIGHTS' columns is in {out}")
+    if nights_root(root) is None:
+        raise DownloadError(f"{archive} unpacked, but {root / 'data.csv'} does not have NIGHTS' columns")
     return root
 
 

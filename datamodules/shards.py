@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
+from lit_attacks.datamodules.cache import read_cache_json, update_cache_json
 from lit_attacks.datamodules.tar_reader import MAX_PNG_BYTES, open_shard, scan_shard
 from lit_attacks.datamodules.tree import (BappsDataError, TreeSample, check_judge, check_triplet_sizes, decode_png,
                                           parse_judge_text, read_judge)
@@ -61,7 +62,7 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
     for n, chunk in enumerate(chunks):
         name = f"{prefix}-{n:06d}.tar"
         judges = []
-        tmp = out / (name + ".tmp")
+        tmp = out / f".{name}.tmp{os.getpid()}"
         try:
             _write_chunk(tmp, chunk, judges, categories, bar)
         except BaseException:  # a bad file, a full disk, an interrupt: no partial shard is left
@@ -174,16 +175,17 @@ def stat_key(path: Path) -> str:
 
 class HashCache:
     """sha256 of files, remembered by path and stat (size, mtime, ctime, inode) in ``<cache>/sha256.json``,
-    so a shard is hashed once until it changes. ``fresh`` ignores what is remembered."""
+    so a shard is hashed once until it changes. ``fresh`` ignores what is remembered. The file is read with the
+    bounded regular-file reader and updated by a locked merge (:mod:`lit_attacks.datamodules.cache`): runs sharing the
+    cache add to it."""
 
     def __init__(self, cache_dir: Path, fresh: bool = False) -> None:
         self.path = Path(cache_dir) / "sha256.json"
         self.fresh = fresh
         self.scanned: Dict[str, List[Tuple[str, Optional[float]]]] = {}
-        try:
-            self.known = {} if fresh else json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.known = {}
+        known = None if fresh else read_cache_json(self.path)
+        self.known: Dict[str, str] = {k: v for k, v in known.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(known, dict) else {}
 
     def sha256(self, path: Path) -> str:
         path = Path(path).resolve()
@@ -201,13 +203,7 @@ class HashCache:
         return self.scanned[key]
 
     def _save(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.known))
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # a read-only cache only costs re-hashing
+        update_cache_json(self.path, lambda current: {**current, **self.known})  # a read-only cache: re-hashing
 
 
 def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -224,25 +225,33 @@ def _check_space(base: Path, n_per_category: int, size: int, categories: int = l
 
 def builtin_shards(cache_dir: Optional[str | Path] = None, n_per_category: int = 40, seed: int = 0, size: int = 64,
                    split: str = "val", progress: bool = False, refresh: bool = False, kind: str = "photos") -> Path:
-    """Shards of the ``kind`` built-in set for ``split``, generated once into the cache and reused
-    (``refresh``: again)."""
+    """Shards of the ``kind`` built-in set for ``split``, generated once into the cache and reused (``refresh``:
+    again). Generated under the cache's lock into a private folder and published whole
+    (:func:`lit_attacks.datamodules.cache.publish`): runs started together on a fresh cache make one copy, and none
+    of them reads a half-written image."""
+    from lit_attacks.datamodules.cache import cache_root, publish
     from lit_attacks.datamodules.shards import INDEX, write_shards
     from lit_attacks.datamodules.tree import scan_tree
-    from lit_attacks.datamodules.cache import cache_root
+    from lit_attacks.report import write_file
 
     if kind not in KINDS:
         raise ValueError(f"unknown built-in set {kind!r}; choose one of {', '.join(KINDS)}")
     name = f"synthetic-v{VERSION}-n{n_per_category}-s{seed}-px{size}" if kind == "procedural" else \
         f"photos-v{PHOTOS_VERSION}-n{n_per_category}-s{seed}-px{size}"
     base = (Path(cache_dir) if cache_dir else cache_root()) / name
-    out = base / "shards" / split
-    if (out / INDEX).is_file() and not refresh:
-        return out
-    write_tree(base / "tree", n_per_category, seed, size, splits=(split,), kind=kind)
-    write_shards(scan_tree(base / "tree", split), out, shard_size=max(1, n_per_category * len(CATEGORIES) // 4),
-                 prefix=f"{name.split('-')[0]}-{split}", progress=progress)
-    (base / "README.json").write_text(json.dumps({"what": f"lit_attacks built-in {kind} 2AFC set (synthetic judges)",
-                                                  "version": VERSION if kind == "procedural" else PHOTOS_VERSION,
-                                                  "n_per_category": n_per_category, "seed": seed, "size": size,
-                                                  "photos": PHOTOS if kind == "photos" else None}))
-    return out
+
+    def build(tmp: Path) -> None:
+        write_tree(tmp / "tree", n_per_category, seed, size, splits=(split,), kind=kind)
+        write_shards(scan_tree(tmp / "tree", split), tmp / "shards", prefix=f"{name.split('-')[0]}-{split}",
+                     shard_size=max(1, n_per_category * len(CATEGORIES) // 4), progress=progress)
+        shutil.rmtree(tmp / "tree")  # the PNG tree was only the way to the shards
+        for f in (tmp / "shards").iterdir():
+            f.rename(tmp / f.name)
+        (tmp / "shards").rmdir()
+        write_file(base / "README.json", json.dumps({
+            "what": f"lit_attacks built-in {kind} 2AFC set (synthetic judges)",
+            "version": VERSION if kind == "procedural" else PHOTOS_VERSION, "n_per_category": n_per_category,
+            "seed": seed, "size": size, "photos": PHOTOS if kind == "photos" else None}).encode(), guarded=False)
+
+    return publish(base / "shards" / split, build, f"the built-in {kind} set ({split})",
+                   complete=lambda p: (p / INDEX).is_file(), refresh=refresh)

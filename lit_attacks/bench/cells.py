@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from lit_attacks.datamodules.cache import read_cache_json, update_cache_json
 from lit_attacks.datamodules.shards import sha256
 from lit_attacks.report import atomic_write, read_csv, write_csv
 
@@ -199,10 +200,7 @@ class MachineRates:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.best: Dict[str, float] = {k: float(v) for k, v in json.loads(path.read_text()).items()}
-        except (OSError, ValueError, TypeError, AttributeError):
-            self.best = {}
+        self.best: Dict[str, float] = _rates(read_cache_json(path))
 
     def observe(self, key: str, seconds_per_sample: float) -> Optional[float]:
         """Record a measurement; the ratio best / this one when it is below :attr:`SLOW`, else None."""
@@ -213,8 +211,19 @@ class MachineRates:
         return best / seconds_per_sample if best and best / seconds_per_sample < self.SLOW else None
 
     def save(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, json.dumps(self.best, indent=0, sort_keys=True))
-        except OSError:
-            pass
+        """Merge this run's bests into the cache file (a locked read-merge-rename: concurrent runs keep both)."""
+        def merge(current: Dict[str, Any]) -> Dict[str, Any]:
+            best = _rates(current)
+            for k, v in self.best.items():
+                best[k] = min(best.get(k, v), v)
+            return best
+
+        update_cache_json(self.path, merge)
+
+
+def _rates(data: Any) -> Dict[str, float]:
+    """The valid entries (a positive finite seconds-per-sample) of a rates file's contents."""
+    if not isinstance(data, dict):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, (int, float))
+            and not isinstance(v, bool) and math.isfinite(v) and v > 0}

@@ -291,6 +291,8 @@ def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str
     if cfg["data"] is None and not quiet and is_zero:
         print(f"Using the built-in {cfg['builtin']} 2AFC set, synthetic judges ({source['shards']}); pass --data for "
               "BAPPS.")
+    if source.get("note") and not quiet and is_zero:
+        print(f"note: {source['note']}")
 
     import pytorch_lightning as pl
 

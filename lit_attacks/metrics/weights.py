@@ -204,9 +204,12 @@ def released_file(metric: str, fname: str, url: str, weights_dir: Optional[str |
                f"{where} (or set {ENV_WEIGHTS_DIR}=<folder>), or use pretrained=False (tests and timing only)")
         found = hub_checkpoints_dir() / fname
         found.parent.mkdir(parents=True, exist_ok=True)
-        tmp = found.with_suffix(found.suffix + ".part")
-        _download_to(url, tmp, msg)
-        tmp.replace(found)
+        tmp = found.with_name(f".{found.name}.part{os.getpid()}")  # each process its own: concurrent starts never
+        try:  # write into one file; the rename publishes a whole file
+            _download_to(url, tmp, msg)
+            tmp.replace(found)
+        finally:
+            tmp.unlink(missing_ok=True)
     if sha256 is not None and found.parent == hub_checkpoints_dir():
         got = _file_digest(found)
         if got != sha256:
