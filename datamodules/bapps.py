@@ -274,7 +274,13 @@ class BappsDataModule(pl.LightningDataModule):
                            judges=fields["judges"], compression=fields["compression"])
 
     def _loader(self, split: Optional[str] = None) -> DataLoader:
-        return ShardLoader(self.dataset(split), batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        ds = self.dataset(split)
+        return ShardLoader(ds, batch_size=self.batch_size_for(ds), num_workers=self.hparams.num_workers)
+
+    def batch_size_for(self, ds: "ShardStream") -> int:
+        """The batch size, never above the samples there are (a batch never holds more: a huge ``batch_size`` on a
+        small set asks for no memory it would not use)."""
+        return max(1, min(self.hparams.batch_size, ds.count()))
 
     def train_dataloader(self) -> DataLoader:
         """Under DDP every process gets the same number of samples (a rank with one batch more than
@@ -287,7 +293,7 @@ class BappsDataModule(pl.LightningDataModule):
             if ds.limit == 0:
                 raise BappsDataError(f"training split {self.hparams.train_split!r} has fewer kept samples than the "
                                      f"{slots} (process, worker) slots")
-        return ShardLoader(ds, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        return ShardLoader(ds, batch_size=self.batch_size_for(ds), num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader()

@@ -27,7 +27,7 @@ def _argv(argv: List[str]) -> Iterator[None]:
 
 def evaluate(metric: Any, data: Optional[str] = None, protocol: str = "leaderboard_quick", out: Optional[str] = None,
              name: Optional[str] = None, similarity: Optional[bool] = None, fresh: bool = False, quiet: bool = True,
-             **options: Any) -> Dict[str, Any]:
+             allow_code: bool = False, **options: Any) -> Dict[str, Any]:
     """Evaluate ``metric`` with ``protocol`` on ``data`` and return its results entry (the JSON it writes).
 
     Args:
@@ -43,6 +43,8 @@ def evaluate(metric: Any, data: Optional[str] = None, protocol: str = "leaderboa
         similarity: the object returns a similarity (larger = more similar): its distance is ``1 - s``.
         fresh: recompute every cell.
         quiet: no progress lines.
+        allow_code: run the code a protocol YAML names (``py:`` metrics in it); off, such a protocol is refused
+            (``metric`` itself is yours and needs no permission).
         options: any other bench.py flag, by its config key (``batch_size=32``, ``pretrained=False``, ``gpus=1``).
 
     Returns:
@@ -60,7 +62,7 @@ def evaluate(metric: Any, data: Optional[str] = None, protocol: str = "leaderboa
         argv += ["--data", str(data)]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
-    argv += (["--fresh"] if fresh else []) + (["--quiet"] if quiet else [])
+    argv += (["--fresh"] if fresh else []) + (["--quiet"] if quiet else []) + (["--allow-code"] if allow_code else [])
     with _argv(argv):
         try:
             code = command(argv)

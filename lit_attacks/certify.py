@@ -42,6 +42,7 @@ from torch import Tensor
 from lit_attacks.attacks.chunks import forward_chunk
 from lit_attacks.attacks.output import ScoreOutput, as_list
 from lit_attacks.attacks.streams import Streams
+from lit_attacks.limits import check_count
 from lit_attacks.metrics import create_metric, expected_distances
 from lit_attacks.registry import TASKS
 
@@ -181,6 +182,9 @@ class CertifyModule(pl.LightningModule):
                              votes=votes, predicted=predicted, p_lower=p_lower, radius=radius, correct=predicted == 1)
 
 
+MAX_DRAWS = 100_000_000  # noise draws per sample (Cohen et al.: 100,000); each is a metric evaluation
+
+
 def check_certify(sigma: float, n0: int, n: int, alpha: float, target: str, chunk: int = 64,
                   max_images: int = 0) -> None:
     """One-line errors for certification settings."""
@@ -191,6 +195,10 @@ def check_certify(sigma: float, n0: int, n: int, alpha: float, target: str, chun
                          f"n={n}, chunk={chunk}, max_images={max_images}")
     if not 0 < alpha < 1:
         raise ValueError(f"certify: alpha must be in (0, 1), got {alpha}")
+    check_count(n0 + n, MAX_DRAWS, f"certify: n0 + n (noise draws per sample, n0={n0}, n={n})",
+                "lower n (Cohen et al. use n = 100,000)")
+    check_count(max(chunk, max_images), MAX_DRAWS, "certify: images per metric call (chunk, max_images)",
+                "lower chunk or max_images (0: measured)")
     if target not in TARGETS:
         raise ValueError(f"certify: target must be one of {', '.join(TARGETS)}, got {target!r}")
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lit_attacks.attacks.output import ScoreOutput, as_list
 from lit_attacks.metrics import create_metric
+from lit_attacks.metrics.base import naming_samples
 from lit_attacks.registry import TASKS
 
 
@@ -61,13 +62,18 @@ class GradientCheck(pl.LightningModule):
         if self.hparams.batch_invariant:
             self.metric.double()
             ref, p0, p1 = ref.double(), p0.double(), p1.double()
-        with torch.no_grad():
-            s0, s1 = self.metric(ref, p0), self.metric(ref, p1)
-        with torch.enable_grad():  # Lightning's predict loop runs under no_grad
-            prey = torch.where((s0 <= s1).view(-1, 1, 1, 1), p0, p1).detach().requires_grad_(True)
-            grad, = torch.autograd.grad(self.metric(ref, prey, check=False).sum(), prey, allow_unused=True)
-        grad = torch.zeros_like(prey) if grad is None else grad  # no path from the prey to the distance
-        status = gradient_status(grad)
+        with naming_samples(batch["key"]):  # a metric that misbehaves: one line naming the sample
+            with torch.no_grad():
+                s0, s1 = self.metric(ref, p0), self.metric(ref, p1)
+            prey = torch.where((s0 <= s1).view(-1, 1, 1, 1), p0, p1).detach()
+            if not self.metric.differentiable:  # a distance computed outside torch: nothing to differentiate
+                grad, status = torch.full_like(prey, float("nan")), ["no gradient"] * len(prey)
+            else:
+                with torch.enable_grad():  # Lightning's predict loop runs under no_grad
+                    prey.requires_grad_(True)
+                    grad, = torch.autograd.grad(self.metric(ref, prey, check=False).sum(), prey, allow_unused=True)
+                grad = torch.zeros_like(prey) if grad is None else grad  # no path from the prey to the distance
+                status = gradient_status(grad)
         norm = grad.flatten(1).double().norm(dim=1)
         norm = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, float("nan")))
         return GradientOutput(key=list(batch["key"]), category=list(batch["category"]), judge=batch["judge"], s0=s0,

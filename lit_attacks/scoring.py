@@ -8,6 +8,7 @@ import torch
 
 from lit_attacks.attacks.output import ScoreOutput
 from lit_attacks.metrics import create_metric
+from lit_attacks.metrics.base import NonFiniteDistance, naming_samples
 from lit_attacks.registry import TASKS
 
 
@@ -35,11 +36,13 @@ class ScoreModule(pl.LightningModule):
         if self.hparams.batch_invariant:
             self.metric.double()
             ref, p0, p1 = ref.double(), p0.double(), p1.double()
-        s0 = self.metric(ref, p0)  # (B,), smaller = closer
-        s1 = self.metric(ref, p1)
+        with naming_samples(batch["key"]):  # a metric that misbehaves: one line naming the sample
+            s0 = self.metric(ref, p0)  # (B,), smaller = closer
+            s1 = self.metric(ref, p1)
         for name, s in (("s0", s0), ("s1", s1)):
             bad = ~torch.isfinite(s)
             if bad.any():
-                key = batch["key"][int(bad.nonzero()[0])]
-                raise FloatingPointError(f"{self.hparams.metric}: non-finite {name} for sample {key}")
+                i = int(bad.nonzero()[0])
+                raise NonFiniteDistance(self.metric.name, f"returned {s[i].item()} as {name} (not a finite distance)",
+                                        key=batch["key"][i])
         return ScoreOutput(key=list(batch["key"]), category=list(batch["category"]), judge=batch["judge"], s0=s0, s1=s1)

@@ -20,6 +20,7 @@ from lit_attacks.attacks.output import AttackOutput
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.attacks.threat import TARGETS, Threat
 from lit_attacks.metrics import BoundDistance, check_images, create_metric, expected_distances
+from lit_attacks.metrics.base import MetricInputError, NonFiniteDistance, naming_samples
 
 
 @dataclass
@@ -121,6 +122,10 @@ class AttackModule(pl.LightningModule):
             raise ValueError(f"{type(self).name}: uint8 must be one of {', '.join(UINT8_MODES)}, got {uint8!r}")
         super().__init__()
         self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
+        if not self.black_box and not self.metric.differentiable:
+            raise MetricInputError(f"{type(self).name}: metric {self.metric.name} gives no gradient (its distance is "
+                                   f"computed outside torch or detached), and {type(self).name} needs one; black-box "
+                                   f"attacks run on it: {', '.join(black_box_attacks())}")
         self.keep_images, self.batch_invariant, self.uint8 = keep_images, batch_invariant, uint8
 
     @property
@@ -153,9 +158,9 @@ class AttackModule(pl.LightningModule):
     def _finite(self, what: str, values: Tensor, keys: Sequence[str]) -> None:
         bad = ~torch.isfinite(values)
         if bad.any():
-            key = keys[int(bad.nonzero()[0])]
-            raise FloatingPointError(f"{self.name} on {self.metric_name}: metric returned non-finite {what} "
-                                     f"for sample {key}")
+            i = int(bad.nonzero()[0])
+            raise NonFiniteDistance(self.metric_name, f"{self.name} on {self.metric_name}: returned {values[i].item()} "
+                                                      f"as {what} (not a finite distance)", key=keys[i])
 
     def forward(self, ref: Tensor, p0: Tensor, p1: Tensor, judge: Optional[Any] = None,
                 keys: Optional[Sequence[str]] = None, categories: Optional[Sequence[str]] = None) -> AttackOutput:
@@ -169,7 +174,8 @@ class AttackModule(pl.LightningModule):
         if self.batch_invariant:
             self.metric.double()
             batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
-        return self._predict(batch)
+        with naming_samples(batch["key"]):  # a metric that misbehaves: one line naming the sample
+            return self._predict(batch)
 
     def _score_batch(self, batch: Dict[str, Any]):
         """Validate the triplets, score s0, s1 and split prey/other: (keys, ref, prey, other, s0, s1, s_other, bound)."""
@@ -251,6 +257,11 @@ class SpatialAttack(AttackModule):
     def spatial(bound: BoundDistance, prey: Tensor, s_other: Tensor, keys: Sequence[str], **params: Any):
         """(adv (B, 3, H, W), iterations (B,), queries (B,), status (B strings)) of the spatial attack."""
         raise NotImplementedError
+
+
+def black_box_attacks() -> List[str]:
+    """Names of the registered attacks that use only the metric's outputs (no gradient)."""
+    return [n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "black_box", False)]
 
 
 def spatial_attack(name: str) -> type:

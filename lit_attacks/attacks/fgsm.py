@@ -12,13 +12,20 @@ from lit_attacks.attacks.chunks import forward_chunk
 from lit_attacks.attacks.objectives import rank_loss
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.attacks.threat import Threat
+from lit_attacks.limits import check_count, check_memory
 from lit_attacks.metrics import BoundDistance
 
 
+MAX_GRID = 1_000_000  # epsilons per scan (the paper's grid has 500; each one is a metric evaluation per sample)
+
+
 def eps_grid(step: float = 1e-4, max_eps: float = 0.05) -> Tensor:
-    """float64 grid ``step, 2 step, ..., max_eps`` computed as ``k * step`` (no accumulated round-off)."""
-    n = int(round(max_eps / step))
-    return torch.arange(1, n + 1, dtype=torch.float64) * step
+    """float64 grid ``step, 2 step, ..., max_eps`` computed as ``k * step`` (no accumulated round-off); at most
+    :data:`MAX_GRID` points (checked before anything is allocated)."""
+    n = max_eps / step
+    check_count(n, MAX_GRID, f"fgsm: the epsilon grid of step={step:g} up to max_eps={max_eps:g}",
+                f"choose step >= {max_eps / MAX_GRID:.3g} (the paper's grid: step 1e-4 to 0.05, 500 epsilons)")
+    return torch.arange(1, int(round(n)) + 1, dtype=torch.float64) * step
 
 
 def as_threat(bound: Union[BoundDistance, Threat], prey: Optional[Tensor], s_other: Optional[Tensor]) -> Threat:
@@ -58,6 +65,9 @@ def fgsm_scan(bound: Union[BoundDistance, Threat], prey: Optional[Tensor], s_oth
     queries = torch.zeros(B, dtype=torch.long, device=prey.device)
     active, start = torch.arange(B, device=prey.device), 0
     grid = grid.to(prey.device, prey.dtype)
+    check_memory(B * min(eps_chunk, n) * prey[0].numel() * prey.element_size(),
+                 f"fgsm: a scan step ({B} samples x eps_chunk={min(eps_chunk, n)} candidate images)",
+                 "lower eps_chunk or --batch-size", prey.device)
     while active.numel() and start < n:
         k = min(n - start, eps_chunk)
         eps = grid[start:start + k].view(1, k, 1, 1, 1)

@@ -12,6 +12,7 @@ from torch import Tensor
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.chunks import measured_chunk
 from lit_attacks.attacks.de import STRATEGIES, differential_evolution as batched_de
+from lit_attacks.limits import check_count
 from lit_attacks.attacks.streams import Streams
 from lit_attacks.attacks.objectives import one_pixel_fitness
 from lit_attacks.attacks.registry import ATTACKS
@@ -21,6 +22,10 @@ from lit_attacks.metrics import BoundDistance
 class _Found(Exception):
     def __init__(self, candidate: np.ndarray) -> None:
         self.candidate = candidate
+
+
+MAX_POPULATION = 1_000_000
+MAX_GENERATIONS = 1_000_000
 
 
 def apply_pixel(prey: Tensor, cand: Tensor) -> Tensor:
@@ -186,6 +191,9 @@ class OnePixel(AttackModule):
                  **options: Any) -> None:
         if population < 5:
             raise ValueError(f"onepixel: population must be >= 5, got {population}")
+        check_count(population, MAX_POPULATION, "onepixel: population (candidate images scored per sample and "
+                    "generation)", "lower population (the paper: 400)")
+        check_count(generations, MAX_GENERATIONS, "onepixel: generations", "lower generations (the paper: 100)")
         if generations < 1:
             raise ValueError(f"onepixel: generations must be >= 1, got {generations}")
         if encoding not in ENCODINGS:

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from lit_attacks.datamodules.cache import read_cache_json, update_cache_json
 from lit_attacks.datamodules.shards import sha256
@@ -100,28 +100,44 @@ class CellStore:
     def path(self, cell_id: str) -> Path:
         return self.dir / f"{cell_id}.json"
 
-    def load(self, cell_id: str, fp: str) -> Optional[Dict[str, Any]]:
-        """The record of a completed cell with fingerprint ``fp`` whose files are unchanged, else None."""
+    def load(self, cell_id: str, fp: str, parts: Optional[Dict[str, str]] = None) -> Tuple[Optional[Dict[str, Any]], str]:
+        """(the record of a completed cell with fingerprint ``fp`` whose files are unchanged, or None; why it is reused
+        or recomputed, in words). ``parts``: the fingerprint of each value the cell depends on, so the reason names
+        what changed."""
         p = self.path(cell_id)
-        if self.fresh or not p.is_file():
-            return None
+        if self.fresh:
+            return None, "recomputed (--fresh)"
+        if not p.is_file():
+            return None, ""
         try:
             state = json.loads(p.read_text())
         except (OSError, ValueError):
-            return None
-        if state.get("fingerprint") != fp or state.get("complete") is not True:
-            return None
+            return None, "recomputed: its record was unreadable"
+        if not isinstance(state, dict) or state.get("complete") is not True:
+            return None, "recomputed: its record was incomplete"
+        if state.get("fingerprint") != fp:
+            old = state.get("parts") if isinstance(state.get("parts"), dict) else {}
+            changed = [k for k in sorted(set(old) | set(parts or {})) if old.get(k) != (parts or {}).get(k)]
+            what = ", ".join(CHANGE_WORDS.get(k, k) for k in changed) if old and changed else "what it depends on"
+            return None, f"recomputed: {what} changed since it was computed"
         files = state.get("files", {})
         if file_hashes(self.out, list(files)) != files:
-            return None  # a file of the cell is missing or was changed: recompute it
-        return state
+            return None, "recomputed: a file it wrote is missing or was changed"  # a file of the cell: recompute it
+        return state, "same data, code, parameters and metric"
 
     def save(self, cell_id: str, fp: str, payload: Dict[str, Any], files: Dict[str, str],
-             types: Dict[str, Dict[str, str]]) -> None:
+             types: Dict[str, Dict[str, str]], parts: Optional[Dict[str, str]] = None) -> None:
         """Mark the cell complete; call after its other output files are written."""
         state = {"cell": cell_id, "fingerprint": fp, "complete": True, "payload": payload, "files": files,
-                 "types": types}
+                 "types": types, "parts": parts or {}}
         atomic_write(self.path(cell_id), json.dumps(state, default=_jsonable) + "\n")
+
+
+# what a changed part of a cell's fingerprint is, in words (other parts are named by their key)
+CHANGE_WORDS = {"metric_file": "the metric (what it computes on the probe batch, its code, weights or arguments)",
+                "code": "lit_attacks' code", "version": "lit_attacks' version", "data": "the data",
+                "data_source": "the data folder", "weights_dir": "the weights folder", "pretrained": "--pretrained",
+                "seed": "the seed", "split": "the split", "categories": "the categories"}
 
 
 def _jsonable(v: Any) -> Any:
@@ -168,11 +184,13 @@ class Progress:
             fixed, per = 0.0, sum(t for _, t in self.fits) / sum(w for w, _ in self.fits)
         return (self.total - self.index + 1) * fixed + max(self.work - self.done_work, 0.0) * per
 
-    def start(self, what: str, resumed: bool = False, work: float = 100.0) -> None:
+    def start(self, what: str, resumed: bool = False, work: float = 100.0, why: str = "") -> None:
+        """Say that a cell starts (``resumed``: loaded from an earlier run); ``why`` it is loaded or recomputed."""
         self.index += 1
         self._start, self._current = (None if resumed else time.time()), float(work)
         status = "done earlier, loaded" if resumed else f"ETA {clock(self.eta())}"
-        self.say(f"[cell {self.index}/{self.total}] {what} | elapsed {clock(time.time() - self.t0)} | {status}")
+        why = f" ({why})" if resumed and why else f" | {why}" if why else ""
+        self.say(f"[cell {self.index}/{self.total}] {what} | elapsed {clock(time.time() - self.t0)} | {status}{why}")
 
     def finish(self) -> float:
         """Seconds the current cell took (0 for a loaded one)."""

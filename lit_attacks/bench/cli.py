@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
-from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, load_yaml, merge, validate
+from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, check_code, load_yaml, merge, validate
 from lit_attacks.bench.devices import RunError
 from lit_attacks.bench.folder import MANIFEST, OWN, FolderError, ResultsFolder, RunLock, SUBFOLDERS
 from lit_attacks.safe_files import InputError
@@ -95,6 +95,9 @@ def build_parser():
     for option in RUN_OPTIONS:
         option.add_to(p)
     p.add_argument("--fresh", action="store_true", help="recompute every cell, ignoring completed ones")
+    p.add_argument("--allow-code", action="store_true",
+                   help="run the code a config file names (py:module:factory metrics): without it such a config is "
+                        "refused; a py: metric given on the command line is yours and runs without it")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     # jsonargparse passes its own --print_config on as "--print_config=": an optional value, ignored
     p.add_argument("--print_config", "--print-config", dest="print_config", nargs="?", const="", metavar="",
@@ -111,10 +114,13 @@ def resolve_config(flags: Dict[str, Any]) -> Dict[str, Any]:
     """Defaults < config < flags, validated; raises :class:`Stop` (one line) on bad input."""
     flags = dict(flags)
     path = flags.pop("config", None) or DEFAULT_CONFIG
+    allow_code = bool(flags.pop("allow_code", False))
     for key in ("fresh", "quiet", "print_config"):
         flags.pop(key, None)
     try:
-        cfg = merge(load_yaml(path), flags, str(path))
+        config = load_yaml(path)
+        check_code(config, str(path), allow_code)
+        cfg = merge(config, flags, str(path))
         validate(cfg)
     except ConfigError as e:
         raise Stop(str(e)) from None
@@ -174,6 +180,22 @@ def locked(out: Path, first: bool) -> Iterator[Optional[ResultsFolder]]:
     finally:
         rest = [p.name for p in lock.out.iterdir() if p.name not in OWN] if lock.out.is_dir() else []
         lock.release(leave_nothing=not rest and not folder.files, manifest=MANIFEST)
+
+
+BATCH_COPIES = 4  # copies of a batch's images an attack holds at least (the batch, the adversarial images, a
+# gradient, a candidate): the lower bound a batch size is checked against
+
+
+def check_batch_memory(cfg: Dict[str, Any], devices: Dict[str, Any], samples: int) -> None:
+    """``--batch-size`` against the memory of the device, before any work: a batch (at most the samples there are) of
+    three images at ``--image-size``, with the copies an attack holds, must fit (:func:`lit_attacks.limits.check_memory`)."""
+    from lit_attacks.limits import check_memory
+
+    n = min(cfg["batch_size"], max(samples, 1))
+    device = "cuda" if devices["accelerator"] in ("gpu", "cuda") else "cpu"
+    check_memory(n * 3 * 3 * cfg["image_size"] ** 2 * 4 * BATCH_COPIES,
+                 f"--batch-size {cfg['batch_size']} ({n} samples of three {cfg['image_size']} px images per batch, "
+                 f"with an attack's copies)", "choose a smaller --batch-size or --image-size", device)
 
 
 def end_distributed() -> None:
@@ -287,6 +309,7 @@ def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str
     except OSError as e:
         raise Stop(f"{e.filename or 'the data cache'}: {e.strerror or e} (the cache folder is $LIT_ATTACKS_CACHE, "
                    f"default ~/.cache/lit_attacks)") from None
+    check_batch_memory(cfg, devices, dm_all.dataset().count())
     quiet = bool(flags.get("quiet"))
     if cfg["data"] is None and not quiet and is_zero:
         print(f"Using the built-in {cfg['builtin']} 2AFC set, synthetic judges ({source['shards']}); pass --data for "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import yaml
 
@@ -34,6 +34,7 @@ def _presets() -> Path:
 
 
 CONFIG_DIR = _presets() / "bench"
+CODE_PREFIX = "py:"  # a metric that is code: lit_attacks.metrics.user
 DEFAULT_CONFIG = CONFIG_DIR / "quick.yaml"
 
 # The data keys, then each table's keys (in table order), then the run keys.
@@ -70,6 +71,31 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(cfg).__name__}")
     check_keys(cfg, DEFAULTS, f"{path}: ")
     return cfg
+
+
+def code_named(value: Any, where: str = "") -> List[Tuple[str, str]]:
+    """(key, spec) of every ``py:`` string anywhere in a config's values (lists and mappings included): the code it
+    would import and run."""
+    if isinstance(value, str):
+        return [(where, value)] if value.strip().startswith(CODE_PREFIX) else []
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in code_named(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in code_named(v, f"{where}[{i}]")]
+    return []
+
+
+def check_code(config: Dict[str, Any], path: str, allow_code: bool) -> None:
+    """The trust boundary of configs: a config file is data, and the code it names (``py:module:factory`` metrics, at
+    any key) runs only when the user says so (``--allow-code``; ``lit_attacks.evaluate(..., allow_code=True)``). A
+    ``py:`` metric on the command line is the user's own and needs no flag. (train.py's configs are code by design:
+    docs/training.md.)"""
+    hits = code_named(config)
+    if hits and not allow_code:
+        key, spec = hits[0]
+        more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
+        raise ConfigError(f"{path}: {key} names code to import and run ({spec[:80]}){more}; code named by a config file "
+                          "runs only with --allow-code: read the file, then add the flag")
 
 
 def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "config") -> Dict[str, Any]:

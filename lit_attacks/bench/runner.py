@@ -26,10 +26,11 @@ from lit_attacks.datamodules.shards import sha256
 from lit_attacks.bench.wandb_log import WandbRun
 from lit_attacks.configuration import ConfigError
 from lit_attacks.metrics import CheckpointError, WeightsNotFoundError, create_metric
+from lit_attacks.metrics.base import MetricCallError
 from lit_attacks.metrics.weights import WeightsFileError
 from lit_attacks.quiet import third_party_warnings_silenced
 from lit_attacks.report import fingerprint
-from lit_attacks.safe_files import first_line
+from lit_attacks.safe_files import InputError, first_line
 from lit_attacks.tables import Cell, Table, tables
 from lit_attacks.wandb_utils import resolve_mode
 
@@ -78,12 +79,15 @@ class Bench:
         if self.devices["num_nodes"] > 1 and not self._said_waiting:
             self._said_waiting = True
             print(waiting_line(self.devices), file=sys.stderr, flush=True)
+        batch_keys = _BatchKeys()
         with third_party_warnings_silenced():
             trainer = pl.Trainer(**trainer_kwargs(self.devices), logger=False, enable_checkpointing=False,
-                                 enable_progress_bar=bar, enable_model_summary=False, callbacks=callbacks,
-                                 inference_mode=False)
+                                 enable_progress_bar=bar, enable_model_summary=False,
+                                 callbacks=list(callbacks) + [batch_keys], inference_mode=False)
             try:
                 trainer.predict(module, datamodule=datamodule, return_predictions=False)
+            except MetricCallError as e:  # a metric misbehaved: one line naming the metric and the sample
+                raise e.at(batch_keys.keys) from None
             except SystemExit:
                 if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1), ignoring SIGINT from then on
                     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -157,7 +161,7 @@ class Bench:
                                   "(random backbones)")
             except ImportError as e:  # an optional extra is not installed
                 self._unavailable(m, str(e))
-            except (CheckpointError, WeightsFileError) as e:
+            except (CheckpointError, WeightsFileError, InputError) as e:  # a bad checkpoint, weights file, user metric
                 raise ConfigError(str(e)) from None
             except Exception as e:  # any other failure to build a metric: one line naming it
                 if os.environ.get(ENV_DEBUG):
@@ -206,9 +210,10 @@ class Bench:
         if cell.id in self.cells:  # ids name files: two cells of one id would overwrite each other
             raise ConfigError(f"two cells of this run are named {cell.id!r} (the second: {cell.what}); make the "
                               "values that name them (metrics, radii, epsilons) distinct")
-        fp = fingerprint({"cell": cell.id, **self.base, **cell.spec})
-        state = self.store.load(cell.id, fp)
-        self.progress.start(cell.what, resumed=state is not None, work=cell.work)
+        depends = {"cell": cell.id, **self.base, **cell.spec}
+        fp, parts = fingerprint(depends), {k: fingerprint(v) for k, v in depends.items()}
+        state, why = self.store.load(cell.id, fp, parts)
+        self.progress.start(cell.what, resumed=state is not None, work=cell.work, why=why)
         if state is None:
             files = CellFiles(self.out, self.is_zero)
             payload = cell.compute(files)
@@ -220,7 +225,7 @@ class Bench:
             self._rows.update({(cell.id, rel): rows for rel, rows in files.rows.items()})
             hashes = files.hashes() if self.is_zero else {}
             if self.is_zero:
-                self.store.save(cell.id, fp, payload, hashes, files.types)
+                self.store.save(cell.id, fp, payload, hashes, files.types, parts)
                 record = f"cells/{cell.id}.json"
                 self.folder.record({**hashes, record: sha256(self.out / record)})
             self.produced.update(hashes)
@@ -256,6 +261,15 @@ class Bench:
         with self.folder.writing(undo=True):
             write_outputs(self)
             self.folder.set_state(finished=True)
+
+
+class _BatchKeys(pl.Callback):
+    """The keys of the batch being predicted (a metric's error names its sample among them)."""
+
+    keys: List[str] = []
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.keys = list(batch["key"]) if isinstance(batch, dict) and "key" in batch else []
 
 
 def run_files(out: Path) -> List[Path]:

@@ -2,18 +2,57 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lit_attacks.metrics.local import FullScorer
+from lit_attacks.safe_files import InputError
 
 RANGE_TOL = 1e-4
 
 
-class MetricInputError(ValueError):
-    """Inputs of a metric have the wrong shape, range or values."""
+class MetricInputError(InputError):
+    """Inputs of a metric have the wrong shape, range or values (a ``ValueError``; one line naming the metric)."""
+
+
+class MetricCallError(MetricInputError):
+    """A metric misbehaved on a call (raised, returned something that is not one finite real distance per pair); the
+    message names the metric and, once the caller has said which samples the call was on (:meth:`at`), the sample.
+
+    Args:
+        metric: the metric's name.
+        what: what it did ("returned nan", "raised SystemExit: 3").
+        index: the image pair of the call it concerns (None: the whole call).
+        size: the pairs in the call.
+        sample: the sample of the batch the metric was bound to (a bound call knows it), when known.
+        key: the sample's key, when known.
+    """
+
+    def __init__(self, metric: str, what: str, index: Optional[int] = None, size: Optional[int] = None,
+                 sample: Optional[int] = None, key: Optional[str] = None) -> None:
+        self.metric, self.what, self.index, self.size, self.sample, self.key = metric, what, index, size, sample, key
+        where = f", sample {key}" if key else f", image pair {index} of a call on {size}" if index is not None else ""
+        super().__init__(f"metric {metric}{where}: {what}")
+
+    def at(self, keys) -> "MetricCallError":
+        """This error naming the sample among ``keys`` (the batch the call was made for): the bound sample, else the
+        pair's position in a call on the batch (or on copies of it laid end to end, as scoring p0 and p1 at once)."""
+        if self.key is not None or not keys:
+            return self
+        keys = list(keys)
+        B = len(keys)
+        i = self.sample if self.sample is not None else \
+            self.index % B if self.index is not None and self.size and self.size % B == 0 else None
+        if i is not None and i < B:
+            return type(self)(self.metric, self.what, self.index, self.size, self.sample, keys[i])
+        err = type(self)(self.metric, self.what, self.index, self.size, self.sample, keys[0] if B == 1 else None)
+        if B > 1:  # the whole call failed: the batch it was for
+            err.args = (f"metric {self.metric}, the batch of samples {keys[0]} ... {keys[-1]} ({B}): {self.what}",)
+            err.key = keys[0]
+        return err
 
 
 class Distance(nn.Module):
@@ -30,12 +69,15 @@ class Distance(nn.Module):
         stochastic: every call draws fresh randomness shared by the batch (so ``d(ref, x)`` is a random
             variable); attacks then score by the expectation (:func:`expected_distances`) and ascend it (EOT).
         signed: distances may be negative (learned quality regressors such as WaDIQaM-FR, offset to 0 at x = ref).
+        differentiable: gradients of the distance reach ``x``; False for a user's metric computed outside torch (its
+            probe finds it), on which attacks that need gradients refuse to run.
     """
 
     name: str = "distance"
     pretrained: bool = True
     stochastic: bool = False  # a fresh random draw every call (E-LPIPS' random transformations): attacks use EOT
     signed: bool = False  # a quality regressor's loss against the reference: 0 at x = ref, negative when x is rated above it
+    differentiable: bool = True  # gradients reach x (a user's metric computed in NumPy: False; gradient attacks refuse)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -182,6 +224,19 @@ class BoundDistance:
 
     def __len__(self) -> int:
         return self.ref.shape[0]
+
+
+class NonFiniteDistance(MetricCallError, FloatingPointError):
+    """A metric returned NaN or an infinite distance (also a ``FloatingPointError``)."""
+
+
+@contextmanager
+def naming_samples(keys: Sequence[str]) -> Iterator[None]:
+    """A :class:`MetricCallError` raised in the block names its sample among ``keys`` (the batch's)."""
+    try:
+        yield
+    except MetricCallError as e:
+        raise e.at(keys) from None
 
 
 def check_images(ref: Tensor, x: Tensor, name: str = "metric", key: Optional[str] = None) -> None:

@@ -24,16 +24,19 @@ import importlib
 import importlib.util
 import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
 
-from lit_attacks.metrics.base import Distance, MetricInputError
+from lit_attacks.metrics.base import Distance, MetricCallError, MetricInputError, NonFiniteDistance
+from lit_attacks.configuration import load_yaml_text
 from lit_attacks.metrics.registry import METRICS
-from lit_attacks.safe_files import InputError
+from lit_attacks.safe_files import InputError, first_line
 
 USER: Dict[str, Dict[str, Any]] = {}  # name -> {"object": the wrapped metric, "fingerprint"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -47,11 +50,23 @@ class UserMetricError(InputError):
 class UserDistance(Distance):
     """A frozen distance around a user's module or callable ``fn(ref, x) -> (B,)`` (or (B, 1, ...)).
 
+    Every call goes through :func:`call_user`: ``fn`` gets its own copies of the images (an in-place edit stays in
+    its code), and whatever it does wrong (raises, even ``SystemExit``; returns something that is not one finite real
+    distance per pair) is a one-line :class:`~lit_attacks.metrics.base.MetricCallError` naming the metric and, once the
+    caller maps it, the sample. A bound distance remembers which sample of the batch each reference row is, so a bad
+    value in an attack's call (compacted, or with many candidates per sample) names its sample.
+
     Args:
         fn: the metric. A module is registered as a submodule: frozen and kept in eval mode with this one.
         similarity: ``fn`` is a similarity (larger = more similar): the distance is ``1 - fn``.
         description: one line for tables and results entries.
+
+    Attributes:
+        differentiable: the distance carries gradients to ``x`` (found by :func:`probe`; False: computed in NumPy or
+            detached, and attacks that need gradients refuse it).
     """
+
+    differentiable: bool = True
 
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], similarity: bool = False, description: str = "") -> None:
         super().__init__()
@@ -61,12 +76,75 @@ class UserDistance(Distance):
         self.stochastic = bool(getattr(fn, "stochastic", False))
 
     def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
-        d = self.fn(ref, x)
-        if not torch.is_tensor(d):
-            raise MetricInputError(f"{self.name}: returned a {type(d).__name__}, expected a Tensor of shape (B,)")
-        if d.dim() > 1 and d.numel() == x.shape[0]:
-            d = d.reshape(x.shape[0])  # (B, 1, 1, 1) as lpips returns
+        d = call_user(self.name, self.fn, ref, x)
         return 1 - d if self.similarity else d
+
+    def _prepare(self, ref: Tensor):
+        return ref, torch.arange(ref.shape[0], device=ref.device)  # the references and which sample each row is
+
+    def _select(self, ctx, idx: Tensor):
+        return ctx[0][idx], ctx[1][idx]
+
+    def _distance_prepared(self, ctx, x: Tensor) -> Tensor:
+        ref, rows = ctx
+        try:
+            return self._distance(ref, x)
+        except MetricCallError as e:
+            if e.index is None or e.sample is not None:
+                raise
+            raise MetricCallError(e.metric, e.what, e.index, e.size, int(rows[e.index])) from None
+
+
+class CheckedDistance(Distance):
+    """Mixed into a user's own :class:`Distance` subclass by :func:`wrap`: its ``_distance`` and
+    ``_distance_prepared`` (its reference caching is kept) run through :func:`call_user`."""
+
+    def _distance(self, ref: Tensor, x: Tensor) -> Tensor:
+        return call_user(self.name, super()._distance, ref, x)
+
+    def _distance_prepared(self, ctx, x: Tensor) -> Tensor:
+        return call_user(self.name, super()._distance_prepared, ctx, x)
+
+
+def call_user(name: str, fn: Callable[[Tensor, Tensor], Any], ref: Tensor, x: Tensor) -> Tensor:
+    """``fn(ref, x)`` as a (B,) real tensor on ``x``'s device and dtype, or a :class:`MetricCallError` naming what went
+    wrong: an exception of any kind (``SystemExit`` and ``MemoryError`` included; Ctrl-C stays an interrupt), a result
+    that is not a tensor or a NumPy array of B real numbers (complex, bool, strings, another shape), or NaN / inf.
+    ``fn`` receives copies of the images: what it does to them in place changes nothing outside it. A result that is
+    not attached to ``x`` while ``x`` needs a gradient is refused too (a distance computed in NumPy or detached cannot
+    guide a gradient attack: the metric's :attr:`UserDistance.differentiable` is False from its probe)."""
+    B = x.shape[0]
+    try:
+        d = fn(ref.clone() if torch.is_tensor(ref) else ref, x.clone())  # (B,); clones are differentiable
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # the user's code: SystemExit, MemoryError, RuntimeError (out of memory), any error
+        raise MetricCallError(name, f"raised {type(e).__name__}: {first_line(e, 200, '')}".rstrip(": "),
+                              size=B) from None
+    if isinstance(d, np.ndarray) or (isinstance(d, (list, tuple)) and not torch.is_tensor(d)):
+        arr = np.asarray(d)
+        if arr.dtype.kind not in "fiu":
+            raise MetricCallError(name, f"returned an array of {arr.dtype}, expected real numbers", size=B)
+        d = torch.as_tensor(arr, device=x.device)
+    if not torch.is_tensor(d):
+        raise MetricCallError(name, f"returned a {type(d).__name__}, expected a Tensor of shape ({B},)", size=B)
+    if d.is_complex() or d.dtype == torch.bool:
+        raise MetricCallError(name, f"returned a {d.dtype} tensor, expected real distances", size=B)
+    if d.dim() != 1 and d.numel() == B:
+        d = d.reshape(B)  # (B, 1, 1, 1) as lpips returns
+    if tuple(d.shape) != (B,):
+        raise MetricCallError(name, f"returned shape {tuple(d.shape)}, expected ({B},): one distance per image pair",
+                              size=B)
+    d = d.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+    bad = ~torch.isfinite(d)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise NonFiniteDistance(name, f"returned non-finite values ({d[i].item()}; a distance is a finite number)",
+                                index=i, size=B)
+    if x.requires_grad and torch.is_grad_enabled() and not d.requires_grad:
+        raise MetricCallError(name, "returned a distance without a gradient to x (computed outside torch, or "
+                                    "detached); attacks that need gradients cannot run on it", size=B)
+    return d
 
 
 def _definition(obj: Any) -> Any:
@@ -87,35 +165,77 @@ def wrap(obj: Any, name: str, similarity: Optional[bool] = None) -> Distance:
         metric = obj
         metric.requires_grad_(False)
         metric.train(False)
+        if not isinstance(metric, CheckedDistance):  # its calls go through call_user, its own bind kept
+            metric.__class__ = type(f"Checked{type(metric).__name__}", (CheckedDistance, type(metric)), {})
     elif callable(obj):
         metric = UserDistance(obj, similarity, _description(obj))
     else:
         raise UserMetricError(f"metric {name}: got a {type(obj).__name__}, expected a torch.nn.Module or a callable "
                               "d(ref, x) -> Tensor[B]")
     metric.name = name
-    probe(metric)
+    metric.behaviour = probe(metric)
     return metric
 
 
-def probe(metric: Distance) -> None:
-    """Call the metric once on two 64 x 64 pairs (on its parameters' device): one line naming the metric if it fails,
-    returns the wrong shape or a non-finite value."""
+def probe_batch(dev, dtype) -> Tuple[Tensor, Tensor]:
+    """Two fixed 64 x 64 image pairs in [-1, 1] (the same in every process and run)."""
+    g = torch.Generator().manual_seed(0)
+    ref = (torch.rand(2, 3, 64, 64, generator=g, dtype=torch.float64) * 2 - 1)
+    x = (ref + 0.1 * torch.randn(2, 3, 64, 64, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    return ref.to(dev, dtype), x.to(dev, dtype)
+
+
+def probe(metric: Distance) -> str:
+    """Call the metric on two 64 x 64 pairs (on its parameters' device), with a gradient to ``x``: one line naming the
+    metric if it fails or returns anything but two finite distances; records whether it has gradients
+    (``differentiable``); returns its behaviour fingerprint (:func:`behaviour_fingerprint`)."""
     p = next(iter(metric.parameters()), None)
     dev, dtype = (p.device, p.dtype) if p is not None and p.is_floating_point() else ("cpu", torch.float32)
-    g = torch.Generator().manual_seed(0)
-    ref = (torch.rand(2, 3, 64, 64, generator=g) * 2 - 1).to(dev, dtype)
-    x = (ref + 0.1 * torch.randn(2, 3, 64, 64, generator=g).to(dev, dtype)).clamp(-1, 1)
-    try:
-        with torch.no_grad():
+    ref, x = probe_batch(dev, dtype)
+    x.requires_grad_(True)
+    with _seeded(), torch.enable_grad():
+        try:
             d = metric(ref, x, check=False)
-    except Exception as e:  # any failure of the user's code: one line naming the metric
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserMetricError(f"metric {metric.name}: failed on a (2, 3, 64, 64) batch in [-1, 1]: {why}") from None
-    if tuple(d.shape) != (2,):
-        raise UserMetricError(f"metric {metric.name}: returned shape {tuple(d.shape)}, expected (2,): one distance "
-                              "per image pair")
-    if not torch.isfinite(d).all():
-        raise UserMetricError(f"metric {metric.name}: returned non-finite values {d.tolist()} on a probe batch")
+        except MetricCallError as e:
+            if "without a gradient" not in e.what:
+                raise UserMetricError(f"metric {metric.name}: {e.what} (on a (2, 3, 64, 64) probe batch in [-1, 1])") \
+                    from None
+            metric.differentiable = False
+            with torch.no_grad():
+                d = metric(ref, x.detach(), check=False)
+        grad = torch.autograd.grad(d.sum(), x, allow_unused=True)[0] if d.requires_grad else None
+    return behaviour_fingerprint(d, grad)
+
+
+class _seeded:
+    """torch's, NumPy's and Python's global random state seeded for the block and restored after it (a metric that
+    draws from them gives the same probe values every time)."""
+
+    def __enter__(self):
+        import random
+
+        self._states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        torch.manual_seed(0), np.random.seed(0), random.seed(0)
+
+    def __exit__(self, *exc):
+        import random
+
+        torch.set_rng_state(self._states[0]), np.random.set_state(self._states[1]), random.setstate(self._states[2])
+
+
+def behaviour_fingerprint(d: Tensor, grad: Optional[Tensor]) -> str:
+    """sha256 (first 20 hex) of what a metric computes on the probe batch: its two distances and its gradient with
+    respect to ``x`` (or "no gradient"), each value to 6 significant digits (a change of code, weights, constructor
+    arguments or closed-over values that changes any of them changes the fingerprint; float noise below that does
+    not)."""
+    h = hashlib.sha256()
+    for t in (d, grad):
+        if t is None:
+            h.update(b"no gradient")
+            continue
+        arr = t.detach().double().cpu().numpy().ravel()
+        h.update(" ".join(np.char.mod("%.6g", arr)).encode())
+    return h.hexdigest()[:20]
 
 
 def register_object(obj: Any, name: Optional[str] = None, similarity: Optional[bool] = None) -> str:
@@ -129,20 +249,47 @@ def register_object(obj: Any, name: Optional[str] = None, similarity: Optional[b
         raise UserMetricError(f"metric name {name!r}: use letters, digits, '_', '.' and '-' only")
     metric = wrap(copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj, f"user:{name}", similarity)  # yours
     # stays as it was (trainable, in its mode): the copy is frozen
-    USER[name] = {"object": metric, "fingerprint": object_fingerprint(obj)}
+    USER[name] = {"object": metric, "fingerprint": object_fingerprint(obj, metric.behaviour)}
     return f"user:{name}"
 
 
-def object_fingerprint(obj: Any) -> str:
-    """sha256 (first 20 hex) of an object's source (when it has one) and of its parameters and buffers."""
-    h = hashlib.sha256()
+def object_fingerprint(obj: Any, behaviour: str = "") -> str:
+    """sha256 (first 20 hex) of what an object computes (``behaviour``: :func:`behaviour_fingerprint` on the probe
+    batch), its source (when it has one; with the source of the other modules of its package) and its parameters and
+    buffers."""
+    h = hashlib.sha256(behaviour.encode())
     try:
         h.update(inspect.getsource(_definition(obj)).encode())
     except (OSError, TypeError):
         h.update(repr(type(obj)).encode())
+    module = getattr(_definition(obj), "__module__", None)
+    if module:
+        h.update(source_fingerprint(module).encode())
     if isinstance(obj, nn.Module):
         for k, v in obj.state_dict().items():
             h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+MAX_SOURCE_FILES = 2000  # a package larger than this is fingerprinted by its behaviour and first files only
+
+
+def source_fingerprint(module: str) -> str:
+    """sha256 (first 20 hex) of the source files of ``module``'s top-level package (every ``*.py`` under it: a helper
+    module edited between runs changes it), or of the module's file alone when it is a single-file module; "" when
+    it has no file (a module made in memory: its behaviour fingerprint speaks for it)."""
+    top = sys.modules.get(module.split(".")[0])
+    origin = getattr(top, "__file__", None)
+    if origin is None:
+        return ""
+    path = Path(origin)
+    files = sorted(path.parent.rglob("*.py"))[:MAX_SOURCE_FILES] if path.name == "__init__.py" else [path]
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            h.update(str(f.relative_to(path.parent)).encode() + f.read_bytes())
+        except OSError:
+            h.update(f"{f}:unreadable".encode())
     return h.hexdigest()[:20]
 
 
@@ -168,14 +315,25 @@ def parse_spec(spec: str) -> Tuple[str, str, Dict[str, Any]]:
         if not eq or not key.isidentifier():
             raise UserMetricError(f"metric py:{spec}: {item!r} is not key=value")
         try:
-            kwargs[key] = yaml.safe_load(value)
+            kwargs[key] = load_yaml_text(value)
         except yaml.YAMLError:
             raise UserMetricError(f"metric py:{spec}: the value of {key} is not plain YAML") from None
     return parts[0], parts[1], kwargs
 
 
+def standard_library(module: str) -> bool:
+    """``module`` (a dotted name) belongs to Python itself: the standard library or the builtins."""
+    top = module.split(".")[0]
+    return top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins"
+
+
 def import_factory(spec: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
+    """The callable a ``py:`` spec names and its keyword arguments. Never a callable of Python itself (``os:system``,
+    ``builtins:exec``, a module's re-export of one, a builtin function): a metric is code of a package of yours."""
     module, factory, kwargs = parse_spec(spec)
+    if standard_library(module):
+        raise UserMetricError(f"metric py:{spec}: {module} is part of Python's standard library; a py: metric names "
+                              "a module of your own (py:package.module:factory)")
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
@@ -185,6 +343,10 @@ def import_factory(spec: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
     fn = getattr(mod, factory, None)
     if fn is None or not callable(fn):
         raise UserMetricError(f"metric py:{spec}: {module} has no callable {factory!r}")
+    origin = getattr(fn, "__module__", None) or getattr(type(fn), "__module__", "") or ""
+    if inspect.isbuiltin(fn) or standard_library(origin):
+        raise UserMetricError(f"metric py:{spec}: {module}.{factory} is {origin or 'a builtin'}'s "
+                              f"{getattr(fn, '__name__', factory)}, a callable of Python itself, not a metric")
     return fn, kwargs
 
 
@@ -200,14 +362,16 @@ def is_metric_itself(fn: Any) -> bool:
     return len(required) == 2
 
 
+SPEC_FINGERPRINTS: Dict[str, str] = {}  # py: spec -> fingerprint, set when the metric is built in this process
+
+
 def spec_fingerprint(spec: str) -> Optional[str]:
-    """sha256 (first 20 hex) of the source file of a ``py:`` metric's module and its arguments (None: no file)."""
-    module, factory, kwargs = parse_spec(spec)
-    found = importlib.util.find_spec(module)
-    if found is None or not found.origin or not Path(found.origin).is_file():
-        return None
-    h = hashlib.sha256(Path(found.origin).read_bytes() + f"{factory}{sorted(kwargs.items())}".encode())
-    return h.hexdigest()[:20]
+    """sha256 (first 20 hex) of what a ``py:`` metric computes (its outputs and input-gradients on the probe batch), the
+    source of its package (helper modules included) and its arguments: a cell is reused only for a metric that
+    computes the same. Built here if this process has not built it yet."""
+    if spec not in SPEC_FINGERPRINTS:
+        py(spec)
+    return SPEC_FINGERPRINTS[spec]
 
 
 @METRICS.register_prefix("py", what="your metric: py:package.module:factory[:key=value...], imported from your "
@@ -217,10 +381,17 @@ def py(spec: str) -> Distance:
     fn, kwargs = import_factory(spec)
     similarity = kwargs.pop("similarity", None)
     if is_metric_itself(fn) and not kwargs:
-        return wrap(fn, f"py:{spec}", similarity)
-    try:
-        obj = fn(**kwargs)
-    except TypeError as e:
-        raise UserMetricError(f"metric py:{spec}: {getattr(fn, '__name__', fn)}({', '.join(kwargs)}) failed: {e}") \
-            from None
-    return wrap(obj, f"py:{spec}", similarity)
+        metric = wrap(fn, f"py:{spec}", similarity)
+    else:
+        try:
+            obj = fn(**kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # the user's factory: any failure, SystemExit included, is one line
+            raise UserMetricError(f"metric py:{spec}: {getattr(fn, '__name__', fn)}({', '.join(kwargs)}) failed: "
+                                  f"{type(e).__name__}: {first_line(e, 200, '')}") from None
+        metric = wrap(obj, f"py:{spec}", similarity)
+    module, factory, args = parse_spec(spec)
+    SPEC_FINGERPRINTS[spec] = hashlib.sha256(f"{metric.behaviour}|{source_fingerprint(module)}|{factory}|"
+                                             f"{sorted(args.items())}".encode()).hexdigest()[:20]
+    return metric
