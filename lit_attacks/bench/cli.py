@@ -230,6 +230,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import signal
     import threading
 
+    from lit_attacks.processes import say_when_a_rank_dies
+
+    say_when_a_rank_dies("bench.py", "Completed cells are kept in <out>/cells: run the same command again to resume.")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
@@ -261,6 +264,10 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
         raise Stop(f"metric {in_process[0]} is an object of this process (lit_attacks.evaluate) and cannot reach "
                    "other DDP processes; use py:package.module:factory for multi-process runs")
     out = Path(cfg["out"])
+    from lit_attacks.processes import say_when_a_rank_dies
+
+    say_when_a_rank_dies("bench.py", f"Completed cells are kept in {out / 'cells'}: run the same command again to "
+                                     "resume.")
     if cfg["data"] is not None and not Path(cfg["data"]).expanduser().is_dir():
         raise Stop(f"--data {cfg['data']}: no such folder")
 

@@ -19,6 +19,11 @@ from lit_attacks.metrics.lpips import build_lpips
 from lit_attacks.metrics.trained import CHECKPOINT_KIND, TrainedLPIPSDistance
 from lit_attacks.robust.ranking import RankingHead, ranking_loss
 
+def step_seed(seed: int, step: int) -> int:
+    """The global seed of a training step (distinct for every (seed, step) pair of steps below 10^9)."""
+    return (seed * 1_000_000_007 + step) % (2 ** 63 - 1)
+
+
 PERTURB = {"x0": ("p0",), "x1": ("p1",), "ref": ("ref",), "both": ("p0", "p1")}
 TRAIN_ATTACKS = ("pgd", "apgd")
 
@@ -199,6 +204,13 @@ class RobustLPIPS(pl.LightningModule):
         logs["train/loss"] = loss.detach()
         self.log_dict(logs, prog_bar=True, batch_size=len(judge))
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """A training step's randomness (dropout in the heads) depends only on ``seed`` and the step: a run resumed from
+        the checkpoint of its last finished epoch trains the next steps exactly as a run that was never stopped
+        (whatever else drew from the global generator in between: Lightning's data iterators draw their seeds at
+        different moments in a resumed run)."""
+        torch.manual_seed(step_seed(self.hparams.seed, self.global_step))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.clamp_heads()
