@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from lit_attacks.folders import BENCH_MANIFEST, SITE_MANIFEST, OwnedFolder, RunLock, run_finished
-from lit_attacks.leaderboard.entry import MAX_ENTRY_BYTES, EntryError, entry_date, read_entry
+from lit_attacks.leaderboard.entry import EntryError, entry_date, read_entry
 from lit_attacks.report import BROKEN_IMAGES_SCRIPT, atomic_write
 from lit_attacks.safe_files import InputError, file_stem, open_regular
 
@@ -84,8 +84,9 @@ def _finished(files: List[Path], notes: List[str]) -> List[Path]:
 
 
 def _is_entry(path: Path) -> bool:
+    """The file starts like an entry (its size is checked when it is read: an oversized entry is refused by name)."""
     try:
-        with open_regular(path, "file", MAX_ENTRY_BYTES) as f:
+        with open_regular(path, "file") as f:
             return b'"schema_version"' in f.read(200)
     except (InputError, OSError):
         return False
