@@ -27,6 +27,7 @@ from lit_attacks.datamodules.shards import (INDEX, HashCache, content_fingerprin
 from lit_attacks.datamodules.streaming import SkipLog, stream
 from lit_attacks.datamodules.synthetic import builtin_shards
 from lit_attacks.datamodules.tree import BappsDataError, key_from_judge_path, scan_tree  # noqa: F401 (re-exported)
+from lit_attacks.folders import DATA_MANIFEST, claimed
 from lit_attacks.safe_files import component, walk_files
 
 
@@ -375,30 +376,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         splits = getattr(a, "split", [])  # the nights commands have none
         for split in splits if isinstance(splits, list) else [splits]:
             component(split, "--split", BappsDataError)  # a folder name under --out
-        if a.cmd == "shards":
-            cats = a.categories.split(",") if a.categories else None
-            index = write_shards(scan_tree(a.root, a.split, cats), a.out, a.shard_size, progress=True)
-            print(f"wrote {index['count']} samples in {len(index['shards'])} shards to {a.out}")
+        if a.cmd in WRITES_OUT:  # a folder these commands fill: new, empty or theirs (lit_attacks.folders)
+            with claimed(Path(a.out), DATA_MANIFEST, "datamodules", arg="--out", what="output folder",
+                         kind="run of this command") as folder:
+                _write_out(a)
+                folder.record_files(str(p.relative_to(a.out)) for p in Path(a.out).rglob("*")
+                                    if p.is_file() and not p.name.startswith("."))
         elif a.cmd == "nights":
             from lit_attacks.datamodules.nights import download as nights_download
             print(f"NIGHTS in {nights_download(a.out)}")
-        elif a.cmd == "nights-fixture":
-            from lit_attacks.datamodules.nights import write_fixture
-            print(f"NIGHTS-layout set in {write_fixture(a.out, a.n, a.size)}")
-        elif a.cmd == "download":
+        else:
             from lit_attacks.datamodules.download import download
             download(a.out, a.split, verify=not a.no_verify)
             print(f"BAPPS 2AFC {a.split} in {Path(a.out) / '2afc'}")
-        else:
-            from lit_attacks.datamodules.synthetic import write_tree
-            write_tree(Path(a.out) / "tree", a.n_per_category, a.seed, a.size, splits=a.split, kind=a.kind)
-            for split in a.split:
-                idx = write_shards(scan_tree(Path(a.out) / "tree", split), Path(a.out) / "shards" / split, progress=True)
-                print(f"{split}: {idx['count']} samples -> {Path(a.out) / 'shards' / split}")
     except (BappsDataError, OSError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+WRITES_OUT = ("shards", "builtin", "nights-fixture")  # the commands whose --out is a folder they fill
+
+
+def _write_out(a: argparse.Namespace) -> None:
+    """The work of the commands that fill ``--out`` (inside its folder guard)."""
+    if a.cmd == "shards":
+        cats = a.categories.split(",") if a.categories else None
+        index = write_shards(scan_tree(a.root, a.split, cats), a.out, a.shard_size, progress=True)
+        print(f"wrote {index['count']} samples in {len(index['shards'])} shards to {a.out}")
+    elif a.cmd == "nights-fixture":
+        from lit_attacks.datamodules.nights import write_fixture
+        print(f"NIGHTS-layout set in {write_fixture(a.out, a.n, a.size)}")
+    else:
+        from lit_attacks.datamodules.synthetic import write_tree
+        write_tree(Path(a.out) / "tree", a.n_per_category, a.seed, a.size, splits=a.split, kind=a.kind)
+        for split in a.split:
+            idx = write_shards(scan_tree(Path(a.out) / "tree", split), Path(a.out) / "shards" / split, progress=True)
+            print(f"{split}: {idx['count']} samples -> {Path(a.out) / 'shards' / split}")
 
 
 if __name__ == "__main__":

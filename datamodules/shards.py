@@ -23,7 +23,7 @@ from lit_attacks.datamodules.cache import read_cache_json, update_cache_json
 from lit_attacks.datamodules.tar_reader import MAX_PNG_BYTES, open_shard, scan_shard
 from lit_attacks.datamodules.tree import (BappsDataError, TreeSample, check_judge, check_triplet_sizes, decode_png,
                                           parse_judge_text, read_judge)
-from lit_attacks.report import atomic_write
+from lit_attacks.report import atomic_file, atomic_write
 from lit_attacks.safe_files import InputError, open_regular, read_regular, read_text
 
 INDEX = "index.json"
@@ -62,13 +62,8 @@ def write_shards(samples: Sequence[TreeSample], out: str | Path, shard_size: int
     for n, chunk in enumerate(chunks):
         name = f"{prefix}-{n:06d}.tar"
         judges = []
-        tmp = out / f".{name}.tmp{os.getpid()}"
-        try:
+        with atomic_file(out / name) as tmp:  # a bad file, a full disk, an interrupt: no partial shard is left
             _write_chunk(tmp, chunk, judges, categories, bar)
-        except BaseException:  # a bad file, a full disk, an interrupt: no partial shard is left
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, out / name)
         shards.append({"name": name, "count": len(chunk), "keys": [s.key for s in chunk], "judges": judges,
                        "sha256": sha256(out / name), "size": (out / name).stat().st_size})
     bar.close()

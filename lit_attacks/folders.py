@@ -38,6 +38,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 BENCH_MANIFEST = ".bench-manifest.json"
 SITE_MANIFEST = ".leaderboard-site.json"
 TRAIN_MANIFEST = ".train-manifest.json"
+DATA_MANIFEST = ".data-manifest.json"
 SHA256_HEX = frozenset("0123456789abcdef")
 # the folders whose writing() block is open in this context, innermost last, each with the list it records into
 _ACTIVE: contextvars.ContextVar[Tuple[Tuple["OwnedFolder", List[str]], ...]] = contextvars.ContextVar(
@@ -180,6 +181,7 @@ class OwnedFolder:
         self.exempt, self.own = tuple(exempt), (manifest, *own)
         self.files: Dict[str, str] = {}
         self.state: Dict[str, Any] = {}  # other fields of the manifest the tool keeps (bench: "finished")
+        self.written: List[str] = []  # what the open claimed() block wrote
 
     @property
     def path(self) -> Path:
@@ -375,6 +377,24 @@ class OwnedFolder:
             raise
         finally:
             _ACTIVE.reset(token)
+
+
+@contextmanager
+def claimed(root: Path, manifest: str, tool: str, arg: str = "--out", what: str = "folder", kind: str = "run of it",
+            exempt: Sequence[str] = ("wandb",)) -> Iterator[OwnedFolder]:
+    """``root`` locked (``.<manifest stem>.lock``) and claimed by the guard for the block, its writes guarded (what it
+    wrote in ``folder.written``); the lock released after it (and a folder the block left empty removed)."""
+    lock_name = f".{manifest.strip('.').split('-')[0].split('.')[0]}.lock"
+    lock = RunLock(root, lock_name, f"{tool} run", arg=arg, what=what)
+    lock.acquire()
+    folder = OwnedFolder(root, manifest, tool, arg, exempt, own=(lock_name,), what=what, kind=kind)
+    try:
+        folder.claim()
+        with folder.writing() as written:
+            folder.written = written  # what the block wrote, in order
+            yield folder
+    finally:
+        lock.release(leave_nothing=not folder.files, manifest=manifest)
 
 
 def guard_of(path: Path) -> Optional[Tuple["OwnedFolder", List[str]]]:

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 
@@ -94,9 +95,12 @@ def test_nan_metric_leaves_no_complete_looking_csv(tmp_path, monkeypatch, capsys
             return d + torch.where(off_grid, float("nan"), 0.0)
 
     monkeypatch.setitem(METRICS._factories, "halfnan", lambda: HalfNaN())
-    with pytest.raises(FloatingPointError, match=r"on halfnan: metric returned non-finite s_adv for sample"):
+    with pytest.raises(SystemExit) as e:  # one line naming the metric, the score and the sample (issue 35)
         bench.main(["--metrics", "halfnan", "--attacks", "pgd", "--builtin-n", "2", "--out", str(tmp_path), "--quiet",
                     "--param", "pgd.eps=0.001", "--param", "pgd.alpha=0.001", "--param", "pgd.steps=1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err
+    assert re.search(r"metric halfnan, sample val/\w+/\d+: pgd on halfnan: returned nan as s_adv", err), err
     assert not (tmp_path / "samples" / "pgd-halfnan.csv").exists() and not (tmp_path / "table2.csv").exists()
 
 

@@ -166,6 +166,26 @@ def test_a_symlink_anywhere_in_a_results_folder_is_refused(tmp_path, capsys, sub
     assert "is a symlink" in err and listing(target) == []
 
 
+def test_the_data_commands_and_bench_never_fill_a_folder_of_the_users(tmp_path, capsys):
+    from lit_attacks.datamodules.bapps import main as bapps_main
+
+    tree = tmp_path / "tree"
+    add_sample(tree, "val", "cnn", "000000", flat(0), flat(1), flat(2), 1.0)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.json").write_text("my own index")
+    for cmd in (["shards", "--root", str(tree)], ["builtin", "--n-per-category", "1"], ["nights-fixture", "--n", "1"]):
+        assert bapps_main(cmd + ["--out", str(mine)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds other files and no run of this command" in err and "\n" not in err
+        assert listing(mine) == ["index.json"] and (mine / "index.json").read_text() == "my own index"
+    assert bapps_main(["shards", "--root", str(tree), "--out", str(tmp_path / "s")]) == 0
+    assert bapps_main(["shards", "--root", str(tree), "--out", str(tmp_path / "s")]) == 0  # its own folder again
+    capsys.readouterr()
+    err = one_line_error(capsys, RUN + ["--data", str(tree), "--out", str(tree)])
+    assert "holds other files and no bench run" in err and listing(tree) == listing(tmp_path / "tree")
+
+
 def test_the_guard_refuses_paths_that_leave_its_folder_and_links_made_after_the_claim(tmp_path):
     from lit_attacks.report import atomic_write
 

@@ -17,13 +17,12 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from lit_attacks.folders import BENCH_MANIFEST, SITE_MANIFEST, OwnedFolder, RunLock, run_finished
+from lit_attacks.folders import BENCH_MANIFEST, SITE_MANIFEST, claimed, run_finished
 from lit_attacks.leaderboard.entry import EntryError, entry_date, read_entry
 from lit_attacks.report import BROKEN_IMAGES_SCRIPT, atomic_write
 from lit_attacks.safe_files import InputError, file_stem, open_regular
 
 MANIFEST = SITE_MANIFEST
-LOCK_NAME = ".leaderboard-site.lock"
 FLAG_NAMES = {"black_box_beat_white_box": "black-box beat white-box",
               "zero_or_nonfinite_gradients": "zero/non-finite grad",
               "stochastic_without_eot": "stochastic, no EOT", "flip_lost_in_uint8": "flip lost in 8-bit"}
@@ -153,17 +152,10 @@ def build(paths: Sequence[str | Path], out: str | Path, notes: Optional[List[str
     if os.path.lexists(out) and (os.path.islink(out) or not out.is_dir()):
         raise EntryError(f"--out {out}: exists and is not a folder (or is a symlink)")
     groups = group_entries(find_entries(paths, notes))
-    lock = RunLock(out, LOCK_NAME, "leaderboard build", what="site folder")
-    lock.acquire()
-    site = OwnedFolder(out, MANIFEST, "leaderboard", arg="--out", exempt=(), own=(LOCK_NAME,),
-                       what="site folder", kind="leaderboard site")
-    try:
-        site.claim()
-        with site.writing() as written:
-            board = _write_site(out, groups)
-        site.remove_all([rel for rel in site.files if rel not in set(written)])
-    finally:
-        lock.release(leave_nothing=not site.files, manifest=MANIFEST)
+    with claimed(out, MANIFEST, "leaderboard", arg="--out", what="site folder", kind="leaderboard site",
+                 exempt=()) as site:
+        board = _write_site(out, groups)
+        site.remove_all([rel for rel in site.files if rel not in set(site.written)])
     return board
 
 

@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
 
-from lit_attacks.folders import TRAIN_MANIFEST, FolderError, OwnedFolder, RunLock, guard_of
+from lit_attacks.folders import TRAIN_MANIFEST, FolderError, claimed, guard_of
 from lit_attacks.report import atomic_file, atomic_write
 
 
@@ -156,9 +156,6 @@ def is_first_process() -> bool:
     return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
-LOCK_NAME = ".train.lock"
-
-
 @contextmanager
 def guarded_run(trainer: "pl.Trainer") -> Iterator[None]:
     """For the block (the subcommand): the run's folder (:func:`run_folder`) and every checkpoint folder outside it
@@ -172,13 +169,8 @@ def guarded_run(trainer: "pl.Trainer") -> Iterator[None]:
     with ExitStack() as stack:
         if is_first_process():
             for d in folders:
-                lock = RunLock(d, LOCK_NAME, "train.py run", arg="save_dir", what="training folder")
-                lock.acquire()
-                owned = OwnedFolder(d, TRAIN_MANIFEST, "train.py", arg="save_dir", exempt=("wandb",), own=(LOCK_NAME,),
-                                    what="training folder", kind="train.py run")
-                stack.callback(lambda lk=lock, o=owned: lk.release(leave_nothing=not o.files, manifest=TRAIN_MANIFEST))
-                owned.claim()
-                stack.enter_context(owned.writing())
+                stack.enter_context(claimed(d, TRAIN_MANIFEST, "train.py", arg="save_dir", what="training folder",
+                                            kind="train.py run"))
         yield
 
 
