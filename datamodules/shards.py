@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from lit_attacks.datamodules.cache import read_cache_json, update_cache_json
+from lit_attacks.folders import file_sha256
 from lit_attacks.datamodules.tar_reader import MAX_PNG_BYTES, open_shard, scan_shard
 from lit_attacks.datamodules.tree import (BappsDataError, TreeSample, check_judge, check_triplet_sizes, decode_png,
                                           parse_judge_text, read_judge)
@@ -88,13 +89,7 @@ def _write_chunk(tmp: Path, chunk: Sequence[TreeSample], judges: List[float], ca
             bar.update()
 
 
-def sha256(path: Path) -> str:
-    """sha256 of a regular file (a FIFO or device is refused, never read forever)."""
-    h = hashlib.sha256()
-    with open_regular(path, "file") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = file_sha256  # sha256 of a regular file (a FIFO or device is refused, never read forever)
 
 
 URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")

@@ -12,8 +12,9 @@ Rules (:class:`OwnedFolder`, each checked before any file is written or removed)
   place), so after a crash or a full disk a rerun still knows every file it may clean up;
 - one run per folder (:class:`RunLock`, ``flock``; released by the kernel when the process dies).
 
-Writers do not pass the guard around: inside :meth:`OwnedFolder.writing` every :func:`lit_attacks.report.atomic_write`
-(and :func:`lit_attacks.report.atomic_file`) whose path lies in the folder goes through it.
+Writers do not pass the guard around: inside :meth:`OwnedFolder.writing` every :func:`atomic_write` (and
+:func:`atomic_file`, :func:`write_file`; :mod:`lit_attacks.report` re-exports them) whose path lies in the folder goes
+through it.
 
 Only the standard library and :mod:`lit_attacks.safe_files`: every layer may use it.
 """
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import stat
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -269,11 +271,9 @@ class OwnedFolder:
 
     # ------------------------------------------------------------------ the manifest
     def save(self) -> None:
-        from lit_attacks.report import write_file  # the manifest itself is written past the guard
-
         text = json.dumps({"format": FORMAT, "tool": f"lit_attacks {self.tool}", **self.state, "files": dict(sorted(self.files.items()))},
                           indent=0) + "\n"
-        write_file(self.path, text.encode(), guarded=False)
+        write_file(self.path, text.encode(), guarded=False)  # the manifest itself is written past the guard
 
     def set_state(self, **fields: Any) -> None:
         """Keep ``fields`` in the manifest (bench's ``finished``), saved at once."""
@@ -414,3 +414,40 @@ def run_finished(root: Path, manifest: str = BENCH_MANIFEST, tool: str = "bench"
     except (InputError, OSError):
         return False
     return folder.state.get("finished", True) is True
+
+
+# ---------------------------------------------------------------------------- writing files (every writer's path)
+def write_file(path: str | Path, data: bytes, guarded: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file. Inside an
+    :meth:`lit_attacks.folders.OwnedFolder.writing` block a path in that folder goes through its guard (checked,
+    listed in its manifest before it appears); ``guarded=False`` only for the manifest itself."""
+    with atomic_file(path, guarded=guarded, digest=hashlib.sha256(data).hexdigest()) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, through the folder guard where one is active (:func:`write_file`)."""
+    write_file(path, text.encode())
+
+
+@contextmanager
+def atomic_file(path: str | Path, guarded: bool = True, digest: Optional[str] = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write (``fig.savefig(tmp)``, ``torch.save(obj, tmp)``); renamed to ``path``
+    when the block ends without error, removed otherwise. In a guarded folder the path is checked first and listed in
+    the manifest (with the file's sha256, ``digest`` when known) before the rename."""
+    path = Path(path)
+    owner = guard_of(path) if guarded else None
+    if owner is not None:
+        path, rel = owner[0].target(path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if owner is not None:
+            owner[0].will_hold(rel, digest or file_sha256(tmp))
+            owner[1].append(rel)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written temporary file is left either
+        tmp.unlink(missing_ok=True)
+        raise

@@ -6,49 +6,10 @@ import hashlib
 import io
 import json
 import math
-import os
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-
-def write_file(path: str | Path, data: bytes, guarded: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file. Inside an
-    :meth:`lit_attacks.folders.OwnedFolder.writing` block a path in that folder goes through its guard (checked,
-    listed in its manifest before it appears); ``guarded=False`` only for the manifest itself."""
-    with atomic_file(path, guarded=guarded, digest=hashlib.sha256(data).hexdigest()) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, through the folder guard where one is active (:func:`write_file`)."""
-    write_file(path, text.encode())
-
-
-@contextmanager
-def atomic_file(path: str | Path, guarded: bool = True, digest: Optional[str] = None) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write (``fig.savefig(tmp)``, ``torch.save(obj, tmp)``); renamed to ``path``
-    when the block ends without error, removed otherwise. In a guarded folder the path is checked first and listed in
-    the manifest (with the file's sha256, ``digest`` when known) before the rename."""
-    from lit_attacks.folders import guard_of, file_sha256
-
-    path = Path(path)
-    owner = guard_of(path) if guarded else None
-    if owner is not None:
-        path, rel = owner[0].target(path)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if owner is not None:
-            owner[0].will_hold(rel, digest or file_sha256(tmp))
-            owner[1].append(rel)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: no half-written temporary file is left either
-        tmp.unlink(missing_ok=True)
-        raise
+from lit_attacks.folders import atomic_file, atomic_write, write_file  # noqa: F401 (the writers, re-exported here)
 
 
 def csv_text(rows: Sequence[Dict[str, Any]], columns: Optional[List[str]] = None) -> str:

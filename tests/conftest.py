@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,44 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIT_ATTACKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Nothing a test does may write under the home folder (W&B's and matplotlib's state included; issue 35): the session
+# runs with HOME pointed at an empty folder, checked at its end (pytest_sessionfinish), and with a cache folder of its
+# own unless the caller chose one (as CI does). Set before any test module imports the package, which reads both.
+_SAVED_ENV = {k: os.environ.get(k) for k in ("HOME", "LIT_ATTACKS_CACHE")}
+FAKE_HOME = Path(tempfile.mkdtemp(prefix="lit-attacks-test-home-"))
+os.environ["HOME"] = str(FAKE_HOME)
+_SESSION_CACHE = None
+if not os.environ.get("LIT_ATTACKS_CACHE"):
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="lit-attacks-test-cache-")
+    os.environ["LIT_ATTACKS_CACHE"] = _SESSION_CACHE
+
+
+def _wrote_home() -> list:
+    return sorted(str(p.relative_to(FAKE_HOME)) for p in FAKE_HOME.rglob("*"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _wrote_home():
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    written = _wrote_home()
+    if written:
+        terminalreporter.write_line(f"FAILED: the tests wrote under the home folder: {', '.join(written[:20])}",
+                                    red=True)
+
+
+def pytest_unconfigure(config):
+    for k, v in _SAVED_ENV.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(FAKE_HOME, ignore_errors=True)
+    if _SESSION_CACHE:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 # the weights folder as the session started (fixtures such as empty_hub unset the variable for one test)
@@ -77,13 +117,11 @@ def seeded_batch():
 
 @pytest.fixture(scope="session", autouse=True)
 def _environment(tmp_path_factory):
-    """For the whole session, and undone after it: W&B offline and silent, and a cache folder of this session
-    (unless the caller chose one, as CI does). Tests never set these themselves."""
+    """For the whole session, and undone after it: W&B offline and silent (the cache folder and the empty home folder
+    are set when this file is imported). Tests never set these themselves."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
-        if not os.environ.get("LIT_ATTACKS_CACHE"):
-            mp.setenv("LIT_ATTACKS_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield
 
 

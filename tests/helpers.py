@@ -1,9 +1,12 @@
 """Builders of small hand-made BAPPS trees for tests."""
 from __future__ import annotations
 
+import contextlib
+import errno
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -369,3 +372,31 @@ def procedural_batch(cache_dir, batch_size: int = 12) -> dict:
     dm = BappsDataModule(batch_size=batch_size, builtin_n=4, cache_dir=str(cache_dir), builtin="procedural")
     b = next(iter(dm.predict_dataloader()))
     return {k: v.double() if torch.is_tensor(v) else v for k, v in b.items()}
+
+
+def one_line_error(capsys, argv, code=2):
+    """Run ``bench.main(argv)``, which must stop with exit status ``code`` and exactly one line on stderr starting
+    ``bench.py: error: ``; returns the line."""
+    import bench
+
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == code, err
+    assert err.startswith("bench.py: error: ") and "\n" not in err, err
+    return err
+
+
+@contextlib.contextmanager
+def full_disk_at(monkeypatch, module, name: str):
+    """``module.atomic_write`` raising ENOSPC (a full disk) for files called ``name``, as the real one otherwise."""
+    real = module.atomic_write
+
+    def full(path, text):
+        if Path(path).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(module, "atomic_write", full)
+    yield
+    monkeypatch.setattr(module, "atomic_write", real)

@@ -255,7 +255,8 @@ def test_a_plain_install_finds_the_presets(tmp_path):
     src, target = tmp_path / "src", tmp_path / "site"  # built from a copy: the build writes nothing into the checkout
     shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".git", "build", "results", "wandb", "*.egg-info",
                                                              "__pycache__", "lightning_logs"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target",
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-cache-dir",
+                    "-q", "--target",
                     str(target), str(src)], check=True, capture_output=True, cwd=tmp_path)
     code = ("import lit_attacks.bench.config as c, sys; assert c.CONFIG_DIR.is_relative_to(sys.argv[1]), c.CONFIG_DIR; "
             "print(sorted(p.stem for p in c.CONFIG_DIR.glob('*.yaml'))); print(sorted(c.load_yaml('table2')))")

@@ -25,20 +25,11 @@ from lit_attacks.metrics.trained import CHECKPOINT_KIND, CheckpointError, load_t
 from lit_attacks.safe_files import file_stem
 from lit_attacks.tables import number_id, slug
 
-from helpers import add_sample, flat, random_tree
+from helpers import add_sample, flat, one_line_error, random_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--quiet", "--wandb", "disabled", "--builtin-n", "2", "--batch-size", "8"]
 RUN = ["--metrics", "l2", "--attacks", "pgd", "--param", "pgd.steps=2", "--sweep-eps", ""] + QUIET
-
-
-def one_line_error(capsys, argv, code=2):
-    with pytest.raises(SystemExit) as e:
-        bench.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == code, err
-    assert err.startswith("bench.py: error: ") and "\n" not in err, err
-    return err
 
 
 def tree_listing(root):

@@ -1,9 +1,6 @@
 """Reliability and security, round 3 (issue 35): the leaderboard site, user metrics, NIGHTS, the shared cache and
 training held to the promises bench keeps. One section per class of the issue: its examples and cases of our own."""
-import copy
-import datetime
 import errno
-import io
 import json
 import re
 import os
@@ -24,11 +21,10 @@ import lit_attacks
 from lit_attacks.bench.folder import MANIFEST as BENCH_MANIFEST
 from lit_attacks.folders import FolderError, OwnedFolder
 from lit_attacks.leaderboard.__main__ import main as leaderboard_main
-from lit_attacks.leaderboard.entry import EntryError, read_entry, validate
+from lit_attacks.leaderboard.entry import EntryError, read_entry
 from lit_attacks.leaderboard.site import MANIFEST as SITE_MANIFEST, build, md
-from lit_attacks.safe_files import InputError, read_regular
 
-from helpers import add_sample, flat
+from helpers import add_sample, flat, full_disk_at, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--quiet", "--wandb", "disabled", "--builtin-n", "2", "--batch-size", "8"]
@@ -51,15 +47,6 @@ robust:
   certify: null
 leaderboard: {protocol: r3_test, description: "tiny budgets"}
 """
-
-
-def one_line_error(capsys, argv, code=2):
-    with pytest.raises(SystemExit) as e:
-        bench.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == code, err
-    assert err.startswith("bench.py: error: ") and "\n" not in err, err
-    return err
 
 
 def leaderboard_error(capsys, argv, code=2):
@@ -653,18 +640,10 @@ def test_a_run_whose_end_fails_leaves_no_entry_and_an_unfinished_run_is_never_pu
     out = tmp_path / "run"
     import lit_attacks.bench.outputs as outputs
 
-    real = outputs.atomic_write
-
-    def full(path, text):
-        if Path(path).name == "README.md":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(path, text)
-
-    monkeypatch.setattr(outputs, "atomic_write", full)
-    one_line_error(capsys, ["--config", str(protocol), "--out", str(out), "--quiet", "--wandb", "disabled"], code=1)
+    with full_disk_at(monkeypatch, outputs, "README.md"):
+        one_line_error(capsys, ["--config", str(protocol), "--out", str(out), "--quiet", "--wandb", "disabled"], code=1)
     assert not list((out / "leaderboard").rglob("*.json")) if (out / "leaderboard").exists() else True
     assert json.loads((out / BENCH_MANIFEST).read_text())["finished"] is False
-    monkeypatch.setattr(outputs, "atomic_write", real)
     assert bench.main(["--config", str(protocol), "--out", str(out), "--quiet", "--wandb", "disabled"]) == 0
     assert leaderboard_main(["build", str(out), "--out", str(tmp_path / "site")]) == 0
     # a run killed after its entries were written (SIGKILL: no clean-up ran) is not published
@@ -978,20 +957,12 @@ def test_a_full_disk_under_the_leaderboard_builder_is_one_line_and_a_rebuild_cle
     import lit_attacks.leaderboard.site as site_module
 
     site = tmp_path / "site"
-    real = site_module.atomic_write
-
-    def full(path, text):
-        if Path(path).name == "index.html":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(path, text)
-
-    monkeypatch.setattr(site_module, "atomic_write", full)
-    assert leaderboard_main(["build", str(run_dir), "--out", str(site)]) == 1
+    with full_disk_at(monkeypatch, site_module, "index.html"):
+        assert leaderboard_main(["build", str(run_dir), "--out", str(site)]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "No space left on device" in err
     listed = json.loads((site / SITE_MANIFEST).read_text())["files"]
     assert set(listed) == {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file() and p.name[0] != "."}
-    monkeypatch.setattr(site_module, "atomic_write", real)
     assert leaderboard_main(["build", str(run_dir), "--out", str(site)]) == 0
     assert (site / "index.html").is_file()
 

@@ -33,7 +33,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lit_attacks.metrics.base import Distance, MetricCallError, MetricInputError, NonFiniteDistance
+from lit_attacks.metrics.base import Distance, MetricCallError, NonFiniteDistance
 from lit_attacks.configuration import load_yaml_text
 from lit_attacks.metrics.registry import METRICS
 from lit_attacks.safe_files import InputError, first_line
