@@ -42,7 +42,7 @@ from torch import Tensor
 from lit_attacks.attacks.chunks import forward_chunk
 from lit_attacks.attacks.output import ScoreOutput, as_list
 from lit_attacks.attacks.streams import Streams
-from lit_attacks.limits import check_count
+from lit_attacks.limits import check_count, check_memory
 from lit_attacks.metrics import create_metric, expected_distances
 from lit_attacks.registry import TASKS
 
@@ -85,6 +85,8 @@ def vote(metric, ref: Tensor, preferred: Tensor, other: Tensor, target: str, sig
     B = ref.shape[0]
     votes = torch.zeros(B, dtype=torch.long, device=ref.device)
     parts = 2 if target == "both" else 1
+    check_memory(4 * B * min(chunk, draws) * parts * ref[0].numel() * ref.element_size(),  # noise, noisy images, calls
+                 f"certify: {B} samples x chunk={min(chunk, draws)} noise draws at once", "lower chunk", ref.device)
     bound = metric.bind(ref) if target == "both" else None  # the reference's features, computed once
     done = 0
     while done < draws:

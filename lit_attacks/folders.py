@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import stat
 import uuid
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ SITE_MANIFEST = ".leaderboard-site.json"
 TRAIN_MANIFEST = ".train-manifest.json"
 DATA_MANIFEST = ".data-manifest.json"
 SHA256_HEX = frozenset("0123456789abcdef")
+TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(?:-[0-9a-f]{8})?$")  # atomic_file's temporary names
 # the folders whose writing() block is open in this context, innermost last, each with the list it records into
 _ACTIVE: contextvars.ContextVar[Tuple[Tuple["OwnedFolder", List[str]], ...]] = contextvars.ContextVar(
     "lit_attacks_owned_folders", default=())
@@ -207,6 +209,7 @@ class OwnedFolder:
                                   f"choose another {self.arg}")
             self.save()
         self.refuse_links()
+        self.remove_stale_temporaries()
 
     def _load(self) -> None:
         if os.path.islink(self.path):
@@ -256,6 +259,18 @@ class OwnedFolder:
                                       f"removes through one: remove it or choose another {self.arg}")
             if here == self.out:
                 dirnames[:] = [d for d in dirnames if d not in self.exempt]
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files a writer of this project left when it was killed mid-write (``.<name>.tmp<pid>-<hex>``, the
+        pid no longer running): never listed, never a result; removed (outside the exempt subfolders)."""
+        for dirpath, dirnames, filenames in os.walk(self.out):
+            here = Path(dirpath)
+            if here == self.out:
+                dirnames[:] = [d for d in dirnames if d not in self.exempt]
+            for n in filenames:
+                m = TEMPORARY.match(n)
+                if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                    (here / n).unlink(missing_ok=True)
 
     def check_writable(self, subfolders: Iterable[str] = ()) -> None:
         """``root`` and the ``subfolders`` that exist each accept a new file (before any work)."""

@@ -173,6 +173,21 @@ def test_the_data_commands_and_bench_never_fill_a_folder_of_the_users(tmp_path, 
     assert "holds other files and no bench run" in err and listing(tree) == listing(tmp_path / "tree")
 
 
+def test_temporary_files_of_a_killed_writer_are_removed_when_the_folder_is_claimed_again(tmp_path):
+    root = tmp_path / "r"
+    root.mkdir()
+    OwnedFolder(root, ".m.json", "test").claim()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = [root / f".last.ckpt.tmp{dead}-0123abcd", root / "sub" / f".index.html.tmp{dead}"]
+    keep = [root / f".x.tmp{os.getpid()}-0123abcd", root / "notes.tmp1-0123abcd", root / "wandb" / f".a.tmp{dead}"]
+    for p in stale + keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    OwnedFolder(root, ".m.json", "test").claim()
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+
+
 def test_the_guard_refuses_paths_that_leave_its_folder_and_links_made_after_the_claim(tmp_path):
     from lit_attacks.report import atomic_write
 
@@ -367,6 +382,28 @@ def test_a_py_metric_whose_helper_module_changed_is_recomputed_and_the_log_says_
     assert (tmp_path / "r" / "table1.csv").read_text() != table
 
 
+def test_replaced_weights_of_a_registered_metric_recompute_its_cells(tmp_path, capsys):
+    from conftest import weights_file
+
+    src = weights_file("squeezenet1_1_features_tv_IMAGENET1K_V1.pth")
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    (wd / src.name).write_bytes(src.read_bytes())
+    argv = ["--metrics", "lpips_squeeze", "--attacks", "", "--sweep-eps", "", "--weights-dir", str(wd), "--builtin-n",
+            "2", "--out", str(tmp_path / "r"), "--wandb", "disabled"]
+    assert bench.main(argv) == 0
+    scores = (tmp_path / "r" / "scores" / "lpips_squeeze.csv").read_text()
+    capsys.readouterr()
+    assert bench.main(argv) == 0 and "done earlier, loaded" in capsys.readouterr().out
+    state = torch.load(wd / src.name, weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] * 1.5  # retrained weights under the same file name
+    torch.save(state, wd / src.name)
+    assert bench.main(argv) == 0
+    assert "recomputed: the metric" in capsys.readouterr().out
+    assert (tmp_path / "r" / "scores" / "lpips_squeeze.csv").read_text() != scores  # the new weights' distances
+
+
 class Lp(torch.nn.Module):
     """Mean |ref - x|^p: constructor arguments change what it computes, its source and state do not."""
 
@@ -515,6 +552,25 @@ def test_in_place_edits_by_a_user_metric_change_nothing_outside_it(user_metrics,
         return sorted([[c.replace(name, "M") for c in row] for rows in _rows(tmp_path / fn).values() for row in rows])
 
     assert content("edits_ref") == content("base")  # same scores, same attack, same flips
+
+
+def test_a_metric_that_cannot_be_copied_or_names_the_running_program_is_one_line(tmp_path, capsys):
+    import threading
+
+    from lit_attacks.metrics.user import UserMetricError, register_object
+
+    class Locked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lock = threading.Lock()
+
+        def forward(self, ref, x):
+            return (ref - x).abs().mean((1, 2, 3))
+
+    with pytest.raises(UserMetricError, match=r"metric user:locked: the module cannot be copied \(TypeError"):
+        register_object(Locked(), "locked")
+    err = one_line_error(capsys, ["--metrics", "py:__main__:main", "--out", str(tmp_path / "r")] + QUIET)
+    assert "__main__ is the running program" in err
 
 
 def test_a_users_distance_subclass_that_raises_is_one_line(tmp_path, capsys):
@@ -799,15 +855,21 @@ def test_an_archive_declaring_more_than_the_free_space_is_refused_before_unpacki
     assert listing(tmp_path / "out") == []
 
 
-def test_other_counts_have_named_limits():
+def test_other_counts_have_named_limits(monkeypatch):
     from lit_attacks.attacks import create_attack
-    from lit_attacks.certify import check_certify
+    from lit_attacks.attacks.streams import Streams
+    from lit_attacks.certify import check_certify, vote
     from lit_attacks.limits import SizeError
+    from lit_attacks.metrics import create_metric
 
     with pytest.raises(SizeError, match="onepixel: population"):
         create_attack("onepixel", "l2", population=10 ** 9)
     with pytest.raises(SizeError, match=r"certify: n0 \+ n"):
         check_certify(0.25, 100, 10 ** 12, 0.001, "both")
+    x = torch.zeros(2, 3, 64, 64)
+    with pytest.raises(SizeError, match=r"certify: 1 samples x chunk=10000000 noise draws at once needs at least"):
+        vote(create_metric("l2"), x, x, x, "both", 0.25, 10 ** 7, Streams(torch.tensor([1, 2])), chunk=10 ** 7,
+             max_images=1)
 
 
 # ====================================================================== 10. training and DDP faults

@@ -6,7 +6,7 @@ import inspect
 import pkgutil
 
 import torch
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, expected_distances, to01
 from lit_attacks.metrics.registry import METRICS
@@ -42,7 +42,13 @@ def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str]
             metric = factory(**kwargs)
     metric.name = name
     metric.weights_file = files.get(name)  # the weights file or folder it was built from (None: none, or random)
+    WEIGHTS_USED[name] = metric.weights_file
     return metric
+
+
+# name -> the weights file or folder the metric was last built from in this process (None: none, or random): what a
+# cell's fingerprint hashes, so replacing a weights file recomputes the cells of its metric
+WEIGHTS_USED: Dict[str, Optional[str]] = {}
 
 
 def list_metrics(pattern: str = "*") -> List[str]:

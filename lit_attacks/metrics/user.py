@@ -247,7 +247,13 @@ def register_object(obj: Any, name: Optional[str] = None, similarity: Optional[b
     name = name or getattr(obj, "__name__", None) or type(obj).__name__
     if not NAME_RE.match(name):
         raise UserMetricError(f"metric name {name!r}: use letters, digits, '_', '.' and '-' only")
-    metric = wrap(copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj, f"user:{name}", similarity)  # yours
+    try:
+        own = copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj
+    except Exception as e:  # a module holding a lock, a file, a process: it cannot be frozen without touching yours
+        raise UserMetricError(f"metric user:{name}: the module cannot be copied ({type(e).__name__}: "
+                              f"{first_line(e, 120, '')}); keep files, locks and processes out of its attributes") \
+            from None
+    metric = wrap(own, f"user:{name}", similarity)  # yours
     # stays as it was (trainable, in its mode): the copy is frozen
     USER[name] = {"object": metric, "fingerprint": object_fingerprint(obj, metric.behaviour)}
     return f"user:{name}"
@@ -331,6 +337,9 @@ def import_factory(spec: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
     """The callable a ``py:`` spec names and its keyword arguments. Never a callable of Python itself (``os:system``,
     ``builtins:exec``, a module's re-export of one, a builtin function): a metric is code of a package of yours."""
     module, factory, kwargs = parse_spec(spec)
+    if module.split(".")[0] == "__main__":
+        raise UserMetricError(f"metric py:{spec}: __main__ is the running program (bench.py, train.py), not a package "
+                              "of yours")
     if standard_library(module):
         raise UserMetricError(f"metric py:{spec}: {module} is part of Python's standard library; a py: metric names "
                               "a module of your own (py:package.module:factory)")

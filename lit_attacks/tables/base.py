@@ -10,11 +10,12 @@ file's hash and column types) and returns a small JSON-able payload (labels, agg
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
-from lit_attacks.datamodules.shards import sha256
+from lit_attacks.datamodules.shards import sha256, stat_key
 from lit_attacks.configuration import Option, check_all
 from lit_attacks.registry import Registry
 from lit_attacks.safe_files import file_stem
@@ -36,9 +37,12 @@ def number_id(x: float, fmt: str = "g") -> str:
 
 
 def metric_file_fingerprint(name: str) -> Optional[str]:
-    """sha256 of the file behind a parametrised metric (``rlpips:<checkpoint>``; for ``py:`` your module's source,
-    for ``user:`` your object's source and parameters), so a retrained checkpoint or an edited metric invalidates
-    completed cells; None for registry metrics."""
+    """What a cell of metric ``name`` depends on besides the run's settings, so a retrained checkpoint, replaced weights
+    or an edited metric invalidate completed cells: for ``py:`` and ``user:`` what the metric computes (its outputs
+    and input-gradients on a probe batch), its package's source and arguments; for ``rlpips:<checkpoint>`` the file's
+    sha256; for a registry metric the sha256 of the weights it was built from in this process (remembered by file stat
+    in this process); None when there is nothing of the kind (no weights, or a random backbone)."""
+    from lit_attacks.metrics import WEIGHTS_USED
     from lit_attacks.metrics.user import USER, spec_fingerprint
 
     prefix, sep, arg = name.partition(":")
@@ -47,9 +51,27 @@ def metric_file_fingerprint(name: str) -> Optional[str]:
     if sep and prefix == "user":
         return USER[arg]["fingerprint"] if arg in USER else None
     p = Path(arg).expanduser()
-    if not sep or not p.is_file():
+    if sep and p.is_file():
+        return sha256(p)[:20]
+    weights = WEIGHTS_USED.get(name)
+    return _weights_fingerprint(Path(weights)) if weights else None
+
+
+_WEIGHT_HASHES: Dict[Tuple[str, str], str] = {}
+
+
+def _weights_fingerprint(path: Path) -> Optional[str]:
+    """sha256 (first 20 hex) over every file of a weights file or folder (each file hashed once per stat)."""
+    files = sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
         return None
-    return sha256(p)[:20]
+    parts = []
+    for f in files:
+        key = (str(f.resolve()), stat_key(f))
+        if key not in _WEIGHT_HASHES:
+            _WEIGHT_HASHES[key] = sha256(f)
+        parts.append(f"{f.relative_to(path) if path.is_dir() else f.name}:{_WEIGHT_HASHES[key]}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
 class CellContext(Protocol):
