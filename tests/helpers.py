@@ -400,3 +400,21 @@ def full_disk_at(monkeypatch, module, name: str):
     monkeypatch.setattr(module, "atomic_write", full)
     yield
     monkeypatch.setattr(module, "atomic_write", real)
+
+
+CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    """Headless Chromium on ``args`` (``--dump-dom URL``, ``--screenshot=...``); its profile, crash reports and desktop
+    settings all under ``tmp_path`` (it writes ~/.config/chromium and ~/.cache/dconf otherwise). Returns stdout."""
+    import os
+    import subprocess
+
+    home = tmp_path / "chromium-home"
+    home.mkdir(exist_ok=True)
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", "--disable-crash-reporter",
+             f"--user-data-dir={home / 'profile'}", "--virtual-time-budget=5000", "--window-size=1280,900"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, env=env).stdout

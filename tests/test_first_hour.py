@@ -3,8 +3,6 @@ per run (opened in a real headless browser where one is installed), standard JSO
 import hashlib
 import html.parser
 import json
-import shutil
-import subprocess
 import warnings
 
 import pytest
@@ -15,7 +13,7 @@ from lit_attacks.datamodules.bapps import BappsDataModule, main as bapps_main
 from lit_attacks.metrics import create_metric
 from lit_attacks.report import read_csv
 
-from helpers import random_tree
+from helpers import CHROMIUM, chromium, random_tree
 
 SMALL = ["--metrics", "l2,lpips_alex", "--pretrained", "false", "--builtin-n", "3", "--batch-size", "8",
          "--wandb", "disabled", "--sweep-eps", "0.01,0.03"]
@@ -98,16 +96,11 @@ def test_index_page_links_every_table_plot_and_file(run):
     assert "index.html" in (run / "README.md").read_text()
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium installed (Debian package chromium)")
 def test_index_page_renders_in_a_real_browser_with_every_image(run, tmp_path):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=5000"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", (run / "index.html").as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
+    dom = chromium(tmp_path, "--dump-dom", (run / "index.html").as_uri())
     assert dom.count("<table") == 3 and 'data-broken-images="0"' in dom  # set by the page once images loaded
 
 

@@ -15,6 +15,8 @@ from lit_attacks.attacks import create_attack
 from lit_attacks.bench.cli import main as bench
 from lit_attacks.metrics import create_metric
 
+from helpers import CHROMIUM, chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--metrics", "l2", "--builtin-n", "2", "--batch-size", "8", "--wandb", "disabled", "--sweep-eps", "",
          "--attacks", "pgd", "--param", "pgd.steps=3"]
@@ -180,7 +182,6 @@ def test_a_rerun_readme_keeps_what_the_cells_cost(tmp_path):
 
 
 # ------------------------------------------------------------------------------ 3. the index page
-CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
 
 
 def test_examples_are_drawn_across_categories_flipped_first():
@@ -223,13 +224,9 @@ def test_the_index_page_fits_1280_px_with_a_compact_table2_and_a_legend(tmp_path
     assert "<th>8-bit</th>" in page and "flipped_uint8" not in page.split("id='table2'")[1].split("</table>")[0]
     assert ">tied<" not in page  # no tie in this run: the empty groups are folded
     assert "<ul class='legend'>" in page and "table2.csv'>table2.csv</a> (every column)" in page
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1280,900"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", (out / "index.html").as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
+    dom = chromium(tmp_path, "--dump-dom", (out / "index.html").as_uri())
     assert 'data-broken-images="0"' in dom and 'data-overflow="false"' in dom
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={tmp_path / 'page.png'}", (out / "index.html").as_uri()],
-                   capture_output=True, timeout=120)
+    chromium(tmp_path, f"--screenshot={tmp_path / 'page.png'}", (out / "index.html").as_uri())
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 

@@ -5,7 +5,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ from lit_attacks.gradcheck import gradient_status
 from lit_attacks.leaderboard.entry import EntryError, clopper_pearson, read_entry, sanity_flags, validate
 from lit_attacks.leaderboard.site import build
 from lit_attacks.report import read_csv
+
+from helpers import CHROMIUM, chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = """name: lb_test
@@ -186,18 +187,13 @@ def test_the_site_has_no_broken_link_or_image(runs, tmp_path):
     assert (site / "plots").is_dir() and all(p.read_text().startswith("<svg") for p in (site / "plots").iterdir())
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium installed (Debian package chromium)")
 def test_the_site_opens_in_a_real_browser_with_its_plot_and_a_sortable_table(runs, tmp_path):
     site = tmp_path / "site"
     build([runs["base"] / "py", runs["base"] / "cli"], site)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=5000", "--window-size=1280,900"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", (site / "index.html").as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
+    dom = chromium(tmp_path, "--dump-dom", (site / "index.html").as_uri())
     assert 'data-broken-images="0"' in dom and dom.count("<tr>") == 5  # a header and four metrics
 
 

@@ -209,6 +209,7 @@ def test_the_guard_refuses_paths_that_leave_its_folder_and_links_made_after_the_
         "a/b.txt": __import__("hashlib").sha256(b"ok").hexdigest()}
 
 
+@pytest.mark.slow
 def test_an_offline_wandb_run_writes_nothing_under_home_or_outside_its_folders(tmp_path):
     home, cache, out = tmp_path / "home", tmp_path / "cache", tmp_path / "out"
     home.mkdir()
@@ -355,6 +356,7 @@ def test_three_runs_started_together_on_a_fresh_cache_all_succeed_with_one_copy_
 
 
 # ====================================================================== 4. stale results reused
+@pytest.mark.slow
 def test_a_py_metric_whose_helper_module_changed_is_recomputed_and_the_log_says_why(tmp_path, capsys, monkeypatch):
     pkg = tmp_path / "mypkg_r3"
     pkg.mkdir()
