@@ -176,14 +176,25 @@ class HashCache:
         known = None if fresh else read_cache_json(self.path)
         self.known: Dict[str, str] = {k: v for k, v in known.items() if isinstance(k, str) and isinstance(v, str)} \
             if isinstance(known, dict) else {}
+        self._new: Dict[str, str] = {}  # learned since the last flush
 
-    def sha256(self, path: Path) -> str:
+    def sha256(self, path: Path, save: bool = True) -> str:
+        """The file's sha256, remembered; ``save=False`` leaves writing the cache file to :meth:`flush` (a caller
+        hashing many files writes it once)."""
         path = Path(path).resolve()
         key = f"{path}|{stat_key(path)}"
         if key not in self.known:
             self.known[key] = sha256(path)
-            self._save()
+            self._new[key] = self.known[key]
+            if save:
+                self.flush()
         return self.known[key]
+
+    def flush(self) -> None:
+        """Write what was learned since the last flush into the cache file (a locked merge)."""
+        if self._new:
+            new, self._new = self._new, {}
+            update_cache_json(self.path, lambda current: {**current, **new})  # a read-only cache: re-hashing
 
     def scan(self, path: Path, compression: Optional[str] = None) -> List[Tuple[str, Optional[float]]]:
         """:func:`scan_keys_and_judges` of ``path``, remembered (in this process) while its stat is unchanged."""
@@ -192,8 +203,6 @@ class HashCache:
             self.scanned[key] = scan_keys_and_judges(Path(path), compression)
         return self.scanned[key]
 
-    def _save(self) -> None:
-        update_cache_json(self.path, lambda current: {**current, **self.known})  # a read-only cache: re-hashing
 
 
 def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str]:
@@ -210,7 +219,7 @@ def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str
         if "size" in entry and path.stat().st_size != entry["size"]:
             raise BappsDataError(f"corrupt or truncated shard {path}: {path.stat().st_size} bytes, {INDEX} records "
                                  f"{entry['size']}; rebuild the shards")
-        if "sha256" in entry and hashes.sha256(path) != entry["sha256"]:
+        if "sha256" in entry and hashes.sha256(path, save=False) != entry["sha256"]:
             raise BappsDataError(f"corrupt or changed shard {path}: its sha256 differs from the one {INDEX} records "
                                  "(the file changed after it was written); rebuild the shards")
         keys = [k for k, _ in samples]
@@ -229,6 +238,7 @@ def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str
             if k in owner:
                 raise BappsDataError(f"sample {k} is in two shards, {owner[k]} and {path}")
             owner[k] = str(path)
+    hashes.flush()  # once for all the shards
     return owner
 
 
