@@ -68,8 +68,8 @@ def _members(archive: Path):
         with tarfile.open(archive) as tar:
             return "tar", [(m.name, m.size, m.isfile(), m.isdir()) for m in tar]
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise DownloadError(f"{archive}: neither a zip nor a tar archive, or cut short ({first_line(e, 120)}); delete it "
-                            "and run again to download it anew") from None
+        raise DownloadError(f"{archive}: neither a zip nor a tar archive, or cut short ({first_line(e, 120)}); "
+                            "delete it and run again to download it anew") from None
 
 
 def unpack(archive: Path, dest: Path, top: str) -> Path:
@@ -109,8 +109,8 @@ def unpack(archive: Path, dest: Path, top: str) -> Path:
         (tmp / top / MARKER).write_text(json.dumps({"archive": archive.name, "files": len(files), "bytes": total}))
         os.rename(tmp / top, dest / top)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
-        raise DownloadError(f"{archive}: damaged archive ({first_line(e, 120)}); delete it and run again to download it "
-                            "anew; nothing was kept") from None
+        raise DownloadError(f"{archive}: damaged archive ({first_line(e, 120)}); delete it and run again to download "
+                            "it anew; nothing was kept") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest / top

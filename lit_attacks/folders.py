@@ -286,8 +286,8 @@ class OwnedFolder:
 
     # ------------------------------------------------------------------ the manifest
     def save(self) -> None:
-        text = json.dumps({"format": FORMAT, "tool": f"lit_attacks {self.tool}", **self.state, "files": dict(sorted(self.files.items()))},
-                          indent=0) + "\n"
+        text = json.dumps({"format": FORMAT, "tool": f"lit_attacks {self.tool}", **self.state,
+                           "files": dict(sorted(self.files.items()))}, indent=0) + "\n"
         write_file(self.path, text.encode(), guarded=False)  # the manifest itself is written past the guard
 
     def set_state(self, **fields: Any) -> None:
@@ -360,7 +360,7 @@ class OwnedFolder:
             try:
                 mode = os.lstat(p).st_mode
             except FileNotFoundError:
-                p.mkdir()
+                p.mkdir(exist_ok=True)  # another process of the run (a DDP rank) may make it at the same moment
                 mode = os.lstat(p).st_mode
             if not stat.S_ISDIR(mode):
                 raise FolderError(f"{self.tool}: refusing to write {path}: {p} is {kind_of(mode)}, not a folder "
@@ -441,7 +441,8 @@ def write_file(path: str | Path, data: bytes, guarded: bool = True) -> None:
 
 
 def atomic_write(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, through the folder guard where one is active (:func:`write_file`)."""
+    """Write ``text`` (UTF-8) to ``path`` atomically, through the folder guard where one is active
+    (:func:`write_file`)."""
     write_file(path, text.encode())
 
 

@@ -303,5 +303,6 @@ def test_nan_metric_output_names_attack_metric_and_key(batch):
     a = create_attack("pgd", "l2", pretrained=False)
     a.metric = NaNMetric()
     a.metric.name = "nanmetric"
-    with pytest.raises(FloatingPointError, match=r"metric nanmetric, sample val/\S+: pgd on nanmetric: returned nan as s\d"):
+    with pytest.raises(FloatingPointError,
+                       match=r"metric nanmetric, sample val/\S+: pgd on nanmetric: returned nan as s\d"):
         a.predict_step(batch)

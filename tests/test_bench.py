@@ -255,9 +255,10 @@ def test_a_plain_install_finds_the_presets(tmp_path):
     src, target = tmp_path / "src", tmp_path / "site"  # built from a copy: the build writes nothing into the checkout
     shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".git", "build", "results", "wandb", "*.egg-info",
                                                              "__pycache__", "lightning_logs"))
+    env = {**__import__("os").environ, "HOME": str(tmp_path / "home")}  # pip's and its build tools' own files (rustup
+    # proxies write ~/.rustup) stay in this test's folder
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-cache-dir",
-                    "-q", "--target",
-                    str(target), str(src)], check=True, capture_output=True, cwd=tmp_path)
+                    "-q", "--target", str(target), str(src)], check=True, capture_output=True, cwd=tmp_path, env=env)
     code = ("import lit_attacks.bench.config as c, sys; assert c.CONFIG_DIR.is_relative_to(sys.argv[1]), c.CONFIG_DIR; "
             "print(sorted(p.stem for p in c.CONFIG_DIR.glob('*.yaml'))); print(sorted(c.load_yaml('table2')))")
     r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path,

@@ -257,7 +257,14 @@ def test_random_backbone_is_reproducible(seeded_batch):
     assert not torch.allclose(a(ref, x), c(ref, x))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("elpips") or n in HEAVY
+# The bound path of the embedding metrics is EmbeddingDistance's own (embed the references once), checked in the fast
+# suite on dreamsim_clip and dreamsim_open_clip; on these four large networks (13-17 s each on 2 CPU cores) it
+# runs in the slow suite.
+HEAVY_BIND = {"dreamsim_dino", "lipsim", "rclip_fare_vitb16", "rclip_fare_convnext"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n.startswith("elpips") or n in HEAVY or n in HEAVY_BIND
                                   else n for n in ALL])  # E-LPIPS-style: many random draws of a VGG, ~25 s each
 def test_bound_distance_equals_plain_call_and_selects(name, seeded_batch):
     """``bind`` (which caches reference features for LPIPS) gives the same distances, also on a subset."""

@@ -66,7 +66,8 @@ def run_dir(tmp_path_factory):
     base = tmp_path_factory.mktemp("r3")
     (base / "r3_test.yaml").write_text(PROTOCOL)
     out = base / "run"
-    assert bench.main(["--config", str(base / "r3_test.yaml"), "--out", str(out), "--quiet", "--wandb", "disabled"]) == 0
+    assert bench.main(["--config", str(base / "r3_test.yaml"), "--out", str(out), "--quiet", "--wandb",
+                       "disabled"]) == 0
     return out
 
 
@@ -338,9 +339,8 @@ def test_three_runs_started_together_on_a_fresh_cache_all_succeed_with_one_copy_
         rng = np.random.default_rng(0)
         for cat in ("cnn", "traditional"):
             for i in range(6):
-                add_sample(tmp_path / "tree", "val", cat, f"{i:06d}", rng.integers(0, 256, (16, 16, 3)).astype(np.uint8),
-                           rng.integers(0, 256, (16, 16, 3)).astype(np.uint8),
-                           rng.integers(0, 256, (16, 16, 3)).astype(np.uint8), float(i % 2))
+                img = lambda: rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)  # noqa: E731
+                add_sample(tmp_path / "tree", "val", cat, f"{i:06d}", img(), img(), img(), float(i % 2))
         extra = ["--data", str(tmp_path / "tree"), "--image-size", "16"]
     argvs = [["--metrics", "l2,ssim", "--attacks", "pgd", "--param", "pgd.steps=3", "--sweep-eps", "0.01",
               "--builtin-n", "6", "--out", str(tmp_path / f"r{i}"), "--quiet", "--wandb", "disabled"] + extra

@@ -100,7 +100,8 @@ class CellStore:
     def path(self, cell_id: str) -> Path:
         return self.dir / f"{cell_id}.json"
 
-    def load(self, cell_id: str, fp: str, parts: Optional[Dict[str, str]] = None) -> Tuple[Optional[Dict[str, Any]], str]:
+    def load(self, cell_id: str, fp: str,
+             parts: Optional[Dict[str, str]] = None) -> Tuple[Optional[Dict[str, Any]], str]:
         """(the record of a completed cell with fingerprint ``fp`` whose files are unchanged, or None; why it is reused
         or recomputed, in words). ``parts``: the fingerprint of each value the cell depends on, so the reason names
         what changed."""

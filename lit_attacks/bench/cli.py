@@ -188,7 +188,8 @@ BATCH_COPIES = 4  # copies of a batch's images an attack holds at least (the bat
 
 def check_batch_memory(cfg: Dict[str, Any], devices: Dict[str, Any], samples: int) -> None:
     """``--batch-size`` against the memory of the device, before any work: a batch (at most the samples there are) of
-    three images at ``--image-size``, with the copies an attack holds, must fit (:func:`lit_attacks.limits.check_memory`)."""
+    three images at ``--image-size``, with the copies an attack holds, must fit
+    (:func:`lit_attacks.limits.check_memory`)."""
     from lit_attacks.limits import check_memory
 
     n = min(cfg["batch_size"], max(samples, 1))

@@ -94,8 +94,8 @@ def check_code(config: Dict[str, Any], path: str, allow_code: bool) -> None:
     if hits and not allow_code:
         key, spec = hits[0]
         more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
-        raise ConfigError(f"{path}: {key} names code to import and run ({spec[:80]}){more}; code named by a config file "
-                          "runs only with --allow-code: read the file, then add the flag")
+        raise ConfigError(f"{path}: {key} names code to import and run ({spec[:80]}){more}; code named by a config "
+                          "file runs only with --allow-code: read the file, then add the flag")
 
 
 def merge(config: Dict[str, Any], flags: Dict[str, Any], config_name: str = "config") -> Dict[str, Any]:

@@ -190,8 +190,8 @@ MD_SPECIAL = re.compile(r"([\\`|\[\]])")  # escapes, code spans, table cells, li
 
 def md(text: Any) -> str:
     """Text from an entry as inert Markdown on one line: HTML's ``& < >`` as entities (GitHub, MkDocs and Jekyll
-    render raw HTML in Markdown), the Markdown that could change the page's structure backslash-escaped (``|`` would end a
-    table cell, ``[`` start a link or an image, a backquote a code span), line breaks as spaces."""
+    render raw HTML in Markdown), the Markdown that could change the page's structure backslash-escaped (``|`` would
+    end a table cell, ``[`` start a link or an image, a backquote a code span), line breaks as spaces."""
     s = " ".join(str(text).split())
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return MD_SPECIAL.sub(r"\\\1", s)
