@@ -116,6 +116,17 @@ def read_index(folder: str | Path) -> dict:
             raise BappsDataError(f"no shards in {folder}: neither {INDEX} nor *.tar files")
         return {"format": 1, "split": None, "count": None,
                 "shards": [{"name": check_shard_name(t.name, str(folder))} for t in tars]}
+    key = (str(p.resolve()), stat_key(p))
+    if key not in _INDEXES:  # read once per process while the file is unchanged
+        _INDEXES.clear()  # at most one remembered per process: an index can hold millions of keys
+        _INDEXES[key] = _checked_index(p)
+    return _INDEXES[key]
+
+
+_INDEXES: Dict[Tuple[str, str], dict] = {}  # (index.json, its stat) -> the checked index; callers never change it
+
+
+def _checked_index(p: Path) -> dict:
     try:
         index = json.loads(read_text(p, "shard index", MAX_INDEX_BYTES, BappsDataError))
     except json.JSONDecodeError as e:
@@ -209,7 +220,27 @@ def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str
     """Every shard the index lists exists as a regular file with the size and sha256 it records, and holds
     what it lists: its headers are read (bounded, see :mod:`lit_attacks.datamodules.tar_reader`) for the
     keys, in order, and its judges compared with the index's. A key in two shards is an error naming both,
-    also without an index. What the index does not record is not compared. Returns key -> shard path."""
+    also without an index. What the index does not record is not compared. Returns key -> shard path.
+    Checked once per process while the index and every shard are unchanged (by stat); a ``fresh`` hash cache checks
+    again."""
+    try:  # the index object read_index remembers (the same while index.json is unchanged) and every shard's stat
+        state = (str(Path(folder).resolve()), id(index), tuple(stat_key(Path(folder) / e["name"])
+                                                              for e in index["shards"]))
+    except (OSError, TypeError, KeyError):
+        state = None  # a missing shard: the check below names it
+    if state is not None and state in _VERIFIED and not hashes.fresh:
+        return _VERIFIED[state][1]
+    owner = _verify(folder, index, hashes)
+    if state is not None:
+        _VERIFIED.clear()
+        _VERIFIED[state] = (index, owner)  # the index is held, so its id is not reused while remembered
+    return owner
+
+
+_VERIFIED: Dict[tuple, Tuple[dict, Dict[str, str]]] = {}  # the last verified folder state -> (index, key -> shard)
+
+
+def _verify(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str]:
     owner: Dict[str, str] = {}
     for entry in index["shards"]:
         path = Path(folder) / entry["name"]

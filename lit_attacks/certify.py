@@ -156,13 +156,13 @@ class CertifyModule(pl.LightningModule):
         super().__init__()
         check_certify(sigma, n0, n, alpha, target, chunk, max_images)
         self.save_hyperparameters()
-        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
+        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
+                                    dtype=torch.float64 if batch_invariant else None)  # shared: never converted
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> CertifyOutput:
         h = self.hparams
         ref, p0, p1, judge = batch["ref"], batch["p0"], batch["p1"], batch["judge"]
         if h.batch_invariant:
-            self.metric.double()
             ref, p0, p1 = ref.double(), p0.double(), p1.double()
         keys = list(batch["key"])
         with torch.no_grad():

@@ -55,12 +55,12 @@ class GradientCheck(pl.LightningModule):
                  batch_invariant: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
+        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
+                                    dtype=torch.float64 if batch_invariant else None)  # shared: never converted
 
     def predict_step(self, batch: Dict, batch_idx: int = 0) -> GradientOutput:
         ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]
         if self.hparams.batch_invariant:
-            self.metric.double()
             ref, p0, p1 = ref.double(), p0.double(), p1.double()
         with naming_samples(batch["key"]):  # a metric that misbehaves: one line naming the sample
             with torch.no_grad():

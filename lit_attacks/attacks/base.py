@@ -121,7 +121,8 @@ class AttackModule(pl.LightningModule):
         if uint8 not in UINT8_MODES:
             raise ValueError(f"{type(self).name}: uint8 must be one of {', '.join(UINT8_MODES)}, got {uint8!r}")
         super().__init__()
-        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir)
+        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
+                                    dtype=torch.float64 if batch_invariant else None)  # shared: never converted
         if not self.black_box and not self.metric.differentiable:
             raise MetricInputError(f"{type(self).name}: metric {self.metric.name} gives no gradient (its distance is "
                                    f"computed outside torch or detached), and {type(self).name} needs one; black-box "
@@ -171,8 +172,7 @@ class AttackModule(pl.LightningModule):
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> AttackOutput:
         warn_once(self, check_batch(batch, f"{self.name} on {self.metric_name}"))  # before any work
-        if self.batch_invariant:
-            self.metric.double()
+        if self.batch_invariant:  # the metric was built in float64
             batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
         with naming_samples(batch["key"]):  # a metric that misbehaves: one line naming the sample
             return self._predict(batch)

@@ -139,14 +139,23 @@ def print_config(cfg: Dict[str, Any]) -> None:
 
 def resolve_devices(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Lightning Trainer device arguments (see :mod:`lit_attacks.bench.devices`)."""
-    from lit_attacks.bench.devices import check_trainer, resolve_devices as resolve
+    from lit_attacks.bench.devices import resolve_devices as resolve
 
     try:
-        devices = resolve(cfg)
-        check_trainer(devices)
+        return resolve(cfg)
     except ConfigError as e:
         raise Stop(str(e)) from None
-    return devices
+
+
+def run_trainer(devices: Dict[str, Any], quiet: bool):
+    """The run's one Trainer (:func:`lit_attacks.bench.devices.build_trainer`); Lightning's per-batch bar only on a
+    terminal (in a log file the cell lines say enough, without carriage-return noise)."""
+    from lit_attacks.bench.devices import build_trainer
+
+    try:
+        return build_trainer(devices, progress_bar=not quiet and sys.stdout.isatty())
+    except ConfigError as e:
+        raise Stop(str(e)) from None
 
 
 @contextmanager
@@ -258,6 +267,7 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     quiet_lightning()
     devices = resolve_devices(cfg)
+    trainer = run_trainer(devices, bool(flags.get("quiet")))
     from lit_attacks.bench.devices import world_size
 
     in_process = [m for m in cfg["metrics"] if m.startswith("user:")]
@@ -281,7 +291,7 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
     with locked(out, is_zero and os.environ.get("NODE_RANK", "0") == "0") as folder, \
             third_party_state(out, cache_root()):  # W&B's and matplotlib's files: in out and the cache, not ~
         try:
-            return run(cfg, devices, out, flags, is_zero, folder)
+            return run(cfg, devices, trainer, out, flags, is_zero, folder)
         except (KeyboardInterrupt, Terminated) as e:
             if is_zero:
                 print(f"\nbench.py: {'terminated' if isinstance(e, Terminated) else 'interrupted'}. Completed cells "
@@ -298,7 +308,7 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
                        "summary was written); fix this and run the same command again to resume", code=1) from None
 
 
-def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str, Any], is_zero: bool,
+def run(cfg: Dict[str, Any], devices: Dict[str, Any], trainer, out: Path, flags: Dict[str, Any], is_zero: bool,
         folder: Optional[ResultsFolder]) -> int:
     from lit_attacks.datamodules.bapps import BappsDataModule
     from lit_attacks.bench.cells import CellStore
@@ -328,10 +338,13 @@ def run(cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, flags: Dict[str
     import pytorch_lightning as pl
 
     pl.seed_everything(cfg["seed"], verbose=False)
-    bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=fresh),
-                  quiet=quiet, is_zero=is_zero, folder=folder)
-    bench.run_all()
-    end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
-    if bench.is_zero:
-        bench.finish()
+    from lit_attacks.metrics import metric_pool
+
+    with metric_pool():  # each metric is built once per run and process, and shared by the cells that use it
+        bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=fresh),
+                      quiet=quiet, is_zero=is_zero, folder=folder, trainer=trainer)
+        bench.run_all()
+        end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
+        if bench.is_zero:
+            bench.finish()
     return 0

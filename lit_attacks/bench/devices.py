@@ -108,17 +108,18 @@ def waiting_line(devices: Dict[str, Any]) -> str:
             f"(${ENV_DDP_TIMEOUT})")
 
 
-def check_trainer(devices: Dict[str, Any]) -> None:
-    """Build a Trainer with the device arguments once, so what Lightning refuses is a one-line
-    :class:`ConfigError` before any work (a Trainer launches nothing until it runs)."""
+def build_trainer(devices: Dict[str, Any], progress_bar: bool = False):
+    """The run's Trainer, built once per process before any work (what Lightning refuses is a one-line
+    :class:`ConfigError`; a Trainer launches nothing until it runs). Every cell predicts with it: each gives its own
+    callbacks (:meth:`lit_attacks.bench.runner.Bench.predict`)."""
     import pytorch_lightning as pl
 
     from lit_attacks.quiet import third_party_warnings_silenced
 
     try:
         with third_party_warnings_silenced():
-            pl.Trainer(**trainer_kwargs(devices), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False)
+            return pl.Trainer(**trainer_kwargs(devices), logger=False, enable_checkpointing=False,
+                              enable_progress_bar=progress_bar, enable_model_summary=False, inference_mode=False)
     except (ValueError, RuntimeError, TypeError, ImportError) as e:
         raise ConfigError(f"--accelerator {devices['accelerator']} --devices {devices['devices']} --strategy "
                           f"{devices['strategy']} --num-nodes {devices['num_nodes']}: {first_line(e)}") from None

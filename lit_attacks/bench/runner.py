@@ -19,7 +19,8 @@ import torch
 
 from lit_attacks.version import __version__, code_fingerprint
 from lit_attacks.bench.cells import CellFiles, CellStore, MachineRates, Progress, read_rows
-from lit_attacks.bench.devices import ENV_DDP_TIMEOUT, RunError, ddp_timeout, trainer_kwargs, waiting_line, world_size
+from lit_attacks.bench.devices import (ENV_DDP_TIMEOUT, RunError, build_trainer, ddp_timeout, waiting_line,
+                                       world_size)
 from lit_attacks.bench.folder import ResultsFolder
 from lit_attacks.datamodules.cache import cache_root
 from lit_attacks.datamodules.shards import sha256
@@ -44,8 +45,10 @@ class Bench:
 
     def __init__(self, cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, source: Dict[str, Any], dm_all,
                  dm_attack, store: CellStore, quiet: bool = False, is_zero: bool = True,
-                 folder: Optional[ResultsFolder] = None) -> None:
+                 folder: Optional[ResultsFolder] = None, trainer: Optional[pl.Trainer] = None) -> None:
         self.cfg, self.devices, self.out, self.source = cfg, devices, out, source
+        self.trainer = trainer if trainer is not None else build_trainer(devices, not quiet and sys.stdout.isatty())
+        self._trainer_callbacks = list(self.trainer.callbacks)  # its own (the progress bar); each cell adds its own
         self.folder = folder if folder is not None else ResultsFolder(out)  # rank 0 claimed it
         self.dm_all, self.dm_attack, self.store = dm_all, dm_attack, store
         self.quiet, self.is_zero = quiet, is_zero
@@ -73,17 +76,14 @@ class Bench:
 
     # ---------------------------------------------------------------- what tables use (lit_attacks.tables.Run)
     def predict(self, module, callbacks: list, datamodule) -> None:
-        """``trainer.predict``; Lightning's per-batch bar only on a terminal (in a log file the cell lines say
-        enough, without carriage-return noise)."""
-        bar = not self.quiet and sys.stdout.isatty()
+        """``trainer.predict`` with the run's one Trainer and this cell's callbacks."""
         if self.devices["num_nodes"] > 1 and not self._said_waiting:
             self._said_waiting = True
             print(waiting_line(self.devices), file=sys.stderr, flush=True)
         batch_keys = _BatchKeys()
+        trainer = self.trainer
+        trainer.callbacks = self._trainer_callbacks + list(callbacks) + [batch_keys]
         with third_party_warnings_silenced():
-            trainer = pl.Trainer(**trainer_kwargs(self.devices), logger=False, enable_checkpointing=False,
-                                 enable_progress_bar=bar, enable_model_summary=False,
-                                 callbacks=list(callbacks) + [batch_keys], inference_mode=False)
             try:
                 trainer.predict(module, datamodule=datamodule, return_predictions=False)
             except MetricCallError as e:  # a metric misbehaved: one line naming the metric and the sample

@@ -4,9 +4,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from typing import Any, Dict, List, Optional
 
 from lit_attacks.metrics.base import BoundDistance, Distance, MetricInputError, check_images, expected_distances, to01
 from lit_attacks.metrics.registry import METRICS
@@ -21,15 +22,50 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 
+_POOL: Optional[Dict[Tuple[Any, ...], Distance]] = None  # while a metric_pool() is open: the metrics built in it
+
+
+@contextmanager
+def metric_pool() -> Iterator[Dict[Tuple[Any, ...], Distance]]:
+    """Within the block, :func:`create_metric` builds each metric once (per name, options and dtype) and hands the
+    same frozen instance to every caller: a bench run's cells share their metrics, so each metric's weights are read
+    once per run and process. A metric is a frozen module in eval mode whose only state is its weights, so sharing it
+    changes no number; a caller needing another dtype asks for it (``dtype=torch.float64``) instead of converting the
+    shared instance. Nested pools share the outer one."""
+    global _POOL
+    if _POOL is not None:
+        yield _POOL
+        return
+    _POOL = {}
+    try:
+        yield _POOL
+    finally:
+        _POOL = None
+
+
 def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str] = None, init_seed: int = 0,
-                  **kwargs: Any) -> Distance:
+                  dtype: Optional[torch.dtype] = None, **kwargs: Any) -> Distance:
     """Build the metric registered as ``name``.
 
     ``pretrained`` and ``weights_dir`` reach the metrics that have learned weights and are ignored
     by the others (whose ``pretrained`` is always True). An unknown name raises ``KeyError`` with
     close matches. Construction runs under a fixed seed (``init_seed``) without touching the global
-    RNG, so a random backbone is the same network in every process and every run.
+    RNG, so a random backbone is the same network in every process and every run. ``dtype``: the metric's
+    parameters in that type (``torch.float64`` for batch-invariant scoring). Inside :func:`metric_pool` a metric
+    already built with the same arguments is returned instead of a new one.
     """
+    if _POOL is None:
+        return _build(name, pretrained, weights_dir, init_seed, dtype, kwargs)
+    key = (name, pretrained, weights_dir, init_seed, str(dtype), repr(sorted(kwargs.items())))
+    if key not in _POOL:
+        _POOL[key] = _build(name, pretrained, weights_dir, init_seed, dtype, kwargs)
+    WEIGHTS_USED[name] = _POOL[key].weights_file
+    return _POOL[key]
+
+
+def _build(name: str, pretrained: bool, weights_dir: Optional[str], init_seed: int, dtype: Optional[torch.dtype],
+           kwargs: Dict[str, Any]) -> Distance:
+    kwargs = dict(kwargs)
     factory = METRICS.get(name)
     params = inspect.signature(factory).parameters
     if "pretrained" in params:
@@ -43,6 +79,8 @@ def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str]
     metric.name = name
     metric.weights_file = files.get(name)  # the weights file or folder it was built from (None: none, or random)
     WEIGHTS_USED[name] = metric.weights_file
+    if dtype is not None:
+        metric.to(dtype)
     return metric
 
 
@@ -56,4 +94,4 @@ def list_metrics(pattern: str = "*") -> List[str]:
 
 
 __all__ = ["BoundDistance", "CheckpointError", "Distance", "METRICS", "MetricInputError", "WeightsNotFoundError",
-           "check_images", "create_metric", "expected_distances", "list_metrics", "to01"]
+           "check_images", "create_metric", "expected_distances", "list_metrics", "metric_pool", "to01"]
