@@ -2,27 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Optional
 
 from lit_attacks.safe_files import InputError
 
 
 class EvaluationError(InputError):
     """Bad input to :func:`evaluate` (metric, data, protocol, options); the message is bench.py's one line."""
-
-
-@contextmanager
-def _argv(argv: List[str]) -> Iterator[None]:
-    """``sys.argv`` as bench.py would see it, so the run records the equivalent command."""
-    saved = sys.argv
-    sys.argv = ["bench.py"] + argv
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def evaluate(metric: Any, data: Optional[str] = None, protocol: str = "leaderboard_quick", out: Optional[str] = None,
@@ -50,28 +37,28 @@ def evaluate(metric: Any, data: Optional[str] = None, protocol: str = "leaderboa
     Returns:
         The entry: ``entry["results"]["robust"]``, ``entry["sanity"]``, ... (docs/leaderboard.md).
     """
-    from lit_attacks.bench.cli import Stop, command
+    from lit_attacks.bench.cli import Stop, execute
     from lit_attacks.metrics.user import register_object
+    from lit_attacks.report import json_safe
     from lit_attacks.tables.base import slug
 
     spec = metric if isinstance(metric, str) else register_object(metric, name, similarity)
     out = out or str(Path("results") / "evaluate" / Path(protocol).stem / slug(spec))  # one folder per metric:
     # a results folder holds one run, and a run on other metrics would replace its files
-    argv = ["--config", str(protocol), "--metrics", spec, "--out", str(out)]
+    argv = ["--config", str(protocol), "--metrics", spec, "--out", str(out)]  # also the command the run records
     if data is not None:
         argv += ["--data", str(data)]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     argv += (["--fresh"] if fresh else []) + (["--quiet"] if quiet else []) + (["--allow-code"] if allow_code else [])
-    with _argv(argv):
-        try:
-            code = command(argv)
-        except Stop as e:
-            raise EvaluationError(str(e)) from None
-    if code == 130:
+    try:
+        outcome = execute(argv)  # the bench run, in this process
+    except Stop as e:
+        raise EvaluationError(str(e)) from None
+    if outcome.code == 130:
         raise KeyboardInterrupt
-    found = sorted((Path(out) / "leaderboard").glob(f"*/*/{slug(spec)}.json"))
-    if not found:
-        raise EvaluationError(f"protocol {protocol}: wrote no leaderboard entry for {spec} in {out} (a protocol needs "
-                              "robust: and leaderboard: sections; see configs/bench/leaderboard_quick.yaml)")
-    return json.loads(found[-1].read_text())
+    entries = outcome.bench.results("leaderboard") if outcome.bench is not None else {}
+    if spec not in entries:
+        raise EvaluationError(f"protocol {protocol}: gave no leaderboard entry for {spec} (a protocol needs robust: and "
+                              "leaderboard: sections; see configs/bench/leaderboard_quick.yaml)")
+    return json.loads(json.dumps(json_safe(entries[spec]), default=str))  # as written: plain JSON types

@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from lit_attacks.bench.config import DEFAULT_CONFIG, ConfigError, check_code, load_yaml, merge, validate
 from lit_attacks.bench.devices import RunError
@@ -260,11 +261,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def command(argv: Optional[Sequence[str]] = None) -> int:
+    """``bench.py`` with ``argv`` (default: this process's arguments): its exit status (errors raise :class:`Stop`)."""
+    return execute(argv).code
+
+
+@dataclass
+class Outcome:
+    """What one bench command did: its exit status and, when it ran, the run (its tables hold their results)."""
+
+    code: int
+    bench: Optional[Any] = None  # lit_attacks.bench.runner.Bench
+
+
+def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
+    """Run the bench command in this process (``lit_attacks.evaluate`` calls it with its own arguments): the exit
+    status and the finished run, whose tables hold their rows and results."""
+    from lit_attacks.metrics import metric_pool
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with metric_pool():  # each metric is built once per run and process (checking the config builds some too)
+        return _execute(argv)
+
+
+def _execute(argv: List[str]) -> Outcome:
     flags = parse_args(argv)
     cfg = resolve_config(flags)
     if "print_config" in flags:
         print_config(cfg)
-        return 0
+        return Outcome(0)
     quiet_lightning()
     devices = resolve_devices(cfg)
     trainer = run_trainer(devices, bool(flags.get("quiet")))
@@ -291,13 +315,13 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
     with locked(out, is_zero and os.environ.get("NODE_RANK", "0") == "0") as folder, \
             third_party_state(out, cache_root()):  # W&B's and matplotlib's files: in out and the cache, not ~
         try:
-            return run(cfg, devices, trainer, out, flags, is_zero, folder)
+            return Outcome(0, run(cfg, devices, trainer, out, flags, is_zero, folder, argv))
         except (KeyboardInterrupt, Terminated) as e:
             if is_zero:
                 print(f"\nbench.py: {'terminated' if isinstance(e, Terminated) else 'interrupted'}. Completed cells "
                       f"are saved in {out / 'cells'}; run the same command again to resume from there.",
                       file=sys.stderr)
-            return 143 if isinstance(e, Terminated) else 130
+            return Outcome(143 if isinstance(e, Terminated) else 130)
         except InputError as e:  # bad data, config, weights or folder
             raise Stop(str(e)) from None
         except RunError as e:
@@ -309,7 +333,8 @@ def command(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(cfg: Dict[str, Any], devices: Dict[str, Any], trainer, out: Path, flags: Dict[str, Any], is_zero: bool,
-        folder: Optional[ResultsFolder]) -> int:
+        folder: Optional[ResultsFolder], argv: Sequence[str]):
+    """The run (:class:`lit_attacks.bench.runner.Bench`) of a resolved config, finished."""
     from lit_attacks.datamodules.bapps import BappsDataModule
     from lit_attacks.bench.cells import CellStore
     from lit_attacks.bench.runner import Bench
@@ -338,13 +363,10 @@ def run(cfg: Dict[str, Any], devices: Dict[str, Any], trainer, out: Path, flags:
     import pytorch_lightning as pl
 
     pl.seed_everything(cfg["seed"], verbose=False)
-    from lit_attacks.metrics import metric_pool
-
-    with metric_pool():  # each metric is built once per run and process, and shared by the cells that use it
-        bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=fresh),
-                      quiet=quiet, is_zero=is_zero, folder=folder, trainer=trainer)
-        bench.run_all()
-        end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
-        if bench.is_zero:
-            bench.finish()
-    return 0
+    bench = Bench(cfg, devices, out, source, dm_all, dm_attack, CellStore(out, fresh=fresh),
+                  quiet=quiet, is_zero=is_zero, folder=folder, trainer=trainer, argv=argv)
+    bench.run_all()
+    end_distributed()  # every rank is done with collectives; a clean exit of the other ranks
+    if bench.is_zero:
+        bench.finish()
+    return bench

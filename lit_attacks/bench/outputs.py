@@ -42,13 +42,13 @@ def write_outputs(bench) -> List[Path]:
                                           "and timing only."]
     notes += [f"Not run (unavailable here): {m}: {why}" for m, why in bench.unavailable.items()]
     page_tables = [(name, written[name].title, *running[name].page(rows[name])) for name in running if rows[name]]
-    command = "python bench.py " + " ".join(command_line())
+    command = bench.command()
     atomic_write(out / "index.html", index_page.render(out, f"Bench run {cfg['name']}", command, notes, page_tables,
                                                        figs, listed() + ["README.md"]))
     dev = f"{bench.devices['devices']} x {bench.devices['accelerator']} ({bench.devices['strategy']})"
     files = listed()
     compute = sum(p.get("seconds") or 0 for p in bench.cells.values())
-    atomic_write(out / "README.md", render(cfg, command_line(), bench.source, bench.labels, weights, files, seconds,
+    atomic_write(out / "README.md", render(cfg, command_line(bench.argv), bench.source, bench.labels, weights, files, seconds,
                                            dev, wandb_dir, unavailable=bench.unavailable,
                                            cells=(len(bench.cells), len(bench.loaded), compute)))
     report(bench, {name: (w.title, w.markdown) for name, w in written.items() if w.markdown},

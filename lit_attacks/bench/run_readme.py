@@ -81,6 +81,7 @@ def render(cfg: Dict[str, Any], argv: Sequence[str], data: Dict[str, Any], label
     return "\n".join(lines)
 
 
-def command_line() -> List[str]:
-    """The arguments of this run, shell-quoted, so the recorded command reruns verbatim (``--sweep-eps ''``)."""
-    return [shlex.quote(a) for a in sys.argv[1:]]
+def command_line(argv: Optional[Sequence[str]] = None) -> List[str]:
+    """The arguments of this run (``argv``; default: this process's), shell-quoted, so the recorded command reruns
+    verbatim (``--sweep-eps ''``)."""
+    return [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -45,8 +45,10 @@ class Bench:
 
     def __init__(self, cfg: Dict[str, Any], devices: Dict[str, Any], out: Path, source: Dict[str, Any], dm_all,
                  dm_attack, store: CellStore, quiet: bool = False, is_zero: bool = True,
-                 folder: Optional[ResultsFolder] = None, trainer: Optional[pl.Trainer] = None) -> None:
+                 folder: Optional[ResultsFolder] = None, trainer: Optional[pl.Trainer] = None,
+                 argv: Optional[Sequence[str]] = None) -> None:
         self.cfg, self.devices, self.out, self.source = cfg, devices, out, source
+        self.argv = list(sys.argv[1:] if argv is None else argv)  # the bench.py arguments the run records
         self.trainer = trainer if trainer is not None else build_trainer(devices, not quiet and sys.stdout.isatty())
         self._trainer_callbacks = list(self.trainer.callbacks)  # its own (the progress bar); each cell adds its own
         self.folder = folder if folder is not None else ResultsFolder(out)  # rank 0 claimed it
@@ -98,6 +100,10 @@ class Bench:
                                f"{ddp_timeout():g} s ({first_line(e)}); start every node with the same --num-nodes, "
                                f"MASTER_ADDR and MASTER_PORT, or raise ${ENV_DDP_TIMEOUT}") from None
 
+    def results(self, table: str) -> Dict[str, Any]:
+        """What table ``table`` computed in this run (:meth:`lit_attacks.tables.Table.results`); {} if it did not run."""
+        return next((t.results() for t in self.tables if t.name == table), {})
+
     def datamodule(self, unanimous_only: bool):
         return self.dm_attack if unanimous_only else self.dm_all
 
@@ -125,7 +131,7 @@ class Bench:
     def command(self) -> str:
         from lit_attacks.bench.run_readme import command_line
 
-        return "python bench.py " + " ".join(command_line())
+        return "python bench.py " + " ".join(command_line(self.argv))
 
     def total_samples(self) -> int:
         return self.dm_all.dataset().count()

@@ -56,7 +56,9 @@ def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str]
     """
     if _POOL is None:
         return _build(name, pretrained, weights_dir, init_seed, dtype, kwargs)
-    key = (name, pretrained, weights_dir, init_seed, str(dtype), repr(sorted(kwargs.items())))
+    params = inspect.signature(METRICS.get(name)).parameters  # options the metric ignores do not make another one
+    key = (name, pretrained if "pretrained" in params else None, weights_dir if "weights_dir" in params else None,
+           init_seed, str(dtype), repr(sorted(kwargs.items())))
     if key not in _POOL:
         _POOL[key] = _build(name, pretrained, weights_dir, init_seed, dtype, kwargs)
     WEIGHTS_USED[name] = _POOL[key].weights_file

@@ -272,6 +272,11 @@ class Table:
         """Write the table's files (of :attr:`files`) and figures; what was written, for the console and W&B."""
         return Written(self.name)
 
+    def results(self) -> Dict[str, Any]:
+        """What the table computed in the finished run, as data the Python API returns (the leaderboard: metric ->
+        its entry); by default nothing."""
+        return {}
+
     def page(self, rows: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
         """What the run's index page shows of the rows, and a legend of its columns (the full rows stay in the
         table's CSV, linked beside it); by default the rows as they are."""

@@ -185,6 +185,10 @@ class Leaderboard(Table):
                  "flags": ", ".join(k for k, f in e["sanity"].items() if f["raised"]) or "none"}
                 for e in self._entries.values()]
 
+    def results(self) -> Dict[str, Any]:
+        """metric -> its entry, as written (``lit_attacks.evaluate`` returns it)."""
+        return dict(getattr(self, "_entries", {}))
+
     @staticmethod
     def path(run: Run, entry: Dict[str, Any]) -> str:
         return str(Path("leaderboard") / slug(entry["dataset"]["name"]) / slug(entry["protocol"]["name"]) /
