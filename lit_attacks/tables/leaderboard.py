@@ -30,7 +30,7 @@ from lit_attacks.leaderboard.entry import (SCHEMA_VERSION, UNITS, fingerprint, r
                                            validate)
 from lit_attacks.metrics import METRICS, create_metric
 from lit_attacks.report import markdown_table, write_json
-from lit_attacks.tables import robust as rb
+from lit_attacks.tables import robust_rows as rb
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
 from lit_attacks.tasks import create_task
 from lit_attacks.wandb_utils import finite
@@ -63,7 +63,7 @@ def protocol_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """What a protocol fixes (attacks, radii, certification, seed, 8-bit checks): entries merged under one name
     must agree on it (its fingerprint)."""
     s = rb.settings(cfg)
-    ens = rb.Robust.worst_case_params(s, "linf", 1.0)["attacks"]
+    ens = rb.worst_case_params(s, "linf", 1.0)["attacks"]
     attacks = [{"attack": e["attack"], "params": dict(e.get("params") or {}), "label": attack_label(e),
                 "black_box": bool(getattr(ATTACKS.get(e["attack"]), "black_box", False))} for e in ens]
     return {"target": s["target"], "attacks": attacks,
@@ -81,7 +81,7 @@ class Leaderboard(Table):
     order = 70
     config = {"leaderboard": None}
     files = ()
-    example = {"metrics": ["l2"], "attacks": {}, "robust": dict(rb.Robust.example["robust"]),
+    example = {"metrics": ["l2"], "attacks": {}, "robust": dict(rb.EXAMPLE["robust"]),
                "leaderboard": {"protocol": "contract"}}
 
     @classmethod
@@ -120,24 +120,24 @@ class Leaderboard(Table):
     # ------------------------------------------------------------------ results
     def entries(self, run: Run) -> Dict[str, Dict[str, Any]]:
         """metric -> its entry (validated), from the robust table's results and this table's gradient checks."""
-        robust = next((t for t in getattr(run, "tables", []) if t.name == "robust"), None)
+        robust = next((t for t in getattr(run, "tables", []) if hasattr(t, "records")), None)  # the robust cells
         if robust is None:
             return {}
-        rows = robust.metric_rows(run)
+        records = robust.records(run)
         cfg = run.cfg
         spec = protocol_spec(cfg)
         lb = cfg["leaderboard"]
         black_box = [a["label"] for a in spec["attacks"] if a["black_box"]]
         grads = {c.info["metric"]: run.rows(c.id, c.info["csv"]) for c, _ in self.done.values()}
         out = {}
-        for metric, row in rows.items():
+        for metric, rec in records.items():
             cells = [c for c, _ in robust.done.values() if c.info["metric"] == metric]
             worst = [run.rows(c.id, c.info["csv"]) for c in cells if c.info["kind"] == "worst_case"]
-            n = int(row.get("samples", 0))
+            n = int(rec.samples)
             m = create_metric(metric, **run.metric_options())
             entry = {
                 "schema_version": SCHEMA_VERSION,
-                "metric": {"name": metric, "label": row["metric"], "description": describe(metric, m),
+                "metric": {"name": metric, "label": rec.label, "description": describe(metric, m),
                            "weights": sha256_files(run.weights.get(metric), run.file_sha256) if cfg["pretrained"]
                            else [],
                            "options": {"pretrained": cfg["pretrained"], "batch_invariant": cfg["batch_invariant"],
@@ -153,15 +153,14 @@ class Leaderboard(Table):
                              "description": lb.get("description") or "", **{k: v for k, v in spec.items()
                                                                               if k != "uint8"}},
                 "results": {
-                    "clean": rate(row.get("clean"), n),
-                    "robust": [{"norm": norm, "radius": r, "accuracy": rate(row.get(rb.radius_label(norm, r)), n)}
+                    "clean": rate(rec.clean if rec.attacked else None, n),
+                    "robust": [{"norm": norm, "radius": r, "accuracy": rate(rec.robust.get((norm, float(r))), n)}
                                for norm in ("linf", "l2") for r in spec["radii"][norm]],
-                    "auc": {k.replace("auc ", "").replace(" ", "_"): row.get(k) for k in (
-                        "auc linf", "auc l2", "median min eps linf", "median min eps l2") if k in row},
-                    "certified": ([{"radius": 0.0, "accuracy": rate(row.get("certified clean"), n)}] +
-                                  [{"radius": r, "accuracy": rate(row.get(f"certified l2 {r:g}"), n)}
-                                   for r in spec["certify"]["radii"]]) if spec["certify"] else [],
-                    "failed": int(row.get("failed", 0)),
+                    "auc": {**{norm: v for norm, v in rec.auc.items()},
+                            **{f"median_min_eps_{norm}": v for norm, v in rec.median_min_eps.items()}},
+                    "certified": [{"radius": r, "accuracy": rate(rec.certified.get(rb.certify_radius(r)), n)}
+                                  for r in [0.0] + list(spec["certify"]["radii"])] if spec["certify"] else [],
+                    "failed": int(rec.failed),
                     "per_sample_csv": [c.info["csv"] for c in cells] + [self.csv(metric)],
                 },
                 "sanity": sanity_flags(worst, black_box, grads.get(metric, []), bool(m.stochastic), spec["eot"]),

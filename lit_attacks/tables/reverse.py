@@ -7,12 +7,12 @@ steps, as ``whitebox_toMakeMoreSimilar_attack_pgd.py``); flags ``--reverse pgd_r
 """
 from __future__ import annotations
 
+from lit_attacks.tables.attack_rows import AttackTable
 from lit_attacks.tables.base import TABLES
-from lit_attacks.tables.table2 import Table2
 
 
 @TABLES.register("reverse")
-class ReverseTable(Table2):
+class ReverseTable(AttackTable):
     name = "reverse"
     order = 25
     key, flag, param_flag, reverse = "reverse", "--reverse", "--reverse-param", True

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List
 
-import numpy as np
 import torch
 
 from lit_attacks.attacks.cost import SCORE, attack_cost
-from lit_attacks.attacks.ensemble import STANDARD
-from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.callbacks.aggregates import GatherColumns
 from lit_attacks.callbacks.samples import SampleRows
 from lit_attacks.certify import certified_accuracy, check_certify
@@ -37,64 +34,11 @@ from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
-from lit_attacks.tables.table2 import attack_cell, validate_attack
+from lit_attacks.tables.attack_rows import attack_cell, validate_attack
+from lit_attacks.tables.robust_rows import (_min_eps_columns, CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, RobustRecord, display_row,
+                                              min_eps_params, min_eps_summary, radius_label, robust_records,
+                                              settings, worst_case_params)
 from lit_attacks.tasks import create_task
-
-DEFAULTS: Dict[str, Any] = {
-    "linf": [2, 4, 8], "l2": [0.5, 1.0, 2.0], "target": "prey", "ensemble": None,
-    "min_eps": {"attack": "apgd", "params": {}, "linf_max": 16, "l2_max": 4.0, "bisections": 8},
-    "certify": {"sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "radii": [0.125, 0.25, 0.5]},
-}
-MIN_EPS_KEYS = ("attack", "params", "linf_max", "l2_max", "bisections")
-CERTIFY_KEYS = ("sigma", "n0", "n", "alpha", "radii", "chunk", "max_images")
-CURVE_POINTS = 41
-
-
-def settings(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``robust`` mapping with defaults filled in (None: the table is off)."""
-    r = cfg.get("robust")
-    if r is None:
-        return {}
-    out = {**DEFAULTS, **r}
-    for key in ("min_eps", "certify"):
-        if key in r and r[key] is not None:
-            out[key] = {**DEFAULTS[key], **r[key]}
-    return out
-
-
-def radius_label(norm: str, r: float) -> str:
-    return f"linf {r:g}/255" if norm == "linf" else f"l2 {r:g}"
-
-
-def to_attacked(norm: str, r: float) -> float:
-    """A radius on [0, 1] images (l_inf in 1/255) -> the budget on the [-1, 1] images the attacks see."""
-    return 2 * r / 255 if norm == "linf" else 2 * r
-
-
-def curve(agreed: Sequence[bool], eps: Sequence[float], grid: Sequence[float]) -> List[float]:
-    """Robust accuracy at each budget of ``grid``: agreed and the minimum flipping eps larger (nan: never flipped)."""
-    n = len(agreed)
-    return [sum(a and not (e <= g) for a, e in zip(agreed, eps)) / n if n else math.nan for g in grid]
-
-
-def _min_eps_columns(out) -> Dict[str, Any]:
-    ok = torch.tensor([s == "ok" for s in out.status], dtype=torch.bool, device=out.eps.device)
-    return {"eps": out.eps, "agreed": out.agreed, "ok": ok}
-
-
-def min_eps_summary(agreed: Sequence[bool], eps: Sequence[float], ok: Sequence[bool], norm: str,
-                    eps_max: float) -> Dict[str, Any]:
-    """From each sample's minimum flipping eps (on the attacked [-1, 1] images; nan: never flipped): the robust
-    accuracy curve on ``CURVE_POINTS`` budgets in [0, eps_max] (table units), its area divided by ``eps_max`` and
-    the median eps of the agreed samples that flipped. A failed sample (not ok) is never robust."""
-    scale = 255 / 2 if norm == "linf" else 0.5  # back to the radius units of the table
-    eps = [e * scale if o else -math.inf for e, o in zip(eps, ok)]
-    grid = np.linspace(0, eps_max, CURVE_POINTS).tolist()
-    acc = curve(agreed, eps, grid)
-    flipped = [e for a, e in zip(agreed, eps) if a and math.isfinite(e)]
-    return {"grid": grid, "curve": acc, "auc": float(np.trapezoid(acc, grid) / eps_max),
-            "median": float(np.median(flipped)) if flipped else math.nan}
-
 
 @TABLES.register("robust")
 class Robust(Table):
@@ -104,10 +48,7 @@ class Robust(Table):
     order = 60
     config = {"robust": None}
     files = ("robust.csv", "robust_curves.csv", "robust.md")
-    example = {"metrics": ["l2"], "attacks": {}, "robust": {
-        "linf": [8], "l2": [], "ensemble": [{"attack": "apgd", "params": {"steps": 3}}],
-        "min_eps": {"attack": "apgd", "params": {"steps": 3}, "linf_max": 16, "l2_max": 4.0, "bisections": 2},
-        "certify": {"sigma": 0.25, "n0": 4, "n": 16, "alpha": 0.01, "radii": [0.05]}}}
+    example = EXAMPLE
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -152,19 +93,8 @@ class Robust(Table):
             if not isinstance(c["radii"], list) or not all(isinstance(x, (int, float)) and x >= 0 for x in c["radii"]):
                 raise ConfigError(f"robust.certify.radii must be a list of numbers >= 0, got {c['radii']!r}")
 
-    @staticmethod
-    def worst_case_params(s: Dict[str, Any], norm: str, r: float) -> Dict[str, Any]:
-        """The worst_case parameters at radius ``r``. The default ensemble keeps the attacks that can perturb the
-        target (Square perturbs one image: with target "both" the default is APGD-CE and APGD-margin)."""
-        ens = s["ensemble"] if s["ensemble"] is not None else \
-            [dict(e) for e in STANDARD if s["target"] in ATTACKS.get(e["attack"]).targets]
-        return {"eps": to_attacked(norm, r), "norm": norm, "attacks": ens, "target": s["target"]}
-
-    @staticmethod
-    def min_eps_params(s: Dict[str, Any], norm: str) -> Dict[str, Any]:
-        m = s["min_eps"]
-        return {"attack": m["attack"], "params": dict(m["params"] or {}), "norm": norm, "target": s["target"],
-                "eps_max": to_attacked(norm, m[f"{norm}_max"]), "bisections": m["bisections"]}
+    worst_case_params = staticmethod(worst_case_params)
+    min_eps_params = staticmethod(min_eps_params)
 
     @classmethod
     def plan(cls, cfg: Dict[str, Any]) -> Plan:
@@ -249,29 +179,16 @@ class Robust(Table):
         return {"label": module.metric.label, "certified": certified}
 
     # ------------------------------------------------------------------ results
+    def records(self, run: Run) -> Dict[str, RobustRecord]:
+        """metric -> its typed record of this run's robust cells (computed once per set of finished cells)."""
+        key = tuple(self.done)
+        if getattr(self, "_records_of", None) != key:
+            self._records_of, self._records = key, robust_records(self.done.values())
+        return self._records
+
     def metric_rows(self, run: Run) -> Dict[str, Dict[str, Any]]:
-        """metric -> {label, samples, clean, failed, per-radius robust, auc, certified} from the cells' aggregates:
-        the flip statistics of each attack cell (robust = agreed and neither flipped nor failed), the gathered
-        minimum epsilons and certified radii."""
-        out: Dict[str, Dict[str, Any]] = {}
-        for cell, payload in self.done.values():
-            info = cell.info
-            row = out.setdefault(info["metric"], {"metric": payload["label"], "failed": 0})
-            if info["kind"] == "certify":
-                row.update(payload["certified"])
-                continue
-            res = payload["results"]
-            n, agreed = res["all"]["total"], res["agreed"]["total"]
-            row["samples"], row["clean"] = n, (agreed / n if n else math.nan)
-            row["failed"] = max(row["failed"], res["all"]["failed"])
-            if info["kind"] == "worst_case":
-                robust = agreed - res["agreed"]["flipped"] - res["agreed"]["failed"]  # a flip is never a failure
-                row[radius_label(info["norm"], info["radius"])] = robust / n if n else math.nan
-            else:
-                m = payload["min_eps"]
-                row[f"auc {info['norm']}"], row[f"median min eps {info['norm']}"] = m["auc"], m["median"]
-                row.setdefault("_curves", {})[info["norm"]] = (m["grid"], m["curve"])
-        return out
+        """metric -> its display row (labels as the table's columns), with its curves under ``_curves``."""
+        return {m: {**display_row(r), "_curves": r.curves} for m, r in self.records(run).items()}
 
     def columns(self, run: Run) -> List[str]:
         s = settings(run.cfg)

@@ -15,7 +15,7 @@ from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
 from lit_attacks.attacks.cost import attack_cost
-from lit_attacks.tables.table2 import attack_cell
+from lit_attacks.tables.attack_rows import attack_cell
 
 COLUMNS = ["metric", "eps", "alpha", "steps", "total", "flipped", "flip_rate", "flipped_uint8", "flip_rate_agreed",
            "rmse_mean", "samples_per_s"]
