@@ -95,7 +95,8 @@ def std(v: Dict[str, float], name: str, k: float, ddof: int = 0) -> float:
 
 
 def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
-    """Table 2 quantities from :meth:`FlipStats.compute`: counts, rates, and means over flipped samples (nan if none)."""
+    """Table 2 quantities from :meth:`FlipStats.compute`: counts, rates, and means over flipped samples (nan if
+    none)."""
     v = {k: t.item() for k, t in stats.items()}
     n, k, k8 = v["total"], v["flipped"], v["flipped_uint8"]
     rate = lambda a, b: a / b if b else math.nan  # noqa: E731

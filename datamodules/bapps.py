@@ -50,8 +50,8 @@ def resolve_shards(data: Optional[str | Path], split: str = "val", cache_dir: Op
                    builtin: str = "photos") -> Path:
     """The shard folder for ``split`` of ``data``.
 
-    ``data`` is None (the built-in set ``builtin``: "photos" or "procedural"), a folder of shards (``index.json`` and/or ``*.tar``,
-    directly or in ``<data>/<split>/``, or in ``<data>/shards/<split>/`` as ``python -m
+    ``data`` is None (the built-in set ``builtin``: "photos" or "procedural"), a folder of shards (``index.json``
+    and/or ``*.tar``, directly or in ``<data>/<split>/``, or in ``<data>/shards/<split>/`` as ``python -m
     lit_attacks.datamodules.bapps builtin`` writes it), a BAPPS tree root holding ``2afc/`` or a NIGHTS root
     (``data.csv``, or ``nights/data.csv``; :mod:`lit_attacks.datamodules.nights`), converted once to shards in the
     cache, again when the files change. ``refresh`` rebuilds generated shards.
@@ -317,7 +317,8 @@ class BappsDataModule(pl.LightningDataModule):
                 raise BappsDataError(f"--categories {c!r}: no sample of that category in {folder}; present: "
                                      f"{', '.join(present)}")
         note = partial_tree(Path(self.hparams.data), split or self.hparams.split) if self.hparams.data else None
-        return {"data": self.hparams.data or f"built-in {self.hparams.builtin} set (synthetic judges)", "shards": str(folder),
+        return {"data": self.hparams.data or f"built-in {self.hparams.builtin} set (synthetic judges)",
+                "shards": str(folder),
                 "index_sha256": content_fingerprint(folder, index, self.hashes), **({"note": note} if note else {})}
 
 

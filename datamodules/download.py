@@ -149,7 +149,8 @@ def download(out: str | Path, splits: Sequence[str] = ("val",), verify: bool = T
         if verify and sha256(archive) != digest:
             bad = archive.with_name(fname + ".corrupt")
             archive.rename(bad)
-            raise DownloadError(f"{fname}: sha256 mismatch (expected {digest}); moved to {bad}, rerun to download again")
+            raise DownloadError(f"{fname}: sha256 mismatch (expected {digest}); moved to {bad}, rerun to download "
+                                "again")
         unpack(archive, out / "2afc", split)
         if not keep_archive:
             archive.unlink()

@@ -59,6 +59,6 @@ def evaluate(metric: Any, data: Optional[str] = None, protocol: str = "leaderboa
         raise KeyboardInterrupt
     entries = outcome.bench.results("leaderboard") if outcome.bench is not None else {}
     if spec not in entries:
-        raise EvaluationError(f"protocol {protocol}: gave no leaderboard entry for {spec} (a protocol needs robust: and "
-                              "leaderboard: sections; see configs/bench/leaderboard_quick.yaml)")
+        raise EvaluationError(f"protocol {protocol}: gave no leaderboard entry for {spec} (a protocol needs "
+                              "robust: and leaderboard: sections; see configs/bench/leaderboard_quick.yaml)")
     return json.loads(json.dumps(json_safe(entries[spec]), default=str))  # as written: plain JSON types

@@ -180,8 +180,9 @@ class CertifyModule(pl.LightningModule):
         radius = [certified_radius(p, h.sigma) if p > 0.5 else float("-inf") for p in p_lower]
         certified = torch.tensor([p > 0.5 for p in p_lower], device=ref.device)
         predicted = torch.where(certified, choose_pref.long(), torch.full_like(votes, -1))
-        return CertifyOutput(key=keys, category=list(batch["category"]), judge=judge, s0=s0, s1=s1, preferred=pref.long(),
-                             votes=votes, predicted=predicted, p_lower=p_lower, radius=radius, correct=predicted == 1)
+        return CertifyOutput(key=keys, category=list(batch["category"]), judge=judge, s0=s0, s1=s1,
+                             preferred=pref.long(), votes=votes, predicted=predicted, p_lower=p_lower, radius=radius,
+                             correct=predicted == 1)
 
 
 MAX_DRAWS = 100_000_000  # noise draws per sample (Cohen et al.: 100,000); each is a metric evaluation

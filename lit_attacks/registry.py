@@ -91,7 +91,8 @@ class Registry:
         prefix, sep, arg = name.partition(":")
         if sep and prefix in self._prefixes:
             if not arg:
-                raise KeyError(f"{self.kind} {name!r}: expected {prefix}:<{self.argument}>, e.g. {prefix}:{self.example}")
+                raise KeyError(f"{self.kind} {name!r}: expected {prefix}:<{self.argument}>, e.g. "
+                               f"{prefix}:{self.example}")
             return functools.partial(self._prefixes[prefix], arg)
         if name not in self._factories:
             same_case = [n for n in self._factories if n.lower() == name.lower()]

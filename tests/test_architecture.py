@@ -151,3 +151,11 @@ def test_a_pooled_metric_gives_the_numbers_of_a_fresh_one(name):
         metrics_pkg.create_metric(name, dtype=torch.float64)
         pooled = metrics_pkg.create_metric(name)(x, y)
     assert torch.equal(fresh, pooled)
+
+
+def test_no_library_line_is_over_120_characters():
+    files = [*(ROOT / "lit_attacks").rglob("*.py"), *(ROOT / "datamodules").rglob("*.py"),
+             *(ROOT / "callbacks").rglob("*.py"), ROOT / "bench.py", ROOT / "train.py"]
+    long = [f"{p.relative_to(ROOT)}:{i}" for p in files if p.is_file() and not p.is_symlink()
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 120]
+    assert len(files) > 50 and not long, long

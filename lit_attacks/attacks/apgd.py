@@ -25,7 +25,8 @@ from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import LOSSES, attack_loss
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.attacks.streams import Streams
-from lit_attacks.attacks.threat import NORMS, Threat, eps_column, l2_column, normalize, per_sample, project, random_start
+from lit_attacks.attacks.threat import (NORMS, Threat, eps_column, l2_column, normalize, per_sample, project,
+                                        random_start)
 
 
 Loss = Union[str, Callable[[Tensor, Tensor, Tensor], Tensor]]
@@ -47,7 +48,8 @@ def loss_and_grad(threat: Threat, x: Tensor, loss: Loss, eot: int = 1, idx: Opti
         s_adv, s_other = threat(x)
         l = attack_loss(loss, s_adv, s_other) if isinstance(loss, str) else loss(s_adv, s_other, idx)
         g, = torch.autograd.grad(l.sum(), x)  # samples are independent: each row gets its own gradient
-        total_l, total_a, total_o, total_g = total_l + l.detach(), total_a + s_adv.detach(), total_o + s_other.detach(), total_g + g
+        total_l, total_a = total_l + l.detach(), total_a + s_adv.detach()
+        total_o, total_g = total_o + s_other.detach(), total_g + g
     return total_l / eot, total_a / eot, total_o / eot, total_g / eot
 
 
@@ -109,14 +111,15 @@ def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = 
         queries[act] += eot
         history.append(lval)
         better = lval > l_best
-        x_best, g_best, l_best = (torch.where(better.view(shape), x, x_best), torch.where(better.view(shape), grad, g_best),
-                                  torch.where(better, lval, l_best))
+        x_best, g_best = torch.where(better.view(shape), x, x_best), torch.where(better.view(shape), grad, g_best)
+        l_best = torch.where(better, lval, l_best)
         hit = (s_a > s_o) & stop_at_flip
         if hit.any():  # flipped samples keep the point that flipped and leave
             out[act[hit]], done[act[hit]], iters[act[hit]] = x[hit], True, i + 1
             keep = ~hit
             act, t, c, e = act[keep], t.select(keep.nonzero().flatten()), c[keep], e[keep]
-            x, x_old, grad, x_best, g_best, l_best = x[keep], x_old[keep], grad[keep], x_best[keep], g_best[keep], l_best[keep]
+            x, x_old, grad = x[keep], x_old[keep], grad[keep]
+            x_best, g_best, l_best = x_best[keep], g_best[keep], l_best[keep]
             l_best_check, reduced_check, step = l_best_check[keep], reduced_check[keep], step[keep]
             history = [h[keep] for h in history]
         if i in checks:  # AutoAttack's step-size checkpoint
@@ -141,9 +144,9 @@ def _finite(grad: Tensor, nonfinite: Optional[Tensor], idx: Tensor) -> Tensor:
     return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def apgd(threat: Threat, keys: Sequence[str], eps: Union[float, Tensor], norm: str = "linf", steps: int = 100, restarts: int = 1,
-         loss: str = "margin", rho: float = 0.75, seed: int = 0, random_init: bool = True, eot: int = 1,
-         nonfinite: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def apgd(threat: Threat, keys: Sequence[str], eps: Union[float, Tensor], norm: str = "linf", steps: int = 100,
+         restarts: int = 1, loss: str = "margin", rho: float = 0.75, seed: int = 0, random_init: bool = True,
+         eot: int = 1, nonfinite: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """APGD with restarts: each restart attacks only the samples not flipped yet, from a random point of the
     ball drawn from the sample's own stream (``seed``, its key, the restart); with ``random_init=False`` the
     first run starts at the clean point.

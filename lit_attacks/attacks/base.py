@@ -178,7 +178,8 @@ class AttackModule(pl.LightningModule):
             return self._predict(batch)
 
     def _score_batch(self, batch: Dict[str, Any]):
-        """Validate the triplets, score s0, s1 and split prey/other: (keys, ref, prey, other, s0, s1, s_other, bound)."""
+        """Validate the triplets, score s0, s1 and split prey/other: (keys, ref, prey, other, s0, s1, s_other,
+        bound)."""
         keys = list(batch["key"])
         ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]  # (B, 3, H, W) in [-1, 1]
         check_images(ref, p0, f"{self.name} on {self.metric_name}", keys[0])
@@ -192,7 +193,8 @@ class AttackModule(pl.LightningModule):
 
     def _predict(self, batch: Dict[str, Any]) -> AttackOutput:
         keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
-        threat = Threat(self.target, self.metric, ref, prey, other, s_other, bound=None if self.target == "ref" else bound)
+        threat = Threat(self.target, self.metric, ref, prey, other, s_other,
+                        bound=None if self.target == "ref" else bound)
         with torch.enable_grad():
             res = self.attack_threat(threat, keys)
         adv = res.adv.detach().clamp(-1, 1) if self.clamp_output else res.adv.detach()
@@ -274,7 +276,8 @@ def spatial_attack(name: str) -> type:
 
 def spatial_attack_names() -> List[str]:
     """Names of the registered spatial attacks, sorted."""
-    return [n for n in ATTACKS.names() if isinstance(ATTACKS.get(n), type) and issubclass(ATTACKS.get(n), SpatialAttack)]
+    return [n for n in ATTACKS.names()
+            if isinstance(ATTACKS.get(n), type) and issubclass(ATTACKS.get(n), SpatialAttack)]
 
 
 # ------------------------------------------------------------------------------ init argument checks

@@ -12,8 +12,9 @@ from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.metrics import BoundDistance
 
 
-def pgd_snapshots(bound: BoundDistance, prey: Tensor, s_other: Tensor, ks: Sequence[int], start: Optional[Tensor] = None,
-                  eps: float = 0.03, alpha: float = 0.001, nonfinite: Optional[Tensor] = None) -> Dict[int, Tensor]:
+def pgd_snapshots(bound: BoundDistance, prey: Tensor, s_other: Tensor, ks: Sequence[int],
+                  start: Optional[Tensor] = None, eps: float = 0.03, alpha: float = 0.001,
+                  nonfinite: Optional[Tensor] = None) -> Dict[int, Tensor]:
     """Images after exactly k fixed PGD steps for each k in ``ks``, from ``start`` (default prey), projected
     around ``prey``. One trajectory: PGD(20) passes through PGD(5), PGD(10) and PGD(15)."""
     out, x, done = {}, prey if start is None else start, 0
@@ -68,5 +69,5 @@ class SpatialPGD(AttackModule):
         adv0, iters, queries, status = run_spatial(self.spatial_kind, bound, prey, s_other, keys, self.spatial_params)
         nonfinite = torch.zeros(prey.shape[0], dtype=torch.bool, device=prey.device)
         adv = pgd_snapshots(bound, prey, s_other, [self.k], adv0, self.eps, self.alpha, nonfinite)[self.k]
-        return AttackResult(adv, iters + self.k, queries + self.k, torch.full_like(s_other, self.eps, dtype=torch.float64),
-                            status=status, nonfinite=nonfinite)
+        eps = torch.full_like(s_other, self.eps, dtype=torch.float64)
+        return AttackResult(adv, iters + self.k, queries + self.k, eps, status=status, nonfinite=nonfinite)

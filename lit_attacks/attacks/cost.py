@@ -30,7 +30,8 @@ def attack_cost(name: str, params: Dict[str, Any]) -> float:
     p = {**_defaults(cls), **(params or {})}
     if name == "worst_case":
         shared = {k: p[k] for k in ("eps", "norm", "target", "eot") if k in p}
-        return SCORE + sum(attack_cost(e["attack"], {**shared, **(e.get("params") or {})}) for e in p.get("attacks") or [])
+        return SCORE + sum(attack_cost(e["attack"], {**shared, **(e.get("params") or {})})
+                           for e in p.get("attacks") or [])
     if name == "min_eps":
         return SCORE + (int(p.get("bisections", 8)) + 1) * attack_cost(p.get("attack", "apgd"), p.get("params") or {})
     grad = 1.0 if getattr(cls, "black_box", False) else 3.0

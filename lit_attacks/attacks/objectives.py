@@ -11,7 +11,8 @@ from lit_attacks.attacks.output import PIXEL_THRESHOLDS
 
 
 def choose_prey(s0: Tensor, s1: Tensor) -> Tensor:
-    """(B,) index of the prey, the image the metric finds closer: 1 if s0 > s1 else 0 (ties -> p0, as the official code)."""
+    """(B,) index of the prey, the image the metric finds closer: 1 if s0 > s1 else 0 (ties -> p0, as the official
+    code)."""
     return (s0 > s1).long()
 
 

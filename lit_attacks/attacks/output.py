@@ -110,8 +110,8 @@ class AttackOutput(ScoreOutput):
 
     def columns(self) -> Dict[str, List[Any]]:
         cols = super().columns()
-        for name in ("prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8", "iterations",
-                     "queries", "eps", "rmse", "rmse_official", "psnr", "linf"):
+        for name in ("prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
+                     "iterations", "queries", "eps", "rmse", "rmse_official", "psnr", "linf"):
             cols[name] = as_list(getattr(self, name))
         fr = self.fractions.detach().cpu()
         cols.update({name: fr[:, j].tolist() for j, name in enumerate(FRACTION_COLUMNS)})

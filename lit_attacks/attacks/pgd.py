@@ -40,8 +40,9 @@ def pgd(bound: BoundDistance, prey: Tensor, s_other: Tensor, eps: float = 0.03, 
     return pgd_threat(Threat.on_prey(bound, prey, s_other), eps, alpha, steps, early_stop, start, nonfinite, reverse)
 
 
-def pgd_threat(threat: Threat, eps: Union[float, Tensor] = 0.03, alpha: float = 0.001, steps: int = 30, early_stop: bool = True,
-               start: Optional[Tensor] = None, nonfinite: Optional[Tensor] = None, reverse: bool = False
+def pgd_threat(threat: Threat, eps: Union[float, Tensor] = 0.03, alpha: float = 0.001, steps: int = 30,
+               early_stop: bool = True, start: Optional[Tensor] = None, nonfinite: Optional[Tensor] = None,
+               reverse: bool = False
                ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`pgd` on any :class:`Threat` (the prey, the reference or both distorted images), around ``threat.centre``;
     ``eps`` is one budget or (B,) budgets, one per sample."""
@@ -61,7 +62,8 @@ def pgd_threat(threat: Threat, eps: Union[float, Tensor] = 0.03, alpha: float = 
         if early_stop:
             keep = ~flipped(s.detach(), so.detach(), reverse)
             iters[active[~keep]] = i
-        loss = rank_loss(so[keep], s[keep], 0.0 if reverse else 1.0).sum()  # samples are independent: each row gets its own gradient
+        # samples are independent: each row gets its own gradient
+        loss = rank_loss(so[keep], s[keep], 0.0 if reverse else 1.0).sum()
         if not keep.any():
             break
         grad, = torch.autograd.grad(loss, x)

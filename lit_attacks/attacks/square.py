@@ -32,7 +32,8 @@ from lit_attacks.attacks.threat import Threat, eps_column, l2_column, lp_norm, n
 def p_schedule(i: int, queries: int, p_init: float) -> float:
     """AutoAttack's fraction of pixels changed at query ``i`` of ``queries`` (schedule rescaled to 10,000)."""
     it = int(i / queries * 10000)
-    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
+    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
+                       (8000, 256)):
         if it <= bound:
             return p_init / div
     return p_init / 512
@@ -46,7 +47,8 @@ def _eta(s: int) -> Tensor:
         d = torch.zeros(x, y, dtype=torch.float64)
         cx, cy = x // 2, y // 2
         for k in range(max(x // 2 + 1, y // 2 + 1)):
-            d[max(cx - k, 0):min(cx - k + 2 * k + 1, x), max(cy - k, 0):min(cy - k + 2 * k + 1, y)] += 1.0 / (k + 1) ** 2
+            rows, cols = slice(max(cx - k, 0), min(cx + k + 1, x)), slice(max(cy - k, 0), min(cy + k + 1, y))
+            d[rows, cols] += 1.0 / (k + 1) ** 2
         return d / d.pow(2).sum().sqrt()
     d = torch.cat([rectangles(s // 2, s), -rectangles(s - s // 2, s)])
     return d / d.pow(2).sum().sqrt()
@@ -202,7 +204,8 @@ class Square(AttackModule):
                  **options: Any) -> None:
         check_lp(self.name, eps, norm, loss)
         if queries < 1 or restarts < 1:
-            raise ValueError(f"{self.name}: queries and restarts must be >= 1, got queries={queries}, restarts={restarts}")
+            raise ValueError(f"{self.name}: queries and restarts must be >= 1, got queries={queries}, "
+                             f"restarts={restarts}")
         if not 0 < p_init <= 1:
             raise ValueError(f"{self.name}: p_init must be in (0, 1], got {p_init}")
         super().__init__(metric, **options)

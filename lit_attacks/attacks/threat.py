@@ -43,7 +43,8 @@ class Threat:
             target, metric, ref, prey, other, s_other
         self.bound = bound if bound is not None or target == "ref" else metric.bind(ref)
         self.parts = 2 if target == "both" else 1
-        self.centre = {"prey": prey, "ref": ref, "both": torch.cat([prey, other], 1) if target == "both" else None}[target]
+        both = torch.cat([prey, other], 1) if target == "both" else None
+        self.centre = {"prey": prey, "ref": ref, "both": both}[target]
 
     @classmethod
     def on_prey(cls, bound: BoundDistance, prey: Tensor, s_other: Tensor) -> "Threat":

@@ -24,8 +24,10 @@ def write_outputs(bench) -> List[Path]:
     seconds = time.time() - bench.t0
     weights = dict(bench.weights) if cfg["pretrained"] else {}
     write_json(out / "summary.json", {"config": cfg, "data": bench.source, "devices": bench.devices,
-                                      "metrics": bench.labels, "unavailable": bench.unavailable, "weights": weights, "seconds": seconds,
-                                      "cells": {cid: {"seconds": p.get("seconds"), "samples_per_s": p.get("samples_per_s")}
+                                      "metrics": bench.labels, "unavailable": bench.unavailable, "weights": weights,
+                                      "seconds": seconds,
+                                      "cells": {cid: {"seconds": p.get("seconds"),
+                                                      "samples_per_s": p.get("samples_per_s")}
                                                 for cid, p in bench.cells.items()},
                                       **rows})
     panels: Dict[str, Any] = {}
@@ -48,8 +50,8 @@ def write_outputs(bench) -> List[Path]:
     dev = f"{bench.devices['devices']} x {bench.devices['accelerator']} ({bench.devices['strategy']})"
     files = listed()
     compute = sum(p.get("seconds") or 0 for p in bench.cells.values())
-    atomic_write(out / "README.md", render(cfg, command_line(bench.argv), bench.source, bench.labels, weights, files, seconds,
-                                           dev, wandb_dir, unavailable=bench.unavailable,
+    atomic_write(out / "README.md", render(cfg, command_line(bench.argv), bench.source, bench.labels, weights, files,
+                                           seconds, dev, wandb_dir, unavailable=bench.unavailable,
                                            cells=(len(bench.cells), len(bench.loaded), compute)))
     report(bench, {name: (w.title, w.markdown) for name, w in written.items() if w.markdown},
            wandb_dir, seconds)

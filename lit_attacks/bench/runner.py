@@ -68,7 +68,8 @@ class Bench:
         self.wandb = WandbRun(resolve_mode(cfg["wandb"]), cfg["wandb_project"], cfg["name"], out,
                               dict(cfg), enabled=is_zero)
         self.base = {"data": source.get("index_sha256"), "data_source": str(source.get("data")),
-                     "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"], "builtin": cfg["builtin"],
+                     "split": cfg["split"], "categories": cfg["categories"], "builtin_n": cfg["builtin_n"],
+                     "builtin": cfg["builtin"],
                      "seed": cfg["seed"], "pretrained": cfg["pretrained"], "weights_dir": cfg["weights_dir"],
                      **({"image_size": cfg["image_size"]} if cfg["image_size"] != 64 else {}),  # 64: earlier cells stay
                      "batch_invariant": cfg["batch_invariant"], "uint8": cfg["uint8"], "version": __version__,
@@ -101,7 +102,8 @@ class Bench:
                                f"MASTER_ADDR and MASTER_PORT, or raise ${ENV_DDP_TIMEOUT}") from None
 
     def results(self, table: str) -> Dict[str, Any]:
-        """What table ``table`` computed in this run (:meth:`lit_attacks.tables.Table.results`); {} if it did not run."""
+        """What table ``table`` computed in this run (:meth:`lit_attacks.tables.Table.results`); {} if it did not
+        run."""
         return next((t.results() for t in self.tables if t.name == table), {})
 
     def datamodule(self, unanimous_only: bool):

@@ -76,7 +76,8 @@ class Distance(nn.Module):
     name: str = "distance"
     pretrained: bool = True
     stochastic: bool = False  # a fresh random draw every call (E-LPIPS' random transformations): attacks use EOT
-    signed: bool = False  # a quality regressor's loss against the reference: 0 at x = ref, negative when x is rated above it
+    # a quality regressor's loss against the reference: 0 at x = ref, negative when x is rated above it
+    signed: bool = False
     differentiable: bool = True  # gradients reach x (a user's metric computed in NumPy: False; gradient attacks refuse)
 
     def __init_subclass__(cls, **kwargs):

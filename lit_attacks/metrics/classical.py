@@ -1,5 +1,5 @@
-"""Classical full-reference measures not in piq (NLPD, CW-SSIM, MAD), written from their papers and checked against the reference
-implementation the field uses (IQA_pytorch, MIT, by the DISTS authors; the paper's official code imports it).
+"""Classical full-reference measures not in piq (NLPD, CW-SSIM, MAD), written from their papers and checked against the
+reference implementation the field uses (IQA_pytorch, MIT, by the DISTS authors; the paper's official code imports it).
 
 NLPD (Laparra, Ballé, Berardino & Simoncelli 2016): a Laplacian pyramid whose every band is divided by a local
 amplitude estimate (divisive normalisation with fixed, fitted filters and constants); the distance is the mean over
@@ -111,7 +111,8 @@ def _polar(rows: int, cols: int):
 
 def _lowpass(r: Tensor) -> Tensor:  # L(r): 2 below pi/4, 0 above pi/2, a log-cosine in between
     mid = 2 * torch.cos(math.pi / 2 * torch.log2(4 * r.clamp_min(1e-30) / math.pi))
-    return torch.where(r <= math.pi / 4, torch.full_like(r, 2.0), torch.where(r >= math.pi / 2, torch.zeros_like(r), mid))
+    outer = torch.where(r >= math.pi / 2, torch.zeros_like(r), mid)
+    return torch.where(r <= math.pi / 4, torch.full_like(r, 2.0), outer)
 
 
 def _highpass(r: Tensor) -> Tensor:  # H(r): 0 below pi/4, 1 above pi/2
@@ -131,7 +132,8 @@ def _angular(t: Tensor, k: int, K: int) -> Tensor:
 
 def _hilbert_sign(t: Tensor, k: int, K: int) -> Tensor:
     dt = (t - math.pi * k / K).abs()
-    return torch.where(dt < math.pi / 2, torch.ones_like(dt), torch.where(dt == math.pi / 2, torch.zeros_like(dt), -torch.ones_like(dt)))
+    beyond = torch.where(dt == math.pi / 2, torch.zeros_like(dt), -torch.ones_like(dt))
+    return torch.where(dt < math.pi / 2, torch.ones_like(dt), beyond)
 
 
 def _shift(n: int, forward: bool) -> Tensor:
@@ -173,7 +175,8 @@ class ComplexSteerablePyramid(torch.nn.Module):
         """[high-pass (N, C, 1, H, W), band level 0 .. levels-1 as complex (N, C, K, h, w), low-pass] for (N, C, H, W);
         band level n scaled by 2**n as the reference does."""
         if x.shape[-2:] != (self.size, self.size):
-            raise ValueError(f"cw_ssim: the pyramid is built for {self.size}x{self.size} images, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"cw_ssim: the pyramid is built for {self.size}x{self.size} images, got "
+                             f"{tuple(x.shape[-2:])}")
         f = torch.fft.rfft2(x)[..., self.fwd0.to(x.device), :].unsqueeze(-3)  # (N, C, 1, H, W//2+1)
         f = f * self.hl0.to(f.real.dtype)
         h0, lf = f[..., :1, :, :], f[..., 1:, :, :]
@@ -301,13 +304,14 @@ def mad_high_quality_index(ref: Tensor, dst: Tensor) -> Tensor:
     k, G, c_slope, ci_thr, cd_thr = 0.02874, 0.5, 1.0, -5.0, -5.0
     h, w = ref.shape[-2:]
     csf = mad_csf(h, w).to(ref.device, ref.dtype)
-    filt = lambda t: torch.fft.ifft2(torch.fft.ifftshift(torch.fft.fftshift(torch.fft.fft2(t), dim=(-2, -1)) * csf,  # noqa: E731
-                                                          dim=(-2, -1))).real
+    centred = lambda t: torch.fft.fftshift(torch.fft.fft2(t), dim=(-2, -1))  # noqa: E731
+    filt = lambda t: torch.fft.ifft2(torch.fft.ifftshift(centred(t) * csf, dim=(-2, -1))).real  # noqa: E731
     r = filt(k * (ref + 1e-12) ** (2.2 / 3))
     d = filt(k * (dst.abs() + 1e-12) ** (2.2 / 3))
     mean_r, std_r = _local_moments(r)
     oh, ow = mean_r.shape[-2:]
-    std_r = -F.max_pool2d(-std_r, 2, stride=1, padding=1)[..., :oh, :ow] / 2  # min over the block and its upper-left neighbours
+    # min over the block and its upper-left neighbours
+    std_r = -F.max_pool2d(-std_r, 2, stride=1, padding=1)[..., :oh, :ow] / 2
     _, std_e = _local_moments(d - r)
     eps = 1e-12
     ci_ref = torch.log(((std_r + eps) / (mean_r + eps)).abs())
@@ -325,7 +329,8 @@ def log_gabor_bank(rows: int, cols: int) -> Tensor:
     """(4 orientations, 5 scales, rows, cols) log-Gabor filters of MAD's appearance stage (wavelengths 3 x 3^s,
     sigmaOnf 0.55, angular sigma pi / 4 / 1.5), laid out for an unshifted FFT, as the reference builds them."""
     x = torch.ones(rows, 1, dtype=torch.float64) * torch.arange(-cols / 2, cols / 2, dtype=torch.float64) / (cols / 2)
-    y = torch.arange(-rows / 2, rows / 2, dtype=torch.float64)[:, None] * torch.ones(1, cols, dtype=torch.float64) / (rows / 2)
+    y = (torch.arange(-rows / 2, rows / 2, dtype=torch.float64)[:, None] * torch.ones(1, cols, dtype=torch.float64)
+         / (rows / 2))
     radius = (x ** 2 + y ** 2).sqrt()
     radius[int(round(rows / 2 + 1)), int(round(cols / 2 + 1))] = 1  # (sic: the reference's 'centre')
     radius = torch.log(radius + 1e-12)
@@ -356,7 +361,8 @@ def mad_low_quality_index(ref: Tensor, dst: Tensor, weighting: str = "scale") ->
     mp = 0
     for o in range(4):
         for s in range(5):
-            sa = lambda f: _local_moments((torch.fft.ifft2(f * bank[o, s]).abs() ** 2 + 1e-12).sqrt(), higher=True)  # noqa: E731
+            sa = lambda f: _local_moments((torch.fft.ifft2(f * bank[o, s]).abs() ** 2 + 1e-12).sqrt(),  # noqa: E731
+                                          higher=True)
             (std_r, skw_r, krt_r), (std_d, skw_d, krt_d) = sa(fr), sa(fd)
             weight = MAD_SCALE_WEIGHTS[s if weighting == "scale" else o]
             mp = mp + weight * ((std_r - std_d).abs() + 2 * (skw_r - skw_d).abs() + (krt_r - krt_d).abs())

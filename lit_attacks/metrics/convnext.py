@@ -17,7 +17,8 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of (B, C, H, W)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 class Mlp(nn.Module):

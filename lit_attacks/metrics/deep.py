@@ -162,7 +162,8 @@ class ELPIPSDistance(Distance):
 def _avg_pooling(module: nn.Module) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.MaxPool2d):
-            setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, ceil_mode=child.ceil_mode))
+            pool = nn.AvgPool2d(child.kernel_size, child.stride, child.padding, ceil_mode=child.ceil_mode)
+            setattr(module, name, pool)
         else:
             _avg_pooling(child)
 

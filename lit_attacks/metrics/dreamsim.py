@@ -82,7 +82,8 @@ def read_safetensors(path: Path) -> Dict[str, Tensor]:
                 continue
             a, b = info["data_offsets"]
             buf = bytearray(data[8 + n + a:8 + n + b])
-            t = torch.frombuffer(buf, dtype=dtypes[info["dtype"]]) if buf else torch.empty(0, dtype=dtypes[info["dtype"]])
+            dtype = dtypes[info["dtype"]]
+            t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
             out[name] = t.reshape(info["shape"]).float()
     except Exception as e:  # truncated file, bad JSON, unknown dtype, wrong sizes
         raise RuntimeError(f"could not read safetensors file {str(path)!r}: {type(e).__name__}: {e}") from e
@@ -100,7 +101,8 @@ def lora_update(folder: Path, metric: str) -> Tuple[float, Dict[str, Tensor]]:
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise RuntimeError(f"{metric}: {cfg_path} sets {', '.join(f'{k}={cfg.get(k)!r}' for k in bad)}; only the "
-                           "released DreamSim setting (LoRA on qkv, bias 'none', no DoRA or per-layer patterns) is supported")
+                           "released DreamSim setting (LoRA on qkv, bias 'none', no DoRA or per-layer patterns) is "
+                           "supported")
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     st, binary = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
@@ -179,7 +181,8 @@ class DreamSimDistance(EmbeddingDistance):
                         raise RuntimeError(f"{name}: {where} has no LoRA weights for {key}") from None
                     blk.attn.qkv.weight += scaling * (b.double() @ a.double()).float()
         if left:
-            raise RuntimeError(f"{name}: {where} has adapter tensors for modules DreamSim does not have: {sorted(left)[:5]}")
+            raise RuntimeError(f"{name}: {where} has adapter tensors for modules DreamSim does not have: "
+                               f"{sorted(left)[:5]}")
 
     def embed224(self, x: Tensor) -> Tensor:
         """(B, D) unit-norm centred embedding of images in [0, 1] at 224 x 224 (the package's ``embed``)."""
@@ -197,8 +200,8 @@ class DreamSimDistance(EmbeddingDistance):
 
 
 _CALIBRATED = ("the dreamsim package 0.2.1 (its peft LoRA, its PIL preprocessing) on generated releases of the same "
-               "shapes: embeddings within 1e-6 on the same 224 px input, distances within 3e-4 from the 64 px and 256 px "
-               "images through our resize (PIL's 8-bit rounding, which we skip) (tests/data/dreamsim)")
+               "shapes: embeddings within 1e-6 on the same 224 px input, distances within 3e-4 from the 64 px and "
+               "256 px images through our resize (PIL's 8-bit rounding, which we skip) (tests/data/dreamsim)")
 _DINO = "Facebook's DINO ViT-B/16 checkpoint (Apache-2.0)"
 
 
@@ -208,8 +211,8 @@ def _register(name: str, variant: str, what: str, contents: str) -> None:
                      weights=f"{contents}, downloaded and cached, never redistributed", calibrated=_CALIBRATED)
 
 
-_register("dreamsim", "ensemble", "DreamSim (Fu et al. 2023): DINO, CLIP and OpenCLIP ViT-B/16 with LoRA tuned on NIGHTS "
-          "human judgements; the concatenated embeddings compared by cosine (the authors' default ensemble)",
+_register("dreamsim", "ensemble", "DreamSim (Fu et al. 2023): DINO, CLIP and OpenCLIP ViT-B/16 with LoRA tuned on "
+          "NIGHTS human judgements; the concatenated embeddings compared by cosine (the authors' default ensemble)",
           f"the authors' release zip (MIT: LoRA adapters, OpenAI CLIP and OpenCLIP backbones converted) and {_DINO}")
 _register("dreamsim_dino", "dino_vitb16", "DreamSim, single DINO ViT-B/16 backbone (LoRA-tuned on NIGHTS), CLS token",
           f"the authors' release zip (MIT: LoRA adapters) and {_DINO}")

@@ -223,7 +223,9 @@ class ELPIPSDistance(Distance):
         self._masks: Dict[Tuple[int, int, int], List[Tensor]] = {}
 
     def draws(self) -> List[Transform]:
-        return self.fixed if self.deterministic else [Transform(self.generator, self.scale_levels) for _ in range(self.n)]
+        if self.deterministic:
+            return self.fixed
+        return [Transform(self.generator, self.scale_levels) for _ in range(self.n)]
 
     def masks(self, k: int, H: int, W: int, like: Tensor) -> Optional[List[Tensor]]:
         """Dropout masks of evaluation ``k`` for an (H, W) network input: fixed per (k, H, W) when deterministic."""

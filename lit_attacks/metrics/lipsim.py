@@ -53,7 +53,8 @@ class SLLConv(nn.Module):
         super().__init__()
         self.kernel = nn.Parameter(torch.empty(inner, channels, k, k))
         nn.init.xavier_normal_(self.kernel)
-        self.bias = nn.Parameter(torch.empty(1, inner, 1, 1).uniform_(-(channels * k * k) ** -0.5, (channels * k * k) ** -0.5))
+        bound = (channels * k * k) ** -0.5
+        self.bias = nn.Parameter(torch.empty(1, inner, 1, 1).uniform_(-bound, bound))
         self.q = nn.Parameter(torch.randn(inner))
         self.register_buffer("t", torch.zeros(1, inner, 1, 1), persistent=False)
 
@@ -96,7 +97,8 @@ class LipSimNet(nn.Module):
         super().__init__()
         self.convs = nn.Sequential(*[SLLConv(CHANNELS, CONV_INNER) for _ in range(DEPTH)],
                                    nn.AvgPool2d(4, divisor_override=4), nn.AvgPool2d(4, divisor_override=4))
-        self.linear = nn.Sequential(nn.Flatten(), *[SLLLinear(CHANNELS * 14 * 14, FEATURES) for _ in range(DEPTH_LINEAR)])
+        self.linear = nn.Sequential(nn.Flatten(),
+                                    *[SLLLinear(CHANNELS * 14 * 14, FEATURES) for _ in range(DEPTH_LINEAR)])
 
     def rescale(self) -> None:
         """Compute every layer's rescaling from its (frozen) weights: once, after they are loaded."""
@@ -150,9 +152,9 @@ class LipSimDistance(EmbeddingDistance):
         return self.net(pil_bicubic(to01(x)))
 
 
-_CALIBRATED = ("the authors' own network code (SaraGhazanfari/lipsim at 58fe73e, its L2LipschitzNetwork, NormalizedModel "
-               "and PerceptualMetric) on a generated checkpoint of the 'small' shapes: embeddings within 1e-5 relative "
-               "on its input, distances within 3e-4 through our resize (tests/data/lipsim)")
+_CALIBRATED = ("the authors' own network code (SaraGhazanfari/lipsim at 58fe73e, its L2LipschitzNetwork, "
+               "NormalizedModel and PerceptualMetric) on a generated checkpoint of the 'small' shapes: embeddings "
+               "within 1e-5 relative on its input, distances within 3e-4 through our resize (tests/data/lipsim)")
 
 
 def _register(name: str, what: str) -> None:
@@ -162,7 +164,7 @@ def _register(name: str, what: str) -> None:
                              "downloaded and cached, never redistributed)", calibrated=_CALIBRATED)
 
 
-_register("lipsim", "LipSim (Ghazanfari et al. 2024): 1-Lipschitz SLL network distilled from DreamSim and fine-tuned on "
-          "NIGHTS with margin 0.5 (the paper's primary model); cosine of the embeddings")
+_register("lipsim", "LipSim (Ghazanfari et al. 2024): 1-Lipschitz SLL network distilled from DreamSim and fine-tuned "
+          "on NIGHTS with margin 0.5 (the paper's primary model); cosine of the embeddings")
 _register("lipsim_margin02", "LipSim fine-tuned on NIGHTS with hinge margin 0.2 (more accurate, less certified)")
 _register("lipsim_pretrained", "LipSim after distillation from DreamSim only (not fine-tuned on NIGHTS)")

@@ -36,7 +36,8 @@ CHECKPOINTS = {
     "rclip_fare_vitb16": ("vit", "vit-b-16-fare-eps4.pt", _NEXTCLOUD.format("fg7JHQzASiNnxCg")),
     "rclip_tecoa_vitb16": ("vit", "vit-b-16-tecoa-eps4.pt", _NEXTCLOUD.format("ZBkmbMrAwgfeeSa")),
     "clip_vitb16_laion": ("vit", "clip-vit-b-16-laion2b-s34b-b88k.bin",
-                          "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin"),
+                          "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/"
+                          "open_clip_pytorch_model.bin"),
 }
 RESIZE = {"vit": 224, "convnext": 256}  # shorter side before the 224 px centre crop
 _RENAME = (("conv1.", "patch_embed.proj."), ("ln_pre.", "pos_drop."), ("ln_post.", "norm."),
@@ -102,7 +103,8 @@ class CLIPDistance(EmbeddingDistance):
 _CALIBRATED = ("OpenCLIP 3.3 (its image tower loaded strictly with the checkpoint, its preprocessing as the authors' "
                "eval.py sets it) on generated weights: embeddings within 1e-5 on its input, distances within 3e-4 "
                "through our resize (tests/data/rclip)")
-_SHARE = "(Tübingen Nextcloud share of fra31/perceptual-metrics; no licence file: downloaded and cached, never redistributed)"
+_SHARE = ("(Tübingen Nextcloud share of fra31/perceptual-metrics; no licence file: downloaded and cached, never "
+          "redistributed)")
 
 
 def _register(name: str, what: str, weights: str) -> None:
@@ -118,8 +120,8 @@ for _tower, _net in (("convnext", "ConvNeXt-B (convnext_base_w, the paper's best
                   f"the authors' {CHECKPOINTS[f'rclip_{_short}_{_tower}'][1]} {_SHARE}")
 _register("clip_convnext_laion", "OpenCLIP ConvNeXt-B (convnext_base_w, LAION-2B s13B b82K augreg), the clean CLIP "
           "R-CLIP_F/T ConvNeXt start from, as a zero-shot metric; cosine of the image embeddings",
-          "OpenCLIP's open_clip_pytorch_model.bin from Hugging Face (laion/CLIP-convnext_base_w-laion2B-s13B-b82K-augreg, "
-          "MIT), image tower only, downloaded and cached")
+          "OpenCLIP's open_clip_pytorch_model.bin from Hugging Face "
+          "(laion/CLIP-convnext_base_w-laion2B-s13B-b82K-augreg, MIT), image tower only, downloaded and cached")
 _register("clip_vitb16_laion", "OpenCLIP ViT-B/16 (LAION-2B s34B b88K), the clean CLIP R-CLIP_F/T ViT-B/16 start "
           "from, as a zero-shot metric; cosine of the image embeddings",
           "OpenCLIP's open_clip_pytorch_model.bin from Hugging Face (laion/CLIP-ViT-B-16-laion2B-s34B-b88K, MIT), "

@@ -3,7 +3,8 @@
 The format is TensorFlow's tensor bundle: the index is a LevelDB-style sorted table whose values are
 ``BundleEntryProto`` messages (dtype, shape, shard, offset, size, masked CRC32-C); the data files hold the raw
 little-endian tensor bytes. Only numeric tensors are returned (the object graph, a string tensor, is skipped), as
-numpy arrays keyed by the checkpoint's names (``frontend/cnns/0/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``).
+numpy arrays keyed by the checkpoint's names
+(``frontend/cnns/0/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``).
 Every tensor's CRC32-C is checked, so a truncated or corrupted file is an error naming it, never a silently different
 network. Nothing is unpickled or executed: the reader parses bytes.
 """

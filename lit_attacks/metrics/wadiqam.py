@@ -98,7 +98,8 @@ class WaDIQaMFR(nn.Module):
                 if key not in params:
                     raise RuntimeError(f"{metric}: the model file lacks {key!r} (a WaDIQaM-FR {self.top} model?)")
                 if params[key].shape != p.shape:
-                    raise RuntimeError(f"{metric}: {key} has shape {tuple(params[key].shape)}, expected {tuple(p.shape)}")
+                    raise RuntimeError(f"{metric}: {key} has shape {tuple(params[key].shape)}, expected "
+                                       f"{tuple(p.shape)}")
                 p.copy_(params[key])
 
 

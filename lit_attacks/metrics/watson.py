@@ -147,7 +147,8 @@ class WatsonDFTDistance(Distance):
 
     def planes(self, x: Tensor) -> Tensor:
         """(N, C, H, W): YCbCr (rgb) or luma (grey) of ``x`` in [-1, 1], in the authors' [0, 1] range."""
-        y = torch.einsum("nchw,cd->ndhw", to01(x), self.ycbcr.to(x.dtype)) + self.ycbcr_bias.to(x.dtype).view(1, 3, 1, 1)
+        y = torch.einsum("nchw,cd->ndhw", to01(x), self.ycbcr.to(x.dtype))
+        y = y + self.ycbcr_bias.to(x.dtype).view(1, 3, 1, 1)
         return y if self.colour == "rgb" else y[:, :1]
 
     def _distance(self, ref: Tensor, x: Tensor) -> Tensor:

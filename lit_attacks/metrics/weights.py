@@ -94,7 +94,8 @@ def _download(url: str, metric: str, fname: str, weights_dir: Optional[Path],
         raise WeightsNotFoundError(f"{msg} [{type(e).__name__}: {e}]") from e
 
 
-def backbone_features(metric: str, arch: str, weights_dir: Optional[str | os.PathLike] = None) -> Dict[str, torch.Tensor]:
+def backbone_features(metric: str, arch: str,
+                      weights_dir: Optional[str | os.PathLike] = None) -> Dict[str, torch.Tensor]:
     """State dict of torchvision ``<arch>().features`` (keys ``0.weight``, ...) for ``metric``."""
     if arch not in BACKBONES:
         raise KeyError(f"{metric}: unknown backbone {arch!r}; known: {sorted(BACKBONES)}")
@@ -247,12 +248,14 @@ def load_sliced_features(net: torch.nn.Module, features: Dict[str, torch.Tensor]
     missing, extra = sorted(set(own) - set(features)), sorted(set(features) - set(own))
     where = f" in {used(metric)}" if used(metric) else ""
     if missing or extra:
-        raise WeightsFileError(f"{metric}: backbone weights do not match (missing {missing}, unexpected {extra}){where}")
+        raise WeightsFileError(f"{metric}: backbone weights do not match (missing {missing}, unexpected "
+                               f"{extra}){where}")
     with torch.no_grad():
         for k, p in own.items():
             if not isinstance(features[k], torch.Tensor) or p.shape != features[k].shape:
                 shape = tuple(getattr(features[k], "shape", ()))
-                raise WeightsFileError(f"{metric}: backbone tensor {k} has shape {shape}, expected {tuple(p.shape)}{where}")
+                raise WeightsFileError(f"{metric}: backbone tensor {k} has shape {shape}, expected "
+                                       f"{tuple(p.shape)}{where}")
             if not bool(torch.isfinite(features[k]).all()):
                 raise WeightsFileError(f"{metric}: backbone tensor {k} holds NaN or infinite values{where}")
             p.copy_(features[k])
@@ -265,7 +268,8 @@ def released_archive(metric: str, folder: str, url: str, marker: str, weights_di
     ``$LIT_ATTACKS_WEIGHTS_DIR``, then in the torch hub cache, else downloaded from ``url`` (the zip's ``sha512``
     checked before anything is unpacked) and unpacked into the cache through a temporary folder, so a failed
     download or unpacking leaves nothing behind. Members outside ``folder/`` or with absolute or ``..`` paths are
-    refused. ``flat``: the archive has no top folder (DreamSim's releases); its members are unpacked into ``folder/``."""
+    refused. ``flat``: the archive has no top folder (DreamSim's releases); its members are unpacked into
+    ``folder/``."""
     import shutil
     import tempfile
     import zipfile
@@ -286,13 +290,14 @@ def released_archive(metric: str, folder: str, url: str, marker: str, weights_di
             if sha512 is not None:
                 h = _file_digest(zpath, "sha512")
                 if h != sha512:
-                    raise RuntimeError(f"{metric}: download from {url} has sha512 {h[:16]}..., expected {sha512[:16]}... "
-                                       "(the authors' release); nothing was kept")
+                    raise RuntimeError(f"{metric}: download from {url} has sha512 {h[:16]}..., expected "
+                                       f"{sha512[:16]}... (the authors' release); nothing was kept")
             with zipfile.ZipFile(zpath) as z:
                 for name in z.namelist():
                     parts = Path(name).parts
                     if Path(name).is_absolute() or ".." in parts or not parts or (not flat and parts[0] != folder):
-                        raise RuntimeError(f"{metric}: archive {url} holds {name!r}, outside {folder}/; nothing was kept")
+                        raise RuntimeError(f"{metric}: archive {url} holds {name!r}, outside {folder}/; nothing was "
+                                           "kept")
                 z.extractall(Path(tmp) / folder if flat else tmp)
             if not (Path(tmp) / folder / marker).is_file():
                 raise RuntimeError(f"{metric}: archive {url} has no {folder}/{marker}; nothing was kept")

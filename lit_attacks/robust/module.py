@@ -310,8 +310,9 @@ class RobustLPIPS(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         h = self.hparams
-        checkpoint["lit_attacks"] = {"kind": CHECKPOINT_KIND, "net": h.net, "pretrained_backbone": h.pretrained_backbone,
-                                     "adversarial": h.adversarial, "version": 1}
+        checkpoint["lit_attacks"] = {"kind": CHECKPOINT_KIND, "net": h.net,
+                                     "pretrained_backbone": h.pretrained_backbone, "adversarial": h.adversarial,
+                                     "version": 1}
 
     def trainable_parameter_names(self) -> Tuple[str, ...]:
         return tuple(n for n, p in self.named_parameters() if p.requires_grad)

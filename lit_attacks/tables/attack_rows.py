@@ -215,7 +215,8 @@ class AttackTable(Table):
         if bars:
             t = wandb.Table(columns=["attack / metric", "flip rate (%)"], data=bars)
             panels[f"charts/{self.figure_prefix}flip_rate"] = wandb.plot.bar(
-                t, "attack / metric", "flip rate (%)", title=f"{self.title.split(' (')[0]}: flips (% of unanimous samples)")
+                t, "attack / metric", "flip rate (%)",
+                title=f"{self.title.split(' (')[0]}: flips (% of unanimous samples)")
         for cid, recs in samples.items():
             vals = [float(r["rmse"]) for r in recs if r.get("flipped") is True]
             if vals:

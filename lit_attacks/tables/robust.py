@@ -35,9 +35,9 @@ from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
 from lit_attacks.tables.attack_rows import attack_cell, validate_attack
-from lit_attacks.tables.robust_rows import (_min_eps_columns, CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, RobustRecord, display_row,
-                                              min_eps_params, min_eps_summary, radius_label, robust_records,
-                                              settings, worst_case_params)
+from lit_attacks.tables.robust_rows import (CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, RobustRecord,
+                                              _min_eps_columns, display_row, min_eps_params, min_eps_summary,
+                                              radius_label, robust_records, settings, worst_case_params)
 from lit_attacks.tasks import create_task
 
 @TABLES.register("robust")
