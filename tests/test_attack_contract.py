@@ -131,3 +131,63 @@ def test_bad_parameters_raise_naming_the_attack(name):
                 cls(metric="l2", **{param: bad})
     with pytest.raises(TypeError, match=rf"^{name}: .*not_a_parameter"):
         cls(metric="l2", not_a_parameter=1)
+
+
+def _counting_metric(counts):
+    """A user metric (mean squared difference) that counts per-sample evaluations in ``counts``: a forward pass 1, a
+    backward pass 2 more (the unit of :meth:`AttackModule.cost`)."""
+
+    def d(ref, x):
+        counts["forward"] += x.shape[0]
+        out = (x - ref).pow(2).flatten(1).mean(1)
+        if out.requires_grad:
+            out.register_hook(lambda g: counts.__setitem__("backward", counts["backward"] + g.shape[0]))
+        return out
+
+    return d
+
+
+@pytest.fixture(scope="module")
+def far_batch():
+    """Prey = ref up to noise, other = the negative of ref: no attack flips within its example budget, so none stops
+    early and every declared evaluation happens."""
+    g = torch.Generator().manual_seed(0)
+    B = 4
+    ref = torch.rand(B, 3, 64, 64, generator=g, dtype=torch.float64) * 1.6 - 0.8
+    p0 = (ref + 0.002 * torch.randn(B, 3, 64, 64, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    return {"key": [f"val/cnn/{i}" for i in range(B)], "category": ["cnn"] * B,
+            "judge": torch.zeros(B, dtype=torch.float64), "ref": ref, "p0": p0, "p1": -ref}
+
+
+ADAPTIVE = {"stadv": "L-BFGS line searches take a data-dependent number of trials",
+            "spatial_pgd": "its spatial stage is stAdv's L-BFGS"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_attack_declares_its_cost_and_makes_that_many_metric_evaluations(name, far_batch):
+    from lit_attacks.attacks.base import AttackModule
+    from lit_attacks.attacks.cost import attack_cost
+    from lit_attacks.metrics.user import register_object
+
+    cls = ATTACKS.get(name)
+    assert cls.cost.__func__ is not AttackModule.cost.__func__, f"{name} declares no cost(params)"
+    counts = {"forward": 0, "backward": 0}
+    spec = register_object(_counting_metric(counts), f"counting_{name}")
+    params = dict(cls.example_params)
+    create_attack(name, spec, **params).predict_step(far_batch)  # once: sizes measured once per process (One-pixel)
+    attack = create_attack(name, spec, **params)
+    counts.update(forward=0, backward=0)
+    out = attack.predict_step(far_batch)
+    assert not out.flipped.any()
+    B = len(far_batch["key"])
+    counted = (counts["forward"] + 2 * counts["backward"]) / B
+    declared, most = attack_cost(name, params), attack_cost(name, params, most=True)
+    assert counted <= most + 1e-9, f"{name}: {counted} evaluations per sample, declared at most {most}"
+    if name in ADAPTIVE:
+        assert declared / 2 <= counted, f"{name}: {counted} evaluations, declared about {declared}"
+    else:
+        assert counted == declared, f"{name}: {counted} evaluations per sample, declared {declared}"
+    bigger = {k: v * 2 for k, v in params.items() if k in ("steps", "queries", "iterations", "generations", "k")
+              and isinstance(v, int)}
+    if bigger:  # the declaration follows the attack's own parameters (a new parameter is never costed by name)
+        assert attack_cost(name, {**params, **bigger}) > declared

@@ -300,8 +300,9 @@ def test_each_table_plans_the_work_its_cells_declare(preset):
             assert len(cells) == plan.cells and plan.total_work == pytest.approx(sum(c.work for c in cells)), t.name
     from lit_attacks.attacks.cost import attack_cost
 
-    assert attack_cost("pgd", {"steps": 30}) == pytest.approx(30 * 3 + 3)  # forward + backward per step
-    assert attack_cost("square", {"queries": 100}) == pytest.approx(100 + 3)  # black-box: forwards only
+    # as counted by the attack contract test: scoring, re-scoring (4), then forward + backward per step
+    assert attack_cost("pgd", {"steps": 30}) == pytest.approx(4 + 30 * 3)
+    assert attack_cost("square", {"queries": 100}) == pytest.approx(4 + 100)  # black-box: forwards only
 
 
 def test_a_run_far_slower_than_this_machine_managed_says_so(tmp_path, capsys, monkeypatch):

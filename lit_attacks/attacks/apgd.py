@@ -16,7 +16,7 @@ depend on its batch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -206,6 +206,11 @@ class APGD(AttackModule):
     name = "apgd"
     targets = ("prey", "ref", "both")
     example_params = {"steps": 5, "eps": 0.03}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Scoring and re-scoring (4), then ``steps + 1`` gradients per restart and EOT draw."""
+        return 4 + 3 * (int(p["steps"]) + 1) * int(p["restarts"]) * max(1, int(p["eot"]))
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf", steps: int = 100,
                  restarts: int = 1, loss: str = "margin", rho: float = 0.75, random_init: bool = True,

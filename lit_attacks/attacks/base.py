@@ -129,6 +129,21 @@ class AttackModule(pl.LightningModule):
                                    f"attacks run on it: {', '.join(black_box_attacks())}")
         self.keep_images, self.batch_invariant, self.uint8 = keep_images, batch_invariant, uint8
 
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Metric evaluations per sample this attack makes with parameters ``p`` (its defaults filled in: see
+        :func:`lit_attacks.attacks.cost.attack_cost`) when no sample stops early, scoring the two images and
+        re-scoring included: a forward pass counts 1, a forward and backward pass 3. What bench's ETA counts;
+        the attack contract test checks it against counted metric calls. Every attack declares its own."""
+        raise NotImplementedError(f"attack {cls.name} declares no cost(params): metric evaluations per sample as a "
+                                  "function of its parameters (see AttackModule.cost)")
+
+    @classmethod
+    def max_cost(cls, p: Dict[str, Any]) -> float:
+        """The most evaluations per sample it can make with ``p`` (adaptive searches: every trial taken); by default
+        :meth:`cost`."""
+        return cls.cost(p)
+
     @property
     def metric_name(self) -> str:
         return self.metric.name

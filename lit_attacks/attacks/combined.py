@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence
 
 import torch
+
+from lit_attacks.attacks.cost import attack_cost
 from torch import Tensor
 
 from lit_attacks.attacks.base import AttackModule, AttackResult, spatial_attack
@@ -46,6 +48,15 @@ class SpatialPGD(AttackModule):
 
     name = "spatial_pgd"
     example_params = {"spatial": "stadv", "k": 3, "spatial_params": {"iterations": 3}}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """The spatial attack's, then ``k`` gradients and a re-scoring."""
+        return attack_cost(p["spatial"], p["spatial_params"] or {}) + 3 * int(p["k"]) + 1
+
+    @classmethod
+    def max_cost(cls, p: Dict[str, Any]) -> float:
+        return attack_cost(p["spatial"], p["spatial_params"] or {}, most=True) + 3 * int(p["k"]) + 1
 
     def __init__(self, metric: str = "lpips_alex", spatial: str = "stadv", k: int = 20, eps: float = 0.03,
                  alpha: float = 0.001, spatial_params: Optional[Dict[str, Any]] = None, **options: Any) -> None:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lit_attacks.attacks.apgd import check_lp
 from lit_attacks.attacks.base import AttackModule, AttackResult
+from lit_attacks.attacks.cost import attack_cost
 from lit_attacks.attacks.registry import ATTACKS
 from lit_attacks.attacks.threat import Threat, eps_column, l2_column
 
@@ -87,6 +88,19 @@ class WorstCase(Composite):
     targets = ("prey", "ref", "both")
     example_params = {"eps": 0.03, "attacks": [{"attack": "apgd", "params": {"steps": 3}},
                                                {"attack": "square", "params": {"queries": 10}}]}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any], most: bool = False) -> float:
+        """Scoring and re-scoring (4), then every attack's own work (its scoring aside) with the shared settings."""
+        members = p["attacks"] if p["attacks"] is not None else \
+            [e for e in STANDARD if p["target"] in ATTACKS.get(e["attack"]).targets]
+        shared = {k: p[k] for k in ("eps", "norm", "target", "eot")}
+        return 4 + sum(attack_cost(e["attack"], {**shared, **(e.get("params") or {})}, most=most) - 3
+                       for e in members)
+
+    @classmethod
+    def max_cost(cls, p: Dict[str, Any]) -> float:
+        return cls.cost(p, most=True)
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf",
                  attacks: Optional[List[Dict[str, Any]]] = None, target: str = "prey", eot: int = 1,
@@ -168,6 +182,21 @@ class MinEps(Composite):
     name = "min_eps"
     targets = ("prey", "ref", "both")
     example_params = {"params": {"steps": 3}, "eps_max": 0.06, "bisections": 3}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """The attack once at ``eps_max`` and a re-scoring: a sample that does not flip there needs no bisection."""
+        return cls._inner(p) + 1
+
+    @classmethod
+    def max_cost(cls, p: Dict[str, Any]) -> float:
+        """Every sample bisected: the attack at ``eps_max`` and at every halving."""
+        return 5 + (int(p["bisections"]) + 1) * (cls._inner(p, most=True) - 3)
+
+    @staticmethod
+    def _inner(p: Dict[str, Any], most: bool = False) -> float:
+        shared = {k: p[k] for k in ("norm", "target", "eot")}
+        return attack_cost(p["attack"], {**shared, **(p["params"] or {}), "eps": p["eps_max"]}, most=most)
 
     def __init__(self, metric: str = "lpips_alex", attack: str = "apgd", params: Optional[Dict[str, Any]] = None,
                  norm: str = "linf", eps_max: float = 32 / 255, bisections: int = 8, target: str = "prey",

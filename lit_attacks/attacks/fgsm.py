@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -102,6 +102,11 @@ class FGSM(AttackModule):
     name = "fgsm"
     targets = ("prey", "ref", "both")
     example_params = {"step": 0.002, "max_eps": 0.03}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Scoring and re-scoring (4), one gradient (3), then the scan's grid (a flip ends it earlier)."""
+        return 7 + math.ceil(float(p["max_eps"]) / float(p["step"]) - 1e-9)
 
     def __init__(self, metric: str = "lpips_alex", step: float = 1e-4, max_eps: float = 0.05,
                  eps_chunk: int = 8, target: str = "prey", max_images: int = 0, **options: Any) -> None:

@@ -9,7 +9,7 @@ gradient averaging is involved). Finished samples leave the active set (compacti
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +208,11 @@ class FlowAdv(SpatialAttack):
 
     name = "flowadv"
     example_params = {"width": 8, "head": 4, "iterations": 5, "restarts": 1}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Scoring and re-scoring (4), then one gradient per iteration and restart."""
+        return 4 + 3 * int(p["iterations"]) * int(p["restarts"])
 
     def __init__(self, metric: str = "lpips_alex", width: int = 256, depth: int = 5, head: int = 64,
                  iterations: int = 50, restarts: int = 2, lr: float = 1e-3, l1_weight: float = 1e-4,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
@@ -184,6 +184,12 @@ class OnePixel(AttackModule):
     name = "onepixel"
     black_box = True
     example_params = {"population": 20, "generations": 3}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Scoring and re-scoring (4), then the population (rounded as scipy's popsize) in every generation and the
+        initial one (local evaluation makes each cheaper than a whole forward pass, counted as one here)."""
+        return 4 + max(5, (int(p["population"]) // 5) * 5) * (int(p["generations"]) + 1)
 
     def __init__(self, metric: str = "lpips_alex", population: int = 400, generations: int = 100,
                  mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, encoding: str = "valid",

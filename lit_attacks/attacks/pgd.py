@@ -1,7 +1,7 @@
 """PGD (l_inf, no random start) as in the official ``whitebox_attack_pgd.py``, batched with compaction."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -102,6 +102,11 @@ class PGD(AttackModule):
     name = "pgd"
     targets = ("prey", "ref", "both")
     example_params = {"steps": 5}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Scoring and re-scoring (4), then one gradient per step."""
+        return 4 + 3 * int(p["steps"])
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 0.03, alpha: float = 0.001, steps: int = 30,
                  fixed_steps: bool = False, counting: str = "final", target: str = "prey", **options: Any) -> None:

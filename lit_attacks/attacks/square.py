@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -198,6 +198,11 @@ class Square(AttackModule):
     black_box = True
     targets = ("prey", "ref")
     example_params = {"queries": 20, "eps": 0.03}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Scoring, the initial stripes and re-scoring (4), then one forward pass per query and restart."""
+        return 4 + int(p["queries"]) * int(p["restarts"])
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf", queries: int = 1000,
                  p_init: float = 0.8, loss: str = "margin", restarts: int = 1, target: str = "prey", seed: int = 0,

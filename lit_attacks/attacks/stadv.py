@@ -8,7 +8,8 @@ official objective returns 0 once flipped; we keep the first flipping flow, the 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Tuple
+import inspect
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -131,6 +132,19 @@ class StAdv(SpatialAttack):
 
     name = "stadv"
     example_params = {"iterations": 5}
+
+    @classmethod
+    def cost(cls, p: Dict[str, Any]) -> float:
+        """Scoring and re-scoring (4), then one gradient per line-search trial: the first line search halves about ten
+        times from scipy's unit first step, later ones take about one trial per iteration (an estimate, measured on
+        the built-in set; :meth:`max_cost` is the bound)."""
+        return 4 + 3 * (12 + int(p["iterations"]))
+
+    @classmethod
+    def max_cost(cls, p: Dict[str, Any]) -> float:
+        """Every line search trying ``max_line_search`` steps."""
+        trials = inspect.signature(stadv).parameters["max_line_search"].default
+        return 4 + 3 * (1 + int(p["iterations"]) * trials)
 
     def __init__(self, metric: str = "lpips_alex", iterations: int = 50, adv_weight: float = 50.0,
                  flow_weight: float = 0.05, flow_loss: str = "squared", history: int = 10, **options: Any) -> None:
