@@ -191,3 +191,26 @@ def test_each_attack_declares_its_cost_and_makes_that_many_metric_evaluations(na
               and isinstance(v, int)}
     if bigger:  # the declaration follows the attack's own parameters (a new parameter is never costed by name)
         assert attack_cost(name, {**params, **bigger}) > declared
+
+
+def test_an_attack_without_a_cost_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    import bench
+    from lit_attacks.attacks.base import AttackModule
+
+    monkeypatch.setattr(ATTACKS, "_factories", dict(ATTACKS._factories))  # the registration ends with the test
+    monkeypatch.setattr(ATTACKS, "_info", dict(ATTACKS._info))
+
+    @ATTACKS.register("uncosted_trial")
+    class Uncosted(AttackModule):  # a user's new attack that forgot to declare its cost
+        example_params = {}
+
+        def __init__(self, metric="l2", tries: int = 1000, **options):
+            super().__init__(metric, **options)
+
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--metrics", "l2", "--attacks", "uncosted_trial", "--sweep-eps", "", "--out",
+                    str(tmp_path / "run"), "--builtin-n", "2", "--quiet", "--wandb", "disabled"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uncosted_trial declares no cost(params)" in err[0], err
+    assert not (tmp_path / "run" / "cells").exists()

@@ -8,6 +8,7 @@ import inspect
 from typing import Any, Dict
 
 from lit_attacks.attacks.registry import ATTACKS
+from lit_attacks.configuration import ConfigError
 
 SCORE = 2.0  # d(ref, p0) and d(ref, p1)
 
@@ -29,4 +30,8 @@ def attack_cost(name: str, params: Dict[str, Any], most: bool = False) -> float:
     except KeyError:
         return 100.0
     p = {**_defaults(cls), **(params or {})}
-    return float(cls.max_cost(p) if most else cls.cost(p))
+    try:
+        return float(cls.max_cost(p) if most else cls.cost(p))
+    except NotImplementedError:  # an attack of the user's without a declaration: one line, before any work
+        raise ConfigError(f"attack {name} declares no cost(params): metric evaluations per sample as a function of "
+                          "its parameters (see AttackModule.cost)") from None
