@@ -215,7 +215,6 @@ class HashCache:
         return self.scanned[key]
 
 
-
 def verify_shards(folder: Path, index: dict, hashes: HashCache) -> Dict[str, str]:
     """Every shard the index lists exists as a regular file with the size and sha256 it records, and holds
     what it lists: its headers are read (bounded, see :mod:`lit_attacks.datamodules.tar_reader`) for the

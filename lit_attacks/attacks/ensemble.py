@@ -92,8 +92,7 @@ class WorstCase(Composite):
     @classmethod
     def cost(cls, p: Dict[str, Any], most: bool = False) -> float:
         """Scoring and re-scoring (4), then every attack's own work (its scoring aside) with the shared settings."""
-        members = p["attacks"] if p["attacks"] is not None else \
-            [e for e in STANDARD if p["target"] in ATTACKS.get(e["attack"]).targets]
+        members = p["attacks"] if p["attacks"] is not None else STANDARD  # as __init__ builds them
         shared = {k: p[k] for k in ("eps", "norm", "target", "eot")}
         return 4 + sum(attack_cost(e["attack"], {**shared, **(e.get("params") or {})}, most=most) - 3
                        for e in members)

@@ -54,30 +54,27 @@ def create_metric(name: str, pretrained: bool = True, weights_dir: Optional[str]
     parameters in that type (``torch.float64`` for batch-invariant scoring). Inside :func:`metric_pool` a metric
     already built with the same arguments is returned instead of a new one.
     """
+    factory = METRICS.get(name)
+    params = inspect.signature(factory).parameters
+    args = dict(kwargs)  # the factory's arguments: pretrained and weights_dir only where it takes them
+    if "pretrained" in params:
+        args["pretrained"] = pretrained
+    if "weights_dir" in params:
+        args["weights_dir"] = weights_dir
     if _POOL is None:
-        return _build(name, pretrained, weights_dir, init_seed, dtype, kwargs)
-    params = inspect.signature(METRICS.get(name)).parameters  # options the metric ignores do not make another one
-    key = (name, pretrained if "pretrained" in params else None, weights_dir if "weights_dir" in params else None,
-           init_seed, str(dtype), repr(sorted(kwargs.items())))
+        return _build(name, factory, args, init_seed, dtype)
+    key = (name, init_seed, str(dtype), repr(sorted(args.items())))  # options it ignores make no other instance
     if key not in _POOL:
-        _POOL[key] = _build(name, pretrained, weights_dir, init_seed, dtype, kwargs)
+        _POOL[key] = _build(name, factory, args, init_seed, dtype)
     WEIGHTS_USED[name] = _POOL[key].weights_file
     return _POOL[key]
 
 
-def _build(name: str, pretrained: bool, weights_dir: Optional[str], init_seed: int, dtype: Optional[torch.dtype],
-           kwargs: Dict[str, Any]) -> Distance:
-    kwargs = dict(kwargs)
-    factory = METRICS.get(name)
-    params = inspect.signature(factory).parameters
-    if "pretrained" in params:
-        kwargs["pretrained"] = pretrained
-    if "weights_dir" in params:
-        kwargs["weights_dir"] = weights_dir
+def _build(name: str, factory, args: Dict[str, Any], init_seed: int, dtype: Optional[torch.dtype]) -> Distance:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         with recording() as files:
-            metric = factory(**kwargs)
+            metric = factory(**args)
     metric.name = name
     metric.weights_file = files.get(name)  # the weights file or folder it was built from (None: none, or random)
     WEIGHTS_USED[name] = metric.weights_file

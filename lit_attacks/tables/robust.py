@@ -35,10 +35,16 @@ from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
 from lit_attacks.tables.attack_rows import attack_cell, validate_attack
-from lit_attacks.tables.robust_rows import (CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, RobustRecord,
-                                              _min_eps_columns, display_row, min_eps_params, min_eps_summary,
-                                              radius_label, robust_records, settings, worst_case_params)
+from lit_attacks.tables.robust_rows import (CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, RobustRecord, display_row,
+                                              min_eps_params, min_eps_summary, radius_label, robust_records, settings,
+                                              worst_case_params)
 from lit_attacks.tasks import create_task
+
+def _min_eps_columns(out) -> Dict[str, Any]:
+    """What a min_eps cell gathers of each sample: its minimum flipping eps, agreement, and whether it ran."""
+    ok = torch.tensor([s == "ok" for s in out.status], dtype=torch.bool, device=out.eps.device)
+    return {"eps": out.eps, "agreed": out.agreed, "ok": ok}
+
 
 @TABLES.register("robust")
 class Robust(Table):

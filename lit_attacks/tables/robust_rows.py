@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from lit_attacks.attacks.ensemble import STANDARD
 from lit_attacks.attacks.registry import ATTACKS
@@ -49,11 +48,6 @@ def curve(agreed: Sequence[bool], eps: Sequence[float], grid: Sequence[float]) -
     """Robust accuracy at each budget of ``grid``: agreed and the minimum flipping eps larger (nan: never flipped)."""
     n = len(agreed)
     return [sum(a and not (e <= g) for a, e in zip(agreed, eps)) / n if n else math.nan for g in grid]
-
-
-def _min_eps_columns(out) -> Dict[str, Any]:
-    ok = torch.tensor([s == "ok" for s in out.status], dtype=torch.bool, device=out.eps.device)
-    return {"eps": out.eps, "agreed": out.agreed, "ok": ok}
 
 
 def min_eps_summary(agreed: Sequence[bool], eps: Sequence[float], ok: Sequence[bool], norm: str,
