@@ -159,3 +159,88 @@ def test_no_library_line_is_over_120_characters():
     long = [f"{p.relative_to(ROOT)}:{i}" for p in files if p.is_file() and not p.is_symlink()
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 120]
     assert len(files) > 50 and not long, long
+
+
+# ---------------------------------------------------------------------------------------------- typed records
+def test_a_record_gives_back_each_value_with_its_python_type():
+    from lit_attacks.bench import records
+
+    rows = [{"key": "b/1", "flip": True, "n": 3, "d": 0.1 + 0.2, "nan": float("nan"), "mixed": 1, "note": None},
+            {"key": "a/0", "flip": False, "n": -2 ** 62, "d": 1e-300, "nan": 2.5, "mixed": 0.5, "note": "x"}]
+    columns = ["key", "flip", "n", "d", "nan", "mixed", "note"]
+    data = records.to_columns(rows, columns)
+    assert data["flip"].dtype == torch.bool and data["n"].dtype == torch.int64 and data["d"].dtype == torch.float64
+    assert isinstance(data["mixed"], list) and isinstance(data["note"], list)  # a mix or a missing value: as is
+    back = records.to_rows(data, columns)
+    for got, want in zip(back, rows):
+        assert [type(got[c]) for c in columns] == [type(want[c]) for c in columns]
+        assert {c: v for c, v in got.items() if c != "nan"} == {c: v for c, v in want.items() if c != "nan"}
+    assert back[0]["nan"] != back[0]["nan"] and back[1]["nan"] == 2.5
+    assert records.typed_rows([{"a": 1, "extra": 2}], ["a"]) == [{"a": 1}]  # only the saved columns
+
+
+def _without_timing(csv_bytes: bytes) -> list:
+    import csv
+    import io
+
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in csv.DictReader(io.StringIO(
+        csv_bytes.decode()))]
+
+
+def _bench_run(out):
+    from lit_attacks.bench.cli import execute
+
+    return execute(["--metrics", "l2", "--attacks", "pgd", "--sweep-eps", "", "--builtin-n", "3",
+                    "--out", str(out), "--quiet", "--wandb", "disabled"])
+
+
+def test_a_loaded_cell_gives_tables_the_rows_it_computed_without_reading_a_csv(tmp_path, monkeypatch):
+    import csv
+
+    out = tmp_path / "r"
+    first = _bench_run(out)
+    assert first.code == 0 and (out / "cells" / "pgd-l2.pt").is_file()
+    computed = dict(first.bench._rows)
+    table = (out / "table2.csv").read_bytes()
+    assert computed and all(rows for rows in computed.values())
+
+    def no_csv(*a, **k):
+        raise AssertionError("a per-sample CSV was read back")
+
+    monkeypatch.setattr(csv, "DictReader", no_csv)
+    monkeypatch.setattr(csv, "reader", no_csv)
+    second = _bench_run(out)
+    assert second.code == 0 and second.bench.loaded == set(second.bench.cells)  # every cell loaded
+    assert second.bench._rows == computed  # the same values with the same types
+    monkeypatch.undo()
+    assert _without_timing((out / "table2.csv").read_bytes()) == _without_timing(table)
+
+
+def test_a_record_changed_or_foreign_is_recomputed_and_says_why(tmp_path, capsys):
+    import json
+
+    from lit_attacks.bench.cli import execute
+
+    out = tmp_path / "r"
+    argv = ["--metrics", "l2", "--attacks", "pgd", "--sweep-eps", "", "--builtin-n", "3", "--out", str(out),
+            "--wandb", "disabled"]
+    assert execute(argv).code == 0
+    record = out / "cells" / "pgd-l2.pt"
+    record.write_bytes(record.read_bytes()[:-10])  # truncated: its sha256 no longer matches
+    capsys.readouterr()
+    again = execute(argv)
+    assert again.code == 0 and "pgd-l2" not in again.bench.loaded and "table1-l2" in again.bench.loaded
+    assert "recomputed: a file it wrote is missing or was changed" in capsys.readouterr().out
+    # a record whose hash the cell JSON agrees with, but which is not a record of this cell
+    state_path = out / "cells" / "pgd-l2.json"
+    torch.save({"format": 1, "cell": "table1-l2", "tables": {}}, record)
+    from lit_attacks.datamodules.shards import sha256
+
+    state = json.loads(state_path.read_text())
+    state["files"]["cells/pgd-l2.pt"] = sha256(record)
+    state_path.write_text(json.dumps(state))
+    capsys.readouterr()
+    run = execute(argv)
+    said = capsys.readouterr().out
+    assert run.code == 0 and "pgd-l2" not in run.bench.loaded
+    assert "recomputed: cell record" in said and "is not a format-1 record of cell 'pgd-l2'" in said

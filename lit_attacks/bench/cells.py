@@ -1,12 +1,13 @@
 """Resumable bench cells: the completed-cell store, the files a cell writes, and the overall progress line.
 
 A *cell* (:class:`lit_attacks.tables.Cell`) is one unit of bench work. While it runs, its files go
-through a :class:`CellFiles` (per-sample rows as CSV, written by rank 0; other files registered).
-When it completes, rank 0 writes, last, ``cells/<id>.json``: the cell's payload (labels, aggregates),
-the sha256 of every file it wrote, the column types of its CSVs, and a fingerprint of everything its
-result depends on. A rerun loads a cell whose JSON exists with the same fingerprint and whose files
-are all present and unchanged; otherwise the cell is recomputed. A cell killed midway has no JSON
-(writes are atomic renames), so it is recomputed from scratch. Per-sample rows live only in the CSVs.
+through a :class:`CellFiles` (per-sample rows as CSV for people, written by rank 0; other files registered).
+When it completes, rank 0 writes its typed per-sample record ``cells/<id>.pt`` (:mod:`lit_attacks.bench.records`)
+and then, last, ``cells/<id>.json``: the cell's payload (labels, aggregates), the sha256 of every file it wrote
+(the record included) and a fingerprint of everything its result depends on. A rerun loads a cell whose JSON
+exists with the same fingerprint and whose files are all present and unchanged, its rows from the record (never
+from the CSVs); otherwise the cell is recomputed. A cell killed midway has no JSON (writes are atomic renames), so it
+is recomputed from scratch.
 """
 from __future__ import annotations
 
@@ -18,26 +19,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from lit_attacks.datamodules.cache import read_cache_json, update_cache_json
 from lit_attacks.datamodules.shards import sha256
-from lit_attacks.report import atomic_write, read_csv, write_csv
-
-TYPES = {"bool": lambda s: s == "True", "int": int, "float": float, "str": str}
-
-
-def column_types(rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> Dict[str, str]:
-    """Column -> "bool" | "int" | "float" | "str", from the first non-empty value of each column."""
-    out = {}
-    for c in columns:
-        v = next((r[c] for r in rows if r.get(c) is not None), None)
-        out[c] = "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else \
-            "float" if isinstance(v, float) else "str"
-    return out
-
-
-def read_rows(path: Path, types: Dict[str, str]) -> List[Dict[str, Any]]:
-    """Rows of a CSV written by :meth:`CellFiles.save_rows`, with their Python types back (empty -> None)."""
-    conv = {c: TYPES[t] for c, t in types.items()}
-    return [{k: (conv.get(k, str)(v) if v != "" else None) for k, v in r.items()} for r in read_csv(path)]
-
+from lit_attacks.bench.records import RecordError, decode, encode, typed_rows
+from lit_attacks.folders import write_file
+from lit_attacks.report import atomic_write, write_csv
+from lit_attacks.safe_files import first_line
 
 class CellFiles:
     """The files of the cell being computed (the ``ctx`` of ``Cell.compute``).
@@ -50,15 +35,19 @@ class CellFiles:
     def __init__(self, out: Path, is_zero: bool) -> None:
         self.out, self.is_zero = Path(out), is_zero
         self.files: List[str] = []
-        self.types: Dict[str, Dict[str, str]] = {}
-        self.rows: Dict[str, List[Dict[str, Any]]] = {}
+        self.rows: Dict[str, List[Dict[str, Any]]] = {}  # CSV -> its rows, as the record keeps them
+        self.columns: Dict[str, List[str]] = {}
 
     def save_rows(self, rel: str, rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> Path:
+        """Per-sample rows: a CSV for people (rank 0) and a table of the cell's typed record."""
         if self.is_zero:
             write_csv(self.out / rel, rows, list(columns))
-        self.types[rel] = column_types(rows, columns)
-        self.rows[rel] = list(rows)
+        self.rows[rel], self.columns[rel] = typed_rows(rows, columns), list(columns)
         return self.track(rel)
+
+    def record(self, cell_id: str) -> bytes:
+        """The cell's typed record file (:func:`lit_attacks.bench.records.encode`)."""
+        return encode(cell_id, {rel: (rows, self.columns[rel]) for rel, rows in self.rows.items()})
 
     def track(self, rel: str) -> Path:
         if rel not in self.files:
@@ -100,10 +89,14 @@ class CellStore:
     def path(self, cell_id: str) -> Path:
         return self.dir / f"{cell_id}.json"
 
+    def record_path(self, cell_id: str) -> Path:
+        """The cell's typed per-sample record (:mod:`lit_attacks.bench.records`)."""
+        return self.dir / f"{cell_id}.pt"
+
     def load(self, cell_id: str, fp: str,
              parts: Optional[Dict[str, str]] = None) -> Tuple[Optional[Dict[str, Any]], str]:
-        """(the record of a completed cell with fingerprint ``fp`` whose files are unchanged, or None; why it is reused
-        or recomputed, in words). ``parts``: the fingerprint of each value the cell depends on, so the reason names
+        """(the record of a completed cell with fingerprint ``fp`` whose files are unchanged, its per-sample rows under
+        ``"rows"`` (CSV -> rows), or None; why it is reused or recomputed, in words). ``parts``: the fingerprint of each value the cell depends on, so the reason names
         what changed."""
         p = self.path(cell_id)
         if self.fresh:
@@ -122,16 +115,26 @@ class CellStore:
             what = ", ".join(CHANGE_WORDS.get(k, k) for k in changed) if old and changed else "what it depends on"
             return None, f"recomputed: {what} changed since it was computed"
         files = state.get("files", {})
+        if not isinstance(files, dict) or f"cells/{cell_id}.pt" not in files:
+            return None, "recomputed: its record predates typed per-sample records"
         if file_hashes(self.out, list(files)) != files:
             return None, "recomputed: a file it wrote is missing or was changed"  # a file of the cell: recompute it
+        try:
+            state["rows"] = decode(self.record_path(cell_id), cell_id)
+        except RecordError as e:
+            return None, f"recomputed: {first_line(e)}"
         return state, "same data, code, parameters and metric"
 
-    def save(self, cell_id: str, fp: str, payload: Dict[str, Any], files: Dict[str, str],
-             types: Dict[str, Dict[str, str]], parts: Optional[Dict[str, str]] = None) -> None:
-        """Mark the cell complete; call after its other output files are written."""
+    def save(self, cell_id: str, fp: str, payload: Dict[str, Any], files: Dict[str, str], record: bytes,
+             parts: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        """Write the cell's typed record, then mark the cell complete (call after its other files are written);
+        returns every file's sha256 (``files`` and the record)."""
+        write_file(self.record_path(cell_id), record)
+        files = {**files, f"cells/{cell_id}.pt": sha256(self.record_path(cell_id))}
         state = {"cell": cell_id, "fingerprint": fp, "complete": True, "payload": payload, "files": files,
-                 "types": types, "parts": parts or {}}
+                 "parts": parts or {}}
         atomic_write(self.path(cell_id), json.dumps(state, default=_jsonable) + "\n")
+        return files
 
 
 # what a changed part of a cell's fingerprint is, in words (other parts are named by their key)

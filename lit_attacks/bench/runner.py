@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from lit_attacks.version import __version__, code_fingerprint
-from lit_attacks.bench.cells import CellFiles, CellStore, MachineRates, Progress, read_rows
+from lit_attacks.bench.cells import CellFiles, CellStore, MachineRates, Progress
 from lit_attacks.bench.devices import (ENV_DDP_TIMEOUT, RunError, build_trainer, ddp_timeout, waiting_line,
                                        world_size)
 from lit_attacks.bench.folder import ResultsFolder
@@ -63,8 +63,7 @@ class Bench:
         self.cells: Dict[str, Dict[str, Any]] = {}  # cell id -> payload, in run order
         self.loaded: Set[str] = set()  # cells completed by an earlier run, loaded by this one
         self.rates = MachineRates(cache_root() / "machine_rates.json")
-        self._rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}  # rows computed in this run
-        self._types: Dict[str, Dict[str, Dict[str, str]]] = {}  # cell id -> CSV -> column types
+        self._rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}  # (cell, CSV) -> rows computed or loaded
         self.wandb = WandbRun(resolve_mode(cfg["wandb"]), cfg["wandb_project"], cfg["name"], out,
                               dict(cfg), enabled=is_zero)
         self.base = {"data": source.get("index_sha256"), "data_source": str(source.get("data")),
@@ -113,8 +112,10 @@ class Bench:
         return {"pretrained": self.cfg["pretrained"], "weights_dir": self.cfg["weights_dir"]}
 
     def rows(self, cell_id: str, rel: str) -> List[Dict[str, Any]]:
+        """The per-sample rows cell ``cell_id`` saved as ``rel``, typed as computed (a loaded cell's: from its
+        record)."""
         if (cell_id, rel) not in self._rows:
-            self._rows[cell_id, rel] = read_rows(self.out / rel, self._types[cell_id][rel])
+            raise KeyError(f"cell {cell_id!r} saved no per-sample rows as {rel!r}")
         return self._rows[cell_id, rel]
 
     def software(self) -> Dict[str, Any]:
@@ -229,11 +230,10 @@ class Bench:
             n = files.samples
             payload["samples_per_s"] = n / payload["seconds"] if payload["seconds"] > 0 else None
             self._compare_rate(cell, payload["seconds"], n)
-            self._types[cell.id] = files.types
             self._rows.update({(cell.id, rel): rows for rel, rows in files.rows.items()})
             hashes = files.hashes() if self.is_zero else {}
             if self.is_zero:
-                self.store.save(cell.id, fp, payload, hashes, files.types, parts)
+                hashes = self.store.save(cell.id, fp, payload, hashes, files.record(cell.id), parts)
                 record = f"cells/{cell.id}.json"
                 self.folder.record({**hashes, record: sha256(self.out / record)})
             self.produced.update(hashes)
@@ -241,7 +241,7 @@ class Bench:
             self.progress.finish()
             self.loaded.add(cell.id)
             payload = state["payload"]
-            self._types[cell.id] = state["types"]
+            self._rows.update({(cell.id, rel): rows for rel, rows in state["rows"].items()})
             self.produced.update(state["files"])
         self.cells[cell.id] = payload
         return payload
