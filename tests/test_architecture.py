@@ -244,3 +244,30 @@ def test_a_record_changed_or_foreign_is_recomputed_and_says_why(tmp_path, capsys
     said = capsys.readouterr().out
     assert run.code == 0 and "pgd-l2" not in run.bench.loaded
     assert "recomputed: cell record" in said and "is not a format-1 record of cell 'pgd-l2'" in said
+
+
+# ---------------------------------------------------------------------------------------------- active set
+def test_an_active_set_drops_the_same_rows_from_all_its_state():
+    from lit_attacks.attacks.active import ActiveSet
+
+    class Selectable:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def select(self, idx):
+            return Selectable([self.rows[i] for i in idx.tolist()])
+
+    run = ActiveSet(torch.tensor([3, 5, 8, 9]), x=torch.arange(8.0).view(4, 2), history=[torch.tensor([1, 2, 3, 4])],
+                    t=Selectable(["a", "b", "c", "d"]))
+    run.best = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    gone = run.leave(torch.tensor([False, True, False, True]))
+    assert gone.tolist() == [5, 9] and run.idx.tolist() == [3, 8] and len(run) == 2
+    assert run.x.tolist() == [[0.0, 1.0], [4.0, 5.0]] and run.history[0].tolist() == [1, 3]
+    assert run.t.rows == ["a", "c"] and run.best.tolist() == pytest.approx([0.1, 0.3])
+    assert run.leave(torch.zeros(2, dtype=torch.bool)).tolist() == [] and run.idx.tolist() == [3, 8]
+    with pytest.raises(ValueError, match=r"ActiveSet.y: a state tensor needs one row per running sample \(2\)"):
+        run.y = torch.zeros(3)
+    with pytest.raises(TypeError, match="ActiveSet.step: state must be per-sample tensors"):
+        run.step = 0.5  # a scalar the compaction would skip: refused
+    with pytest.raises(ValueError, match="leave: expected a bool mask of shape"):
+        run.leave(torch.tensor([0, 1]))

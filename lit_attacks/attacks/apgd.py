@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from lit_attacks.attacks.active import ActiveSet
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import LOSSES, attack_loss
 from lit_attacks.attacks.registry import ATTACKS
@@ -89,51 +90,49 @@ def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = 
     hit = (s_a > s_o) & stop_at_flip
     done |= hit
     iters[hit] = 0
-    act = (~hit).nonzero().flatten()  # indices into the batch of the samples still running
-    t, c, e = threat.select(act), centre[act], eps[act]
-    x, x_old, grad = x0[act].detach(), x0[act].detach(), grad[act]
-    x_best, g_best, l_best = x.clone(), grad.clone(), lval[act].clone()
-    history = [lval[act]]  # losses since the last checkpoint, starting point first
-    l_best_check, reduced_check = l_best.clone(), torch.ones_like(l_best, dtype=torch.bool)
-    step = 2 * e
+    run = ActiveSet((~hit).nonzero().flatten())  # the samples still running, and their state
+    x = x0[run.idx].detach()
+    run.t, run.c, run.e = threat.select(run.idx), centre[run.idx], eps[run.idx]
+    run.x, run.x_old, run.grad = x, x.clone(), grad[run.idx]
+    run.x_best, run.g_best, run.l_best = x.clone(), run.grad.clone(), lval[run.idx].clone()
+    run.history = [lval[run.idx]]  # losses since the last checkpoint, starting point first
+    run.l_best_check, run.reduced_check = run.l_best.clone(), torch.ones_like(run.l_best, dtype=torch.bool)
+    run.step = 2 * run.e
     checks = set(checkpoints(steps))
+    shape = (-1,) + (1,) * (x0.ndim - 1)
     for i in range(steps):
-        if not len(act):
+        if not len(run):
             break
         a = 0.75 if i > 0 else 1.0
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        direction = grad.sign() if norm == "linf" else normalize(grad, "l2", parts)
-        z = project(x + step.view(shape) * direction, c, e, norm, parts)
-        x_new = project(x + a * (z - x) + (1 - a) * (x - x_old), c, e, norm, parts)
-        x_old, x = x, x_new
-        lval, s_a, s_o, grad = loss_and_grad(t, x, loss, eot, act)
-        grad = _finite(grad, nonfinite, act)
-        queries[act] += eot
-        history.append(lval)
-        better = lval > l_best
-        x_best, g_best = torch.where(better.view(shape), x, x_best), torch.where(better.view(shape), grad, g_best)
-        l_best = torch.where(better, lval, l_best)
+        direction = run.grad.sign() if norm == "linf" else normalize(run.grad, "l2", parts)
+        z = project(run.x + run.step.view(shape) * direction, run.c, run.e, norm, parts)
+        x_new = project(run.x + a * (z - run.x) + (1 - a) * (run.x - run.x_old), run.c, run.e, norm, parts)
+        run.x_old, run.x = run.x, x_new
+        lval, s_a, s_o, grad = loss_and_grad(run.t, run.x, loss, eot, run.idx)
+        run.grad = _finite(grad, nonfinite, run.idx)
+        queries[run.idx] += eot
+        run.history.append(lval)
+        better = lval > run.l_best
+        run.x_best = torch.where(better.view(shape), run.x, run.x_best)
+        run.g_best = torch.where(better.view(shape), run.grad, run.g_best)
+        run.l_best = torch.where(better, lval, run.l_best)
         hit = (s_a > s_o) & stop_at_flip
         if hit.any():  # flipped samples keep the point that flipped and leave
-            out[act[hit]], done[act[hit]], iters[act[hit]] = x[hit], True, i + 1
-            keep = ~hit
-            act, t, c, e = act[keep], t.select(keep.nonzero().flatten()), c[keep], e[keep]
-            x, x_old, grad = x[keep], x_old[keep], grad[keep]
-            x_best, g_best, l_best = x_best[keep], g_best[keep], l_best[keep]
-            l_best_check, reduced_check, step = l_best_check[keep], reduced_check[keep], step[keep]
-            history = [h[keep] for h in history]
+            x_hit = run.x[hit]
+            gone = run.leave(hit)
+            out[gone], done[gone], iters[gone] = x_hit, True, i + 1
         if i in checks:  # AutoAttack's step-size checkpoint
-            h = torch.stack(history)  # (k + 1, A): losses since the last checkpoint
+            h = torch.stack(run.history)  # (k + 1, A): losses since the last checkpoint
             oscillates = (h[1:] > h[:-1]).sum(0) <= (len(h) - 1) * rho
-            stalled = ~reduced_check & (l_best_check >= l_best)
+            stalled = ~run.reduced_check & (run.l_best_check >= run.l_best)
             reduce = oscillates | stalled
-            reduced_check, l_best_check = reduce, l_best.clone()
-            step = torch.where(reduce, step / 2, step)
-            x = torch.where(reduce.view(shape), x_best, x)
-            grad = torch.where(reduce.view(shape), g_best, grad)
-            history = [h[-1]]
-    if len(act):
-        out[act] = x_best
+            run.reduced_check, run.l_best_check = reduce, run.l_best.clone()
+            run.step = torch.where(reduce, run.step / 2, run.step)
+            run.x = torch.where(reduce.view(shape), run.x_best, run.x)
+            run.grad = torch.where(reduce.view(shape), run.g_best, run.grad)
+            run.history = [h[-1]]
+    if len(run):
+        out[run.idx] = run.x_best
     return out, done, iters, queries
 
 

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from lit_attacks.attacks.active import ActiveSet
 from lit_attacks.attacks.base import AttackModule, AttackResult
 from lit_attacks.attacks.objectives import flipped, project_linf, rank_loss
 from lit_attacks.attacks.registry import ATTACKS
@@ -52,29 +53,25 @@ def pgd_threat(threat: Threat, eps: Union[float, Tensor] = 0.03, alpha: float = 
     adv = (centre if start is None else start).detach().clone()
     iters = torch.full((B,), steps, dtype=torch.long, device=centre.device)
     queries = torch.zeros(B, dtype=torch.long, device=centre.device)
-    active = torch.arange(B, device=centre.device)
-    t = threat
+    run = ActiveSet(torch.arange(B, device=centre.device), t=threat, eps=eps.view(-1, *[1] * (centre.ndim - 1)))
     for i in range(steps):
-        x = adv[active].requires_grad_(True)
-        s, so = t(x)  # (A,), (A,)
-        queries[active] += 1
+        x = adv[run.idx].requires_grad_(True)
+        s, so = run.t(x)  # (A,), (A,)
+        queries[run.idx] += 1
         keep = torch.ones_like(s, dtype=torch.bool)
         if early_stop:
             keep = ~flipped(s.detach(), so.detach(), reverse)
-            iters[active[~keep]] = i
+            iters[run.idx[~keep]] = i
         # samples are independent: each row gets its own gradient
         loss = rank_loss(so[keep], s[keep], 0.0 if reverse else 1.0).sum()
         if not keep.any():
             break
         grad, = torch.autograd.grad(loss, x)
         if nonfinite is not None:
-            nonfinite[active] |= ~torch.isfinite(grad).flatten(1).all(1)
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        x, grad = x.detach()[keep], grad[keep]
-        if not keep.all():
-            active, t = active[keep], t.select(keep.nonzero().flatten())
-        stepped = x + alpha * grad.sign()
-        adv[active] = project_linf(stepped, t.centre, eps[active].view(-1, *[1] * (x.ndim - 1)))
+            nonfinite[run.idx] |= ~torch.isfinite(grad).flatten(1).all(1)
+        run.x, run.grad = x.detach(), torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        run.leave(~keep)
+        adv[run.idx] = project_linf(run.x + alpha * run.grad.sign(), run.t.centre, run.eps)
     return adv, iters, queries
 
 

@@ -158,7 +158,7 @@ class Leaderboard(Table):
                                for norm in ("linf", "l2") for r in spec["radii"][norm]],
                     "auc": {**{norm: v for norm, v in rec.auc.items()},
                             **{f"median_min_eps_{norm}": v for norm, v in rec.median_min_eps.items()}},
-                    "certified": [{"radius": r, "accuracy": rate(rec.certified.get(rb.certify_radius(r)), n)}
+                    "certified": [{"radius": r, "accuracy": rate(rec.certified.get(float(r)), n)}
                                   for r in [0.0] + list(spec["certify"]["radii"])] if spec["certify"] else [],
                     "failed": int(rec.failed),
                     "per_sample_csv": [c.info["csv"] for c in cells] + [self.csv(metric)],

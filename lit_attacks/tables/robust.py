@@ -169,7 +169,8 @@ class Robust(Table):
 
     @staticmethod
     def certify(run: Run, metric: str, c: Dict[str, Any], csv: str, ctx: CellContext) -> Dict[str, Any]:
-        """A certification cell; payload ``certified``: certified accuracy at radius 0 and at each of ``radii``."""
+        """A certification cell; payload ``certified``: ``{"radius", "accuracy"}`` at radius 0 and at each of
+        ``radii`` (l_2, [0, 1] image units, as numbers)."""
         module = create_task("certify", metric=metric, sigma=2 * c["sigma"], n0=c["n0"], n=c["n"], alpha=c["alpha"],
                              target=c["target"], chunk=c.get("chunk", 64), max_images=c.get("max_images", 0),
                              batch_invariant=run.cfg["batch_invariant"], **run.metric_options())
@@ -180,8 +181,8 @@ class Robust(Table):
         ctx.save_rows(csv, rows.rows, rows.columns)
         radius01 = [r / 2 for r in gather.values["radius"]]  # [-1, 1] -> [0, 1] images
         correct = [c == 1 for c in gather.values["correct"]]
-        certified = {"certified clean": certified_accuracy(radius01, correct, 0.0)}
-        certified.update({f"certified l2 {rad:g}": certified_accuracy(radius01, correct, rad) for rad in c["radii"]})
+        certified = [{"radius": float(rad), "accuracy": certified_accuracy(radius01, correct, rad)}
+                     for rad in [0.0] + [float(r) for r in c["radii"]]]
         return {"label": module.metric.label, "certified": certified}
 
     # ------------------------------------------------------------------ results

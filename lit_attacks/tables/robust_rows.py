@@ -97,7 +97,7 @@ class RobustRecord:
     auc: Dict[str, float] = field(default_factory=dict)
     median_min_eps: Dict[str, float] = field(default_factory=dict)
     curves: Dict[str, Tuple[List[float], List[float]]] = field(default_factory=dict)
-    certified: Dict[float, float] = field(default_factory=dict)
+    certified: Dict[float, float] = field(default_factory=dict)  # l_2 radius ([0, 1] units; 0: clean) -> accuracy
 
 
 def robust_records(done: Iterable[Tuple[Any, Dict[str, Any]]]) -> Dict[str, RobustRecord]:
@@ -108,10 +108,7 @@ def robust_records(done: Iterable[Tuple[Any, Dict[str, Any]]]) -> Dict[str, Robu
         info = cell.info
         rec = out.setdefault(info["metric"], RobustRecord(payload["label"]))
         if info["kind"] == "certify":
-            cert = payload["certified"]
-            rec.certified[0.0] = cert["certified clean"]
-            rec.certified.update({certify_radius(k.rsplit(" ", 1)[1]): v for k, v in cert.items()
-                                  if k != "certified clean"})
+            rec.certified.update({float(c["radius"]): c["accuracy"] for c in payload["certified"]})
             continue
         res = payload["results"]
         n, agreed = res["all"]["total"], res["agreed"]["total"]
@@ -125,11 +122,6 @@ def robust_records(done: Iterable[Tuple[Any, Dict[str, Any]]]) -> Dict[str, Robu
             rec.auc[info["norm"]], rec.median_min_eps[info["norm"]] = m["auc"], m["median"]
             rec.curves[info["norm"]] = (m["grid"], m["curve"])
     return out
-
-
-def certify_radius(r: Any) -> float:
-    """A certification radius as the certify cell records it (6 significant digits: ``certified l2 0.125``)."""
-    return float(f"{float(r):g}")
 
 
 def display_row(rec: RobustRecord) -> Dict[str, Any]:
