@@ -10,6 +10,12 @@ flips the rank. Differences: every sample draws its windows and signs from its o
 position across the batch), so a sample's search does not depend on its batch; the search stops per sample at
 its first flip.
 
+Budgets as AutoAttack counts them: ``queries`` counts every metric evaluation, the start point included, so
+AutoAttack's ``n_queries = q`` (q proposals after the start point's evaluation) is our ``queries = q + 1``, and ``p``
+follows the schedule over the same q proposals. The l_2 proposal is AutoAttack's to the last detail, including its
+window budget ``sqrt(max(eps^2 - ||delta||^2, 0) / c + ||delta * mask||^2)`` with both norms over all channels
+(its ``lp_norm``); ``tests/test_protocol_sources.py`` checks it against a restatement.
+
 No gradient is ever taken: the metric is only called under ``torch.no_grad()``.
 """
 from __future__ import annotations
