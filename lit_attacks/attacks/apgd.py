@@ -10,7 +10,8 @@ most ``rho = 0.75`` of the steps since the last checkpoint, or when the step siz
 last checkpoint and the best loss has not improved since. Restarts start from a random point of the ball
 and attack only the samples not yet flipped. Differences: a sample stops as soon as it flips (AutoAttack
 runs the whole batch for ``n`` iterations and keeps its last flipping point); the loss history of the first
-checkpoint includes the starting point's loss (AutoAttack reads an unset row there); random starts come
+checkpoint includes the starting point's loss (AutoAttack reads an unset row there, 0: ``first_check="autoattack"``
+reproduces it); random starts come
 from per-sample counter-based streams (:mod:`lit_attacks.attacks.streams`), so a sample's attack does not
 depend on its batch.
 """
@@ -67,9 +68,10 @@ def checkpoints(steps: int) -> List[int]:
 
 def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = "linf", steps: int = 100,
              loss: Loss = "margin", rho: float = 0.75, eot: int = 1, nonfinite: Optional[Tensor] = None,
-             stop_at_flip: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+             stop_at_flip: bool = True, first_check: str = "start") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """One APGD run from ``x0``; a sample stops at its first flip (``s_adv > s_other``). ``eps`` is one budget or
-    (B,) budgets, one per sample. ``loss``: see :func:`loss_and_grad`.
+    (B,) budgets, one per sample. ``loss``: see :func:`loss_and_grad`. ``first_check``: what the first step's loss
+    is compared with at the first step-size checkpoint (:data:`FIRST_CHECKS`).
 
     With ``stop_at_flip=False`` every sample runs all ``steps`` and the point of highest loss is returned
     (adversarial training maximises its loss; no sample counts as flipped).
@@ -95,7 +97,8 @@ def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = 
     run.t, run.c, run.e = threat.select(run.idx), centre[run.idx], eps[run.idx]
     run.x, run.x_old, run.grad = x, x.clone(), grad[run.idx]
     run.x_best, run.g_best, run.l_best = x.clone(), run.grad.clone(), lval[run.idx].clone()
-    run.history = [lval[run.idx]]  # losses since the last checkpoint, starting point first
+    start = lval[run.idx] if first_check == "start" else torch.zeros_like(lval[run.idx])  # AutoAttack: an unset row
+    run.history = [start]  # losses since the last checkpoint, the starting point's (or 0) first
     run.l_best_check, run.reduced_check = run.l_best.clone(), torch.ones_like(run.l_best, dtype=torch.bool)
     run.step = 2 * run.e
     checks = set(checkpoints(steps))
@@ -136,6 +139,9 @@ def apgd_run(threat: Threat, x0: Tensor, eps: Union[float, Tensor], norm: str = 
     return out, done, iters, queries
 
 
+FIRST_CHECKS = ("start", "autoattack")  # the starting point's loss; AutoAttack's (and R-CLIP's) unset row, 0
+
+
 def _finite(grad: Tensor, nonfinite: Optional[Tensor], idx: Tensor) -> Tensor:
     """``grad`` with non-finite entries zeroed; marks those samples (``idx`` into the batch) in ``nonfinite``."""
     if nonfinite is not None:
@@ -145,7 +151,8 @@ def _finite(grad: Tensor, nonfinite: Optional[Tensor], idx: Tensor) -> Tensor:
 
 def apgd(threat: Threat, keys: Sequence[str], eps: Union[float, Tensor], norm: str = "linf", steps: int = 100,
          restarts: int = 1, loss: str = "margin", rho: float = 0.75, seed: int = 0, random_init: bool = True,
-         eot: int = 1, nonfinite: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+         eot: int = 1, nonfinite: Optional[Tensor] = None, first_check: str = "start"
+         ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """APGD with restarts: each restart attacks only the samples not flipped yet, from a random point of the
     ball drawn from the sample's own stream (``seed``, its key, the restart); with ``random_init=False`` the
     first run starts at the clean point.
@@ -170,7 +177,7 @@ def apgd(threat: Threat, keys: Sequence[str], eps: Union[float, Tensor], norm: s
         else:
             x0 = t.centre
         sub_nf = None if nonfinite is None else torch.zeros(len(todo), dtype=torch.bool, device=dev)
-        x, hit, it, q = apgd_run(t, x0, eps[todo], norm, steps, loss, rho, eot, sub_nf)
+        x, hit, it, q = apgd_run(t, x0, eps[todo], norm, steps, loss, rho, eot, sub_nf, first_check=first_check)
         if sub_nf is not None:
             nonfinite[todo] |= sub_nf
         adv[todo], done[todo] = x, hit
@@ -199,6 +206,9 @@ class APGD(AttackModule):
         eot: gradient samples averaged per step (Expectation over Transformation) on a stochastic metric.
         eot_eval: draws averaged to decide prey and flips on a stochastic metric.
         seed: combined with each sample's key into per-sample random starts.
+        first_check: at the first step-size checkpoint, the first step's loss is compared with the starting point's
+            ("start", ours) or, as AutoAttack's and R-CLIP's APGD read an unset row of their loss history, with 0
+            ("autoattack"; with a positive loss such as "ce" that step always counts as an increase).
         pretrained, weights_dir, keep_images, batch_invariant, uint8: see :class:`AttackModule`.
     """
 
@@ -213,8 +223,11 @@ class APGD(AttackModule):
 
     def __init__(self, metric: str = "lpips_alex", eps: float = 16 / 255, norm: str = "linf", steps: int = 100,
                  restarts: int = 1, loss: str = "margin", rho: float = 0.75, random_init: bool = True,
-                 target: str = "prey", eot: int = 1, eot_eval: int = 32, seed: int = 0, **options: Any) -> None:
+                 target: str = "prey", eot: int = 1, eot_eval: int = 32, seed: int = 0, first_check: str = "start",
+                 **options: Any) -> None:
         check_lp(self.name, eps, norm, loss)
+        if first_check not in FIRST_CHECKS:
+            raise ValueError(f"{self.name}: first_check must be one of {', '.join(FIRST_CHECKS)}, got {first_check!r}")
         if steps < 1 or restarts < 1 or eot < 1 or eot_eval < 1:
             raise ValueError(f"{self.name}: steps, restarts, eot and eot_eval must be >= 1; got steps={steps}, "
                              f"restarts={restarts}, eot={eot}, eot_eval={eot_eval}")
@@ -225,6 +238,7 @@ class APGD(AttackModule):
         self.set_target(target)
         self.eps, self.norm, self.steps, self.restarts, self.loss, self.rho = eps, norm, steps, restarts, loss, rho
         self.random_init, self.eot, self.eot_eval, self.seed = random_init, eot, eot_eval, seed
+        self.first_check = first_check
 
     @property
     def linf_budget(self) -> Optional[float]:
@@ -239,7 +253,7 @@ class APGD(AttackModule):
         eps_col = eps_column(eps, len(threat), threat.centre.device)
         eps = per_sample(eps, len(threat), threat.centre)
         adv, _, iters, queries = apgd(threat, keys, eps, self.norm, self.steps, self.restarts, self.loss, self.rho,
-                                      self.seed, self.random_init, self.eot, nonfinite)
+                                      self.seed, self.random_init, self.eot, nonfinite, self.first_check)
         return AttackResult(adv, iters, queries, eps_col, nonfinite=nonfinite, extra={"l2": l2_column(threat, adv)})
 
 

@@ -96,8 +96,8 @@ class CellStore:
     def load(self, cell_id: str, fp: str,
              parts: Optional[Dict[str, str]] = None) -> Tuple[Optional[Dict[str, Any]], str]:
         """(the record of a completed cell with fingerprint ``fp`` whose files are unchanged, its per-sample rows under
-        ``"rows"`` (CSV -> rows), or None; why it is reused or recomputed, in words). ``parts``: the fingerprint of each value the cell depends on, so the reason names
-        what changed."""
+        ``"rows"`` (CSV -> rows), or None; why it is reused or recomputed, in words). ``parts``: the fingerprint of
+        each value the cell depends on, so the reason names what changed."""
         p = self.path(cell_id)
         if self.fresh:
             return None, "recomputed (--fresh)"

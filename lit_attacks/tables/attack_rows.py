@@ -31,8 +31,11 @@ COLUMNS = ["metric", "attack", "group", "total", "flipped", "flip_rate", "flippe
 
 
 def attack_cell(run: Run, ctx: CellContext, attack: str, metric: str, params: Dict[str, Any], cid: str, csv: str,
-                examples: bool = True, save_adv: bool = False, aggregates: Sequence = ()) -> Dict[str, Any]:
-    """Run ``attack`` on ``metric`` over the unanimous samples: per-sample rows in ``csv``, flip statistics,
+                examples: bool = True, save_adv: bool = False, aggregates: Sequence = (),
+                unanimous_only: bool = True) -> Dict[str, Any]:
+    """Run ``attack`` on ``metric`` over the unanimous samples (every sample with ``unanimous_only=False``; a
+    sample then agrees with the humans when its closer image has the majority, judge > 0.5: p1): per-sample rows in
+    ``csv``, flip statistics,
     an example grid (``plots/examples-<cid>.png``) and optionally the adversarial images as shards
     (``adv/<cid>/``); ``aggregates``: more callbacks fed by the same outputs (the caller reads them). Returns the
     payload {label, results}."""
@@ -46,7 +49,7 @@ def attack_cell(run: Run, ctx: CellContext, attack: str, metric: str, params: Di
         adv_dir = run.out / "adv" / cid
         run.clear(f"adv/{cid}")  # shards of an earlier attempt
         callbacks.append(AdvShardWriter(str(adv_dir), prefix=cid))
-    run.predict(module, callbacks, run.datamodule(unanimous_only=True))
+    run.predict(module, callbacks, run.datamodule(unanimous_only=unanimous_only))
     ctx.save_rows(csv, rows.rows, rows.columns)
     if save_adv:
         ctx.track(f"adv/{cid}")

@@ -66,7 +66,8 @@ def protocol_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
     ens = rb.worst_case_params(s, "linf", 1.0)["attacks"]
     attacks = [{"attack": e["attack"], "params": dict(e.get("params") or {}), "label": attack_label(e),
                 "black_box": bool(getattr(ATTACKS.get(e["attack"]), "black_box", False))} for e in ens]
-    return {"target": s["target"], "attacks": attacks,
+    samples = {"samples": s["samples"]} if s["samples"] != "unanimous" else {}  # unanimous: fingerprints stay
+    return {"target": s["target"], **samples, "attacks": attacks,
             "radii": {"linf": list(s["linf"]), "l2": list(s["l2"]), "units": UNITS},
             "min_eps": s["min_eps"], "certify": s["certify"], "seed": int(cfg["seed"]),
             "eot": max([int((e.get("params") or {}).get("eot", 1)) for e in ens] or [1]),

@@ -9,13 +9,14 @@ Config key ``robust`` (None: off)::
       ensemble: null             # worst_case attacks (default: APGD-CE, APGD-margin, Square; AutoAttack's)
       min_eps: {attack: apgd, params: {}, linf_max: 16, l2_max: 4.0, bisections: 8}   # or null
       certify: {sigma: 0.25, n0: 100, n: 1000, alpha: 0.001, radii: [0.125, 0.25, 0.5]}  # [0, 1] units, or null
+      samples: unanimous         # or all: every sample, the humans' choice being the majority's (judge > 0.5: p1)
 
-All accuracies are over the unanimous samples. *clean*: the metric ranks like the humans. *robust at e*: it does
-and the worst case over the ensemble (each attack run only on samples no earlier one flipped, each flip re-scored
-by a fresh forward pass) does not flip it within e; samples whose attack failed (non-finite gradients) are not
-robust and are counted in ``failed``. *AUC*: the area under robust accuracy against eps in [0, max], divided by
-max, from the minimum-epsilon search. *certified at r*: randomized smoothing (:mod:`lit_attacks.certify`) returns
-"the preferred image is closer" with an l_2 radius of at least r.
+All accuracies are over the unanimous samples (``samples: all``: over every sample). *clean*: the metric ranks like
+the humans. *robust at e*: it does and the worst case over the ensemble (each attack run only on samples no earlier
+one flipped, each flip re-scored by a fresh forward pass) does not flip it within e; samples whose attack failed
+(non-finite gradients) are not robust and are counted in ``failed``. *AUC*: the area under robust accuracy against
+eps in [0, max], divided by max, from the minimum-epsilon search. *certified at r*: randomized smoothing
+(:mod:`lit_attacks.certify`) returns "the preferred image is closer" with an l_2 radius of at least r.
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
 from lit_attacks.tables.attack_rows import attack_cell, validate_attack
-from lit_attacks.tables.robust_rows import (CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, RobustRecord, display_row,
-                                              min_eps_params, min_eps_summary, radius_label, robust_records, settings,
-                                              worst_case_params)
+from lit_attacks.tables.robust_rows import (CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, SAMPLES, RobustRecord,
+                                              display_row, min_eps_params, min_eps_summary, radius_label,
+                                              robust_records, settings, worst_case_params)
 from lit_attacks.tasks import create_task
 
 def _min_eps_columns(out) -> Dict[str, Any]:
@@ -82,6 +83,8 @@ class Robust(Table):
                 raise ConfigError(f"robust.{norm} must be a list of positive numbers, got {v!r}")
         if s["target"] not in ("prey", "ref", "both"):
             raise ConfigError(f"robust.target must be prey, ref or both, got {s['target']!r}")
+        if s["samples"] not in SAMPLES:
+            raise ConfigError(f"robust.samples must be one of {', '.join(SAMPLES)}, got {s['samples']!r}")
         for norm, e in [("linf", e) for e in s["linf"]] + [("l2", e) for e in s["l2"]]:
             validate_attack("worst_case", cls.worst_case_params(s, norm, e))
         if s["min_eps"] is not None:
@@ -125,7 +128,8 @@ class Robust(Table):
     def cells(self, run: Run) -> Iterator[Cell]:
         s = settings(run.cfg)
         for metric in run.cfg["metrics"]:
-            mfp = {"metric_file": metric_file_fingerprint(metric)}
+            mfp = {"metric_file": metric_file_fingerprint(metric),  # + the sample set, when not the unanimous one
+                   **({"samples": s["samples"]} if s["samples"] != "unanimous" else {})}
             for norm in ("linf", "l2"):
                 for r in s[norm]:
                     cid = f"robust-{norm}-{number_id(r)}-{slug(metric)}"
@@ -160,7 +164,7 @@ class Robust(Table):
         ``min_eps``: grid, curve, auc, median)."""
         gather = [GatherColumns(("eps", "agreed", "ok"), _min_eps_columns)] if info["kind"] == "min_eps" else []
         payload = attack_cell(run, ctx, attack, metric, params, cid, csv, examples=False, save_adv=False,
-                              aggregates=gather)
+                              aggregates=gather, unanimous_only=settings(run.cfg)["samples"] == "unanimous")
         if gather:
             v = gather[0].values
             payload["min_eps"] = min_eps_summary([a == 1 for a in v["agreed"]], v["eps"], [o == 1 for o in v["ok"]],
@@ -177,7 +181,8 @@ class Robust(Table):
         rows = SampleRows()
         gather = GatherColumns(("radius", "correct"), lambda o: {"radius": torch.tensor(o.radius, dtype=torch.float64),
                                                                  "correct": o.correct})
-        run.predict(module, [rows, gather], run.datamodule(unanimous_only=True))
+        unanimous = settings(run.cfg)["samples"] == "unanimous"
+        run.predict(module, [rows, gather], run.datamodule(unanimous_only=unanimous))
         ctx.save_rows(csv, rows.rows, rows.columns)
         radius01 = [r / 2 for r in gather.values["radius"]]  # [-1, 1] -> [0, 1] images
         correct = [c == 1 for c in gather.values["correct"]]
@@ -217,7 +222,7 @@ class Robust(Table):
 
     def write(self, run: Run, rows: List[Dict[str, Any]]) -> Written:
         s = settings(run.cfg)
-        title = f"Robust 2AFC accuracy (unanimous samples; perturbed: {s['target']})"
+        title = f"Robust 2AFC accuracy ({_samples(s)}; perturbed: {s['target']})"
         if not rows:
             return Written(title)
         cols = self.columns(run)
@@ -226,7 +231,7 @@ class Robust(Table):
         if curves:
             write_csv(run.out / "robust_curves.csv", curves, ["metric", "norm", "eps", "robust_accuracy"])
         md = markdown_table(rows, cols, digits=3)
-        atomic_write(run.out / "robust.md", "# Robust 2AFC accuracy (unanimous samples)\n\n"
+        atomic_write(run.out / "robust.md", f"# Robust 2AFC accuracy ({_samples(s)})\n\n"
                      f"Radii on [0, 1] images (l_inf in 1/255); perturbed image: {s['target']}. Robust = ranked like "
                      "the humans and not flipped by any attack of the ensemble; certified = randomized smoothing "
                      "(Cohen et al. 2019) certifies the preferred image closer within the l_2 radius.\n\n" + md)
@@ -250,3 +255,7 @@ class Robust(Table):
     def scalars(cell_id: str, metric: str, payload: Dict[str, Any]) -> Dict[str, Any]:
         res = payload.get("results", {}).get("all")
         return {f"robust/{slug(metric)}/{cell_id}/flip_rate": res["flip_rate"]} if res else {}
+
+
+def _samples(s: Dict[str, Any]) -> str:
+    return "unanimous samples" if s["samples"] == "unanimous" else "all samples, majority label"

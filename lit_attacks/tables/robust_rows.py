@@ -14,13 +14,14 @@ from lit_attacks.attacks.ensemble import STANDARD
 from lit_attacks.attacks.registry import ATTACKS
 
 DEFAULTS: Dict[str, Any] = {
-    "linf": [2, 4, 8], "l2": [0.5, 1.0, 2.0], "target": "prey", "ensemble": None,
+    "linf": [2, 4, 8], "l2": [0.5, 1.0, 2.0], "target": "prey", "ensemble": None, "samples": "unanimous",
     "min_eps": {"attack": "apgd", "params": {}, "linf_max": 16, "l2_max": 4.0, "bisections": 8},
     "certify": {"sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "radii": [0.125, 0.25, 0.5]},
 }
 MIN_EPS_KEYS = ("attack", "params", "linf_max", "l2_max", "bisections")
 CERTIFY_KEYS = ("sigma", "n0", "n", "alpha", "radii", "chunk", "max_images")
 CURVE_POINTS = 41
+SAMPLES = ("unanimous", "all")  # the samples evaluated: the unanimous ones, or all (majority label, judge > 0.5)
 
 
 def settings(cfg: Dict[str, Any]) -> Dict[str, Any]:
