@@ -22,7 +22,8 @@ def evaluate(metric: Any, data: Optional[str] = None, protocol: str = "leaderboa
             callable ``d(ref, x) -> Tensor[B]`` on (B, 3, H, W) images in [-1, 1], smaller = more similar. An
             object is wrapped once (checked on a probe batch, eval mode, frozen) and named ``user:<name>``.
         data: None or "builtin" (the built-in set), a BAPPS or NIGHTS folder, or converted shards.
-        protocol: a preset with a ``leaderboard`` section (``leaderboard_quick``, ``bapps``, ``nights``) or a YAML path.
+        protocol: a preset with a ``leaderboard`` section (``leaderboard_quick``, ``rclip_nights``,
+            ``worst_case_bapps``, ...) or a YAML path.
         out: the results folder (default ``results/evaluate/<protocol>/<metric>``); a rerun resumes from its completed
             cells. It holds this run only: give each metric its own (the default does), and build the leaderboard
             from all of them (``python -m lit_attacks.leaderboard build results/evaluate --out site``).

@@ -83,3 +83,200 @@ def test_square_eta_is_autoattacks_nested_rectangles():
         want[s // 2:] = -rectangles(s - s // 2, s)
         want /= (want ** 2).sum().sqrt()
         assert torch.allclose(sq._eta(s), want, atol=1e-15), s
+
+
+# ---------------------------------------------------------------------------------------------- R-CLIP
+def _rclip_apgd(clf, x, y, norm, eps, n_iter, x_init, loss="ce", early_stop=True):
+    """R-CLIP's ``apgd_train`` (fra31/perceptual-metrics, autopgd_train_clean.py) with alpha 2, ``x_init`` given
+    (their ``use_rs`` start), restated on [0, 1] images: (the per-sample robust accuracy ``acc``, correct at the start
+    and at every step; ``x_best``, the point of highest loss). ``norm``: "Linf" or "L2"; ``loss``: "ce" or
+    "binary-margin"."""
+    B = x.shape[0]
+
+    def criterion(logits):
+        if loss == "ce":
+            return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        onehot = torch.nn.functional.one_hot(y, num_classes=2).to(logits.dtype)
+        return (logits * (1 - onehot) - logits * onehot).sum(-1)
+
+    def l2n(t):
+        return t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+    def loss_grad(z):
+        z = z.clone().requires_grad_(True)
+        logits = clf(z)
+        value = criterion(logits)
+        g, = torch.autograd.grad(value.sum(), z)
+        return value.detach(), g.detach(), logits.detach()
+
+    x_adv = x_init.clone().clamp(0, 1)
+    x_best = x_adv.clone()
+    loss_steps = torch.zeros(n_iter, B, dtype=x.dtype)
+    k, n_iter_min, size_decr = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
+    step = 2.0 * eps * torch.ones(B, 1, 1, 1, dtype=x.dtype)
+    counter3 = 0
+    loss_indiv, grad, logits = loss_grad(x_adv)
+    grad_best = grad.clone()
+    acc = logits.max(1)[1] == y
+    loss_best = loss_indiv.clone()
+    loss_best_last_check, reduced_last_check = loss_best.clone(), torch.ones_like(loss_best)
+    x_adv_old = x_adv.clone()
+    for i in range(n_iter):
+        grad2 = x_adv - x_adv_old
+        x_adv_old = x_adv.clone()
+        a = 0.75 if i > 0 else 1.0
+        if norm == "Linf":
+            x1 = x_adv + step * torch.sign(grad)
+            x1 = torch.clamp(torch.min(torch.max(x1, x - eps), x + eps), 0.0, 1.0)
+            x1 = torch.clamp(torch.min(torch.max(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), x - eps), x + eps), 0.0, 1.0)
+        else:
+            x1 = x_adv + step * grad / (l2n(grad) + 1e-12)
+            x1 = torch.clamp(x + (x1 - x) / (l2n(x1 - x) + 1e-12) * torch.min(eps * torch.ones_like(x), l2n(x1 - x)),
+                             0.0, 1.0)
+            x1 = x_adv + (x1 - x_adv) * a + grad2 * (1 - a)
+            x1 = torch.clamp(x + (x1 - x) / (l2n(x1 - x) + 1e-12) * torch.min(eps * torch.ones_like(x), l2n(x1 - x)),
+                             0.0, 1.0)
+        x_adv = x1
+        loss_indiv, g, logits = loss_grad(x_adv)
+        if i < n_iter - 1:
+            grad = g
+        acc = acc & (logits.max(1)[1] == y)
+        loss_steps[i] = loss_indiv
+        ind = loss_indiv > loss_best
+        x_best[ind], grad_best[ind], loss_best[ind] = x_adv[ind], grad[ind], loss_indiv[ind]
+        counter3 += 1
+        if counter3 == k:
+            t = torch.zeros(B, dtype=x.dtype)
+            for c in range(k):
+                t += (loss_steps[i - c] > loss_steps[i - c - 1]).to(x.dtype)  # at the first: row -1, still 0
+            osc = (t <= k * 0.75).to(x.dtype)
+            osc = torch.max(osc, (1.0 - reduced_last_check) * (loss_best_last_check >= loss_best).to(x.dtype))
+            reduced_last_check, loss_best_last_check = osc.clone(), loss_best.clone()
+            m = osc > 0
+            step[m] /= 2.0
+            x_adv[m], grad[m] = x_best[m].clone(), grad_best[m].clone()
+            counter3, k = 0, max(k - size_decr, n_iter_min)
+        if early_stop and acc.sum() == 0:
+            break
+    return acc, x_best
+
+
+@pytest.fixture(scope="module")
+def fixture_batch(tmp_path_factory):
+    from lit_attacks.datamodules.bapps import BappsDataModule
+
+    dm = BappsDataModule(batch_size=10, builtin_n=10, cache_dir=str(tmp_path_factory.mktemp("cache")))
+    b = next(iter(dm.predict_dataloader()))
+    return {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in b.items()}
+
+
+@pytest.mark.parametrize("norm,radius", [("linf", 4), ("l2", 3.0), ("linf", 1), ("l2", 0.5)])
+def test_rclip_preset_is_rclips_evaluation_sample_by_sample(fixture_batch, norm, radius):
+    """The rclip_nights preset's attack (its ensemble, target and first checkpoint; 12 iterations here instead of
+    100, and its radii plus smaller ones so that some samples hold) gives every sample the verdict R-CLIP's loop
+    gives it from the same start."""
+    from lit_attacks.attacks.registry import ATTACKS
+    from lit_attacks.attacks.streams import Streams
+    from lit_attacks.attacks.threat import random_start
+    from lit_attacks.bench.config import CONFIG_DIR, load_yaml, merge
+    from lit_attacks.metrics import create_metric
+    from lit_attacks.tables.robust_rows import settings, worst_case_params
+
+    cfg = merge(load_yaml(CONFIG_DIR / "rclip_nights.yaml"), {}, "rclip_nights")
+    s = settings(cfg)
+    assert s["target"] == "ref" and s["linf"] == [4] and s["l2"] == [3.0] and len(s["ensemble"]) == 1
+    member = s["ensemble"][0]
+    assert member["attack"] == "apgd" and member["params"] == {"loss": "ce", "steps": 100, "restarts": 1,
+                                                              "random_init": True, "first_check": "autoattack"}
+    steps = 12
+    params = worst_case_params(s, norm, radius)
+    params["attacks"] = [{"attack": "apgd", "params": {**member["params"], "steps": steps}}]
+    attack = ATTACKS.get("worst_case")(metric="lpips_alex", pretrained=False, batch_invariant=True, **params)
+    with torch.enable_grad():
+        out = attack.predict_step(fixture_batch)
+    ours = (out.agreed & ~out.flipped).tolist()
+    assert all(st == "ok" for st in out.status)
+
+    b = fixture_batch
+    ref, p0, p1, keys = b["ref"], b["p0"], b["p1"], list(b["key"])
+    metric = create_metric("lpips_alex", pretrained=False, dtype=torch.float64)
+    y = (b["judge"] > 0.5).long()  # R-CLIP's label: the right image (p1) has the majority
+
+    def clf(x01):  # R-CLIP's lpips_clf: logits (-d(ref, p0), -d(ref, p1)) on [0, 1] images
+        x = 2 * x01 - 1
+        return torch.stack((-metric(x, p0), -metric(x, p1)), dim=1)
+
+    eps = params["eps"]  # on [-1, 1]; R-CLIP's budget on [0, 1] is half of it
+    x0 = random_start(ref, eps, norm, 1, Streams.for_samples(0, keys, 0, ref.device))  # the start both take
+    acc, _ = _rclip_apgd(clf, (ref + 1) / 2, y, "Linf" if norm == "linf" else "L2", eps / 2, steps, (x0 + 1) / 2)
+    assert acc.tolist() == ours, (acc.tolist(), ours)
+    assert 0 < sum(ours) or radius > 1  # the small radii leave some samples robust: both paths are exercised
+
+
+@pytest.mark.parametrize("loss,norm", [("margin", "linf"), ("margin", "l2"), ("ce", "linf")])
+def test_apgd_path_is_rclips_with_autoattacks_first_checkpoint_only(fixture_batch, loss, norm):
+    """Every step, not only the verdict: without stopping at flips, our APGD's best points equal R-CLIP's loop's
+    from the same start with first_check="autoattack", and with our own first checkpoint ("start") they differ
+    for some sample under the margin loss (negative before a flip, so R-CLIP's comparison with 0 counts no
+    increase where ours does)."""
+    from lit_attacks.attacks.apgd import apgd_run
+    from lit_attacks.attacks.threat import Threat
+    from lit_attacks.metrics import create_metric
+
+    b = fixture_batch
+    metric = create_metric("lpips_alex", pretrained=False, dtype=torch.float64)
+    bound = metric.bind(b["ref"])
+    s0, s1 = bound(b["p0"]), bound(b["p1"])
+    prey_is_1 = s1 < s0
+    prey = torch.where(prey_is_1.view(-1, 1, 1, 1), b["p1"], b["p0"])
+    other = torch.where(prey_is_1.view(-1, 1, 1, 1), b["p0"], b["p1"])
+    threat = Threat.on_prey(bound, prey, torch.where(prey_is_1, s0, s1))
+    eps, steps = (4 / 255, 20) if norm == "linf" else (0.5, 20)  # on [-1, 1]
+    runs = {fc: apgd_run(threat, prey, eps, norm, steps, loss, stop_at_flip=False, first_check=fc)[0]
+            for fc in ("start", "autoattack")}
+
+    def clf(x01):  # the prey is the label 0
+        x = 2 * x01 - 1
+        return torch.stack((-bound(x), -bound(other)), dim=1)
+
+    y = torch.zeros(len(prey), dtype=torch.long)
+    _, x_best = _rclip_apgd(clf, (prey + 1) / 2, y, "Linf" if norm == "linf" else "L2", eps / 2, steps,
+                            (prey + 1) / 2, "ce" if loss == "ce" else "binary-margin", early_stop=False)
+    assert torch.allclose((runs["autoattack"] + 1) / 2, x_best, atol=1e-9, rtol=0)
+    if loss == "margin":
+        assert not torch.allclose((runs["start"] + 1) / 2, x_best, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- the presets run
+PROTOCOL_PRESETS = {"rclip_nights": ("nights", [], "ref", "unanimous"),
+                    "rclip_bapps": ("bapps", [], "ref", "all"),
+                    "worst_case_bapps": ("bapps", [], "prey", "unanimous"),
+                    # at 224 px the full budgets take 9 minutes here even for l2: the layout is what is checked
+                    "worst_case_nights": ("nights", ["--image-size", "48"], "prey", "unanimous")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(PROTOCOL_PRESETS))
+def test_each_protocol_preset_runs_on_its_layout_and_says_what_it_measured(preset, tmp_path):
+    import json
+
+    import bench
+    from lit_attacks.datamodules.nights import write_fixture
+    from lit_attacks.datamodules.synthetic import write_tree
+
+    layout, extra, target, samples = PROTOCOL_PRESETS[preset]
+    data = write_fixture(tmp_path / "nights", n=8) if layout == "nights" else write_tree(tmp_path / "bapps", 2)
+    out = tmp_path / "out"
+    assert bench.main(["--config", preset, "--data", str(data), "--metrics", "l2", "--out", str(out), "--quiet",
+                       "--wandb", "disabled", *extra]) == 0
+    entry = json.loads(next((out / "leaderboard").glob(f"*/{preset}/l2.json")).read_text())
+    assert entry["protocol"]["name"] == preset and entry["protocol"]["target"] == target
+    assert entry["protocol"].get("samples", "unanimous") == samples
+    assert entry["dataset"]["name"] == layout
+    n = entry["dataset"]["unanimous"]
+    everything = 10 if layout == "bapps" else None  # the built-in tree: 2 triplets in each of 5 categories
+    if samples == "all":
+        assert n == everything
+    elif layout == "bapps":
+        assert n < everything  # the split judges are left out
+    assert all(r["accuracy"]["n"] == n for r in entry["results"]["robust"])
