@@ -7,6 +7,7 @@ one row per sample, gathered exactly once under DDP by :class:`lit_attacks.callb
 - ``attack:<name>``: any registered attack (:mod:`lit_attacks.attacks`), e.g. ``attack:pgd``;
 - ``transfer_generate`` / ``transfer_score``: adversarial variants on a source metric, scored by a target (Table 3);
 - ``certify``: randomized-smoothing certification (:class:`lit_attacks.certify.CertifyModule`);
+- ``lipschitz``: LipSim's Lipschitz certificate, and ours (:class:`lit_attacks.lipschitz.LipschitzModule`);
 - ``gradient_check``: the prey's gradient at the clean point (:class:`lit_attacks.gradcheck.GradientCheck`).
 
     >>> module = create_task("attack:pgd", metric="l2", steps=5)
@@ -23,6 +24,7 @@ import pytorch_lightning as pl
 from lit_attacks.attacks import ATTACKS
 from lit_attacks.certify import CertifyModule  # noqa: F401 (registers "certify")
 from lit_attacks.gradcheck import GradientCheck  # noqa: F401 (registers "gradient_check")
+from lit_attacks.lipschitz import LipschitzModule  # noqa: F401 (registers "lipschitz")
 from lit_attacks.registry import TASKS
 from lit_attacks.scoring import ScoreModule  # noqa: F401 (registers "score")
 from lit_attacks.transfer import TransferGenerator  # noqa: F401 (registers "transfer_generate", "transfer_score")

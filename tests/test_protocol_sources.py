@@ -252,7 +252,10 @@ PROTOCOL_PRESETS = {"rclip_nights": ("nights", [], "ref", "unanimous"),
                     "rclip_bapps": ("bapps", [], "ref", "all"),
                     "worst_case_bapps": ("bapps", [], "prey", "unanimous"),
                     # at 224 px the full budgets take 9 minutes here even for l2: the layout is what is checked
-                    "worst_case_nights": ("nights", ["--image-size", "48"], "prey", "unanimous")}
+                    "worst_case_nights": ("nights", ["--image-size", "48"], "prey", "unanimous"),
+                    # LipSim's checkpoints cannot be downloaded here: its network with random SLL layers
+                    "lipsim_nights": ("nights", ["--metrics", "lipsim", "--pretrained", "false"], "ref", "unanimous"),
+                    "lipsim_bapps": ("bapps", ["--metrics", "lipsim", "--pretrained", "false"], "ref", "all")}
 
 
 @pytest.mark.slow
@@ -269,7 +272,8 @@ def test_each_protocol_preset_runs_on_its_layout_and_says_what_it_measured(prese
     out = tmp_path / "out"
     assert bench.main(["--config", preset, "--data", str(data), "--metrics", "l2", "--out", str(out), "--quiet",
                        "--wandb", "disabled", *extra]) == 0
-    entry = json.loads(next((out / "leaderboard").glob(f"*/{preset}/l2.json")).read_text())
+    metric = extra[extra.index("--metrics") + 1] if "--metrics" in extra else "l2"
+    entry = json.loads(next((out / "leaderboard").glob(f"*/{preset}/{metric}.json")).read_text())
     assert entry["protocol"]["name"] == preset and entry["protocol"]["target"] == target
     assert entry["protocol"].get("samples", "unanimous") == samples
     assert entry["dataset"]["name"] == layout
@@ -280,3 +284,138 @@ def test_each_protocol_preset_runs_on_its_layout_and_says_what_it_measured(prese
     elif layout == "bapps":
         assert n < everything  # the split judges are left out
     assert all(r["accuracy"]["n"] == n for r in entry["results"]["robust"])
+    if preset.startswith("lipsim"):  # LipSim's radii, its certificate and ours, recounted from the per-sample CSV
+        from lit_attacks.report import read_csv
+
+        rows = read_csv(out / "samples" / "robust" / f"lipschitz-{metric}.csv")
+        assert len(rows) == n and entry["protocol"]["lipschitz"] == {"radii_255": [36.0, 72.0, 108.0]}
+        for c in entry["results"]["certified_lipschitz"]:
+            for key, column in (("accuracy", "radius"), ("accuracy_sound", "radius_sound")):
+                k = sum(r["correct"] == "True" and float(r[column]) > c["radius_255"] / 255 for r in rows)
+                assert c[key]["k"] == k and c[key]["n"] == n
+        assert entry["results"]["clean"]["k"] == sum(r["correct"] == "True" for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------- LipSim
+def _lipsim_certified(e_ref, e0, e1, target, eps_list):
+    """LipSim's get_certified_accuracy (SaraGhazanfari/lipsim, lipsim/core/evaluate.py) restated: (accuracy,
+    certified) per eps, from raw embeddings."""
+    def unit(e):
+        return e / torch.norm(e, p=2, dim=1).unsqueeze(1)
+
+    r, a, b = unit(e_ref), unit(e0), unit(e1)
+    cos = torch.nn.CosineSimilarity(dim=1, eps=1e-6)
+    bound = torch.norm(a - b, p=2, dim=1).unsqueeze(1)
+    dist_0, dist_1 = 1 - cos(r, a), 1 - cos(r, b)
+    outputs = torch.stack((dist_1, dist_0), dim=1)
+    predicted = outputs.argmax(axis=1)
+    correct = outputs.max(1)[1] == target
+    fy_fi = outputs.max(dim=1)[0].reshape(-1, 1) - outputs
+    mask = (outputs.max(dim=1)[0].reshape(-1, 1) - outputs) == 0
+    fy_fi[mask] = torch.inf
+    radius = (fy_fi / bound).min(dim=1)[0]
+    acc = [int(predicted.eq(target).sum()) / len(target)] * len(eps_list)
+    cert = [int((correct & (radius > eps)).sum()) / len(target) for eps in eps_list]
+    return acc, cert
+
+
+def test_lipsim_certificate_is_lipsims_computation():
+    from lit_attacks.lipschitz import certificates, certified_fraction
+
+    torch.manual_seed(0)
+    B, D = 400, 16
+    e_ref = torch.randn(B, D, dtype=torch.float64)
+    e0 = e_ref + 0.8 * torch.randn(B, D, dtype=torch.float64)
+    e1 = e_ref + 0.8 * torch.randn(B, D, dtype=torch.float64)
+    e1[:5] = e0[:5]  # exact ties: LipSim predicts p0 and gives an infinite radius
+    target = (torch.rand(B) > 0.5).long()
+    eps_list = [36 / 255, 72 / 255, 108 / 255, 1.0]
+    acc, cert = _lipsim_certified(e_ref, e0, e1, target, eps_list)
+    c = certificates(e_ref, e0, e1, target, 1.0)
+    correct = c["correct"].tolist()
+    assert sum(correct) / B == pytest.approx(acc[0], abs=1e-12)
+    got = [certified_fraction(correct, c["radius"].tolist(), eps) for eps in eps_list]
+    assert got == pytest.approx(cert, abs=1e-12) and 0 < cert[0] < acc[0]
+    assert all(c["radius"][:5] == math.inf) and all(c["predicted"][:5] == 0)
+
+
+class _LinearCosine(torch.nn.Module):
+    """1 - cos of a linear embedding W x of [0, 1] images, W with spectral norm ``lip`` (so its Lipschitz constant
+    in l_2 on [0, 1] images is exactly ``lip``); rows of W that vary fast make the embedding of smooth images small."""
+
+    def __init__(self, shape, dim, lip, seed=0, smooth=False):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        n = math.prod(shape)
+        w = torch.randn(dim, n, generator=g, dtype=torch.float64)
+        if smooth is False:  # checkerboard-modulated rows: small on smooth images
+            c, h, wd = shape
+            board = ((torch.arange(h).view(-1, 1) + torch.arange(wd).view(1, -1)) % 2 * 2 - 1).to(torch.float64)
+            w = w * board.expand(c, h, wd).reshape(1, -1)
+        self.w = w / torch.linalg.matrix_norm(w, ord=2) * lip
+        self.name, self.lip = "linear_cosine", lip
+
+    def embed(self, x):
+        return ((x + 1) / 2).flatten(1) @ self.w.T
+
+    def embedding_lipschitz(self, size):
+        return self.lip
+
+    def forward(self, ref, x, check=True):
+        return 1 - torch.nn.functional.cosine_similarity(self.embed(ref), self.embed(x), dim=1, eps=1e-6)
+
+
+def test_no_attack_flips_a_sample_inside_its_sound_radius_and_lipsims_can_be_too_large(fixture_batch):
+    """The sound radius holds against APGD (l_2, on the reference, 60 steps, margin loss) at 0.98 of it; beyond
+    three times it the attack flips some sample (the check is not vacuous); and on an embedding whose norm is below
+    1 LipSim's radius is larger than what holds: the attack flips samples inside it."""
+    from lit_attacks.attacks.apgd import apgd_run
+    from lit_attacks.attacks.threat import Threat
+    from lit_attacks.lipschitz import certificates
+
+    b = fixture_batch
+    ref, p0, p1 = (torch.nn.functional.avg_pool2d(b[k], 4) for k in ("ref", "p0", "p1"))  # 16 x 16: fast
+    metric = _LinearCosine(tuple(ref.shape[1:]), 8, lip=1.0)
+    preferred = (b["judge"] > 0.5).long()
+    c = certificates(metric.embed(ref), metric.embed(p0), metric.embed(p1), preferred, 1.0)
+    norms = c["ref_norm"]
+    assert (norms < 1).any()  # the case LipSim's argument does not cover
+    prey_is_1 = c["predicted"].bool()
+    prey = torch.where(prey_is_1.view(-1, 1, 1, 1), p1, p0)
+    other = torch.where(prey_is_1.view(-1, 1, 1, 1), p0, p1)
+    d_other = torch.where(prey_is_1, c["d0"], c["d1"])
+
+    def attack(radius01):  # per-sample l_2 budgets on [0, 1] images -> flipped (B,)
+        threat = Threat("ref", metric, ref, prey, other, d_other)
+        _, flipped, _, _ = apgd_run(threat, ref, 2 * radius01, "l2", 60, "margin")
+        return flipped
+
+    ok = c["correct"] & (c["radius_sound"] > 1e-6)
+    assert ok.any()
+    inside = attack(0.98 * c["radius_sound"].clamp(min=1e-9))
+    assert not (inside & ok).any(), "a sample certified by the sound radius was flipped inside it"
+    assert attack(3.0 * c["radius_sound"].clamp(min=1e-9))[ok].any()
+    lipsim_inside = attack(0.98 * c["radius"].clamp(max=10.0))
+    assert (lipsim_inside & c["correct"] & (c["radius"] > c["radius_sound"])).any(), \
+        "expected LipSim's radius to overstate the certificate where the embedding norm is below 1"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--metrics", "lipsim", "--pretrained", "false", "--image-size", "64"],
+     "robust.lipschitz: lipschitz certificate: metric lipsim declares no Lipschitz bound of its embedding for 64x64 "
+     "images; LipSim's network is 1-Lipschitz on its 224 x 224 input: run at --image-size 224"),
+    (["--metrics", "l2"], "robust.lipschitz: lipschitz certificate: metric l2 is not an embedding distance")])
+def test_a_metric_without_a_lipschitz_bound_is_refused_in_one_line_before_any_work(extra, message, tmp_path,
+                                                                                   capsys):
+    import bench
+
+    out = tmp_path / "out"
+    try:
+        code = bench.main(["--config", "lipsim_nights", "--data", "builtin", "--builtin-n", "2", "--out", str(out),
+                           "--quiet", "--wandb", "disabled", *extra])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not (out / "cells").exists()

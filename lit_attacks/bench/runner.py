@@ -186,6 +186,8 @@ class Bench:
                 raise ConfigError(f"metrics {by_label[label]!r} and {m!r} are both labelled {label!r}: their rows "
                                   "could not be told apart")
             by_label[label] = m
+        for table in self.tables:
+            table.preflight(self)
 
     def planned_cells(self) -> int:
         return sum(t.plan(self.cfg).cells for t in self.tables)

@@ -86,6 +86,8 @@ def validate(entry: Dict[str, Any], where: str = "entry") -> None:
     rates = [("results/clean", results["clean"])]
     rates += [(f"results/robust/{i}/accuracy", r["accuracy"]) for i, r in enumerate(results["robust"])]
     rates += [(f"results/certified/{i}/accuracy", c["accuracy"]) for i, c in enumerate(results["certified"])]
+    rates += [(f"results/certified_lipschitz/{i}/{k}", c[k])
+              for i, c in enumerate(results.get("certified_lipschitz", [])) for k in ("accuracy", "accuracy_sound")]
     for field, r in rates:
         _consistent_rate(r, f"{where}: {field}")
     entry_date(entry, where)

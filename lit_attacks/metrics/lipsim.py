@@ -151,6 +151,13 @@ class LipSimDistance(EmbeddingDistance):
         """(B, 1792) embedding of images in [-1, 1] of any size."""
         return self.net(pil_bicubic(to01(x)))
 
+    lipschitz_hint = "LipSim's network is 1-Lipschitz on its 224 x 224 input: run at --image-size 224"
+
+    def embedding_lipschitz(self, size) -> Optional[float]:
+        """1 on [0, 1] images of 224 x 224 (the SLL network is 1-Lipschitz by construction and the resize is the
+        identity there); None at other sizes (the resize comes first: not 1-Lipschitz in general)."""
+        return 1.0 if tuple(size) == (224, 224) else None
+
 
 _CALIBRATED = ("the authors' own network code (SaraGhazanfari/lipsim at 58fe73e, its L2LipschitzNetwork, "
                "NormalizedModel and PerceptualMetric) on a generated checkpoint of the 'small' shapes: embeddings "

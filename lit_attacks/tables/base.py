@@ -256,6 +256,10 @@ class Table:
         return Plan()
 
     # ------------------------------------------------------------------ running
+    def preflight(self, run: Run) -> None:
+        """Checks that need the built metrics (after the run has built each once, before any cell runs): raise
+        :class:`lit_attacks.configuration.ConfigError` (one line). Default: none."""
+
     def cells(self, run: Run) -> Iterator[Cell]:
         """The cells, lazily: a cell may depend on the payload of one yielded before (see :attr:`done`)."""
         return iter(())

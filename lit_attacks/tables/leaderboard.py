@@ -67,6 +67,8 @@ def protocol_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
     attacks = [{"attack": e["attack"], "params": dict(e.get("params") or {}), "label": attack_label(e),
                 "black_box": bool(getattr(ATTACKS.get(e["attack"]), "black_box", False))} for e in ens]
     samples = {"samples": s["samples"]} if s["samples"] != "unanimous" else {}  # unanimous: fingerprints stay
+    if s["lipschitz"]:
+        samples["lipschitz"] = {"radii_255": [float(r) for r in s["lipschitz"]["radii_255"]]}
     return {"target": s["target"], **samples, "attacks": attacks,
             "radii": {"linf": list(s["linf"]), "l2": list(s["l2"]), "units": UNITS},
             "min_eps": s["min_eps"], "certify": s["certify"], "seed": int(cfg["seed"]),
@@ -154,13 +156,16 @@ class Leaderboard(Table):
                              "description": lb.get("description") or "", **{k: v for k, v in spec.items()
                                                                               if k != "uint8"}},
                 "results": {
-                    "clean": rate(rec.clean if rec.attacked else None, n),
+                    "clean": rate(rec.clean if rec.attacked else rec.lipschitz_clean if rec.lipschitz else None, n),
                     "robust": [{"norm": norm, "radius": r, "accuracy": rate(rec.robust.get((norm, float(r))), n)}
                                for norm in ("linf", "l2") for r in spec["radii"][norm]],
                     "auc": {**{norm: v for norm, v in rec.auc.items()},
                             **{f"median_min_eps_{norm}": v for norm, v in rec.median_min_eps.items()}},
                     "certified": [{"radius": r, "accuracy": rate(rec.certified.get(float(r)), n)}
                                   for r in [0.0] + list(spec["certify"]["radii"])] if spec["certify"] else [],
+                    **({"certified_lipschitz": [
+                        {"radius_255": r, "accuracy": rate(lipsim, n), "accuracy_sound": rate(sound, n)}
+                        for r, (lipsim, sound) in rec.lipschitz.items()]} if rec.lipschitz else {}),
                     "failed": int(rec.failed),
                     "per_sample_csv": [c.info["csv"] for c in cells] + [self.csv(metric)],
                 },

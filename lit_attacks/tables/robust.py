@@ -10,6 +10,7 @@ Config key ``robust`` (None: off)::
       min_eps: {attack: apgd, params: {}, linf_max: 16, l2_max: 4.0, bisections: 8}   # or null
       certify: {sigma: 0.25, n0: 100, n: 1000, alpha: 0.001, radii: [0.125, 0.25, 0.5]}  # [0, 1] units, or null
       samples: unanimous         # or all: every sample, the humans' choice being the majority's (judge > 0.5: p1)
+      lipschitz: null            # LipSim's certificate: {radii_255: [36, 72, 108]} (l_2, [0, 1] images, in 1/255)
 
 All accuracies are over the unanimous samples (``samples: all``: over every sample). *clean*: the metric ranks like
 the humans. *robust at e*: it does and the worst case over the ensemble (each attack run only on samples no earlier
@@ -31,15 +32,20 @@ from lit_attacks.callbacks.aggregates import GatherColumns
 from lit_attacks.callbacks.samples import SampleRows
 from lit_attacks.certify import certified_accuracy, check_certify
 from lit_attacks.configuration import ConfigError, check_keys
+from lit_attacks.lipschitz import LipschitzError, certified_fraction, lipschitz_constant
+from lit_attacks.metrics import create_metric
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tables import plots
 from lit_attacks.tables.base import (TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint,
                                      number_id, slug)
 from lit_attacks.tables.attack_rows import attack_cell, validate_attack
-from lit_attacks.tables.robust_rows import (CERTIFY_KEYS, DEFAULTS, EXAMPLE, MIN_EPS_KEYS, SAMPLES, RobustRecord,
-                                              display_row, min_eps_params, min_eps_summary, radius_label,
-                                              robust_records, settings, worst_case_params)
+from lit_attacks.tables.robust_rows import (CERTIFY_KEYS, DEFAULTS, EXAMPLE, LIPSCHITZ_KEYS, MIN_EPS_KEYS, SAMPLES,
+                                              RobustRecord, display_row, min_eps_params, min_eps_summary,
+                                              radius_label, robust_records, settings, worst_case_params)
 from lit_attacks.tasks import create_task
+
+LIPSCHITZ = 2.0  # metric evaluations per sample of a Lipschitz certificate: three embeddings (a score embeds two)
+
 
 def _min_eps_columns(out) -> Dict[str, Any]:
     """What a min_eps cell gathers of each sample: its minimum flipping eps, agreement, and whether it ran."""
@@ -101,6 +107,17 @@ class Robust(Table):
                 raise ConfigError(f"robust.{e}") from None
             if not isinstance(c["radii"], list) or not all(isinstance(x, (int, float)) and x >= 0 for x in c["radii"]):
                 raise ConfigError(f"robust.certify.radii must be a list of numbers >= 0, got {c['radii']!r}")
+        lip = r.get("lipschitz")
+        if lip is not None:
+            if not isinstance(lip, dict):
+                raise ConfigError(f"robust.lipschitz must be a mapping (radii_255) or null, got {lip!r}")
+            check_keys(lip, LIPSCHITZ_KEYS, "robust.lipschitz: ")
+            radii = s["lipschitz"].get("radii_255")
+            if not isinstance(radii, list) or not radii or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+                    for x in radii):
+                raise ConfigError(f"robust.lipschitz.radii_255 must be a list of positive numbers (l_2 radii on "
+                                  f"[0, 1] images in 1/255, LipSim's: [36, 72, 108]), got {radii!r}")
 
     worst_case_params = staticmethod(worst_case_params)
     min_eps_params = staticmethod(min_eps_params)
@@ -110,7 +127,8 @@ class Robust(Table):
         if cfg["robust"] is None:
             return Plan()
         s = settings(cfg)
-        per = len(s["linf"]) + len(s["l2"]) + (2 if s["min_eps"] else 0) + (1 if s["certify"] else 0)
+        per = len(s["linf"]) + len(s["l2"]) + (2 if s["min_eps"] else 0) + (1 if s["certify"] else 0) \
+            + (1 if s["lipschitz"] else 0)
         return Plan(cells=len(cfg["metrics"]) * per, work=len(cfg["metrics"]) * sum(cls.cell_costs(s)))
 
     @classmethod
@@ -122,9 +140,27 @@ class Robust(Table):
             costs += [attack_cost("min_eps", cls.min_eps_params(s, norm)) for norm in ("linf", "l2")]
         if s["certify"]:
             costs.append(SCORE * (s["certify"]["n0"] + s["certify"]["n"]))
+        if s["lipschitz"]:
+            costs.append(LIPSCHITZ)
         return costs
 
     # ------------------------------------------------------------------ cells
+    def preflight(self, run: Run) -> None:
+        """LipSim's certificate needs, of every metric, an embedding with a declared Lipschitz bound at the run's
+        image size: one line naming the metric otherwise, before any work."""
+        if not settings(run.cfg)["lipschitz"]:
+            return
+        size = (run.cfg["image_size"], run.cfg["image_size"])
+        for m in run.cfg["metrics"]:
+            metric = create_metric(m, **run.metric_options())
+            try:
+                if not callable(getattr(metric, "embed", None)):
+                    raise LipschitzError(f"lipschitz certificate: metric {m} is not an embedding distance (1 - cos "
+                                         "of embeddings), which LipSim's certificate needs")
+                lipschitz_constant(metric, size)
+            except LipschitzError as e:
+                raise ConfigError(f"robust.lipschitz: {e}") from None
+
     def cells(self, run: Run) -> Iterator[Cell]:
         s = settings(run.cfg)
         for metric in run.cfg["metrics"]:
@@ -148,6 +184,12 @@ class Robust(Table):
                 yield Cell(cid, f"certify (sigma {c['sigma']:g}) {metric}", {"params": c, **mfp},
                            partial(self.certify, run, metric, c, csv),
                            info={"kind": "certify", "metric": metric, "csv": csv}, work=SCORE * (c["n0"] + c["n"]))
+            if s["lipschitz"]:
+                cid, csv = f"robust-lipschitz-{slug(metric)}", f"samples/robust/lipschitz-{slug(metric)}.csv"
+                radii = [float(r) for r in s["lipschitz"]["radii_255"]]
+                yield Cell(cid, f"Lipschitz certificate {metric}", {"params": {"radii_255": radii}, **mfp},
+                           partial(self.lipschitz, run, metric, radii, csv),
+                           info={"kind": "lipschitz", "metric": metric, "csv": csv}, work=LIPSCHITZ)
 
     def _attack(self, run: Run, cid: str, what: str, attack: str, metric: str, params: Dict[str, Any],
                 mfp: Dict[str, Any], info: Dict[str, Any]) -> Cell:
@@ -190,6 +232,25 @@ class Robust(Table):
                      for rad in [0.0] + [float(r) for r in c["radii"]]]
         return {"label": module.metric.label, "certified": certified}
 
+    @staticmethod
+    def lipschitz(run: Run, metric: str, radii_255: List[float], csv: str, ctx: CellContext) -> Dict[str, Any]:
+        """A Lipschitz-certificate cell (:mod:`lit_attacks.lipschitz`); payload ``lipschitz``: samples, LipSim's
+        clean accuracy and, per radius, the share certified by LipSim's radius and by the sound one."""
+        module = create_task("lipschitz", metric=metric, batch_invariant=run.cfg["batch_invariant"],
+                             **run.metric_options())
+        rows = SampleRows()
+        unanimous = settings(run.cfg)["samples"] == "unanimous"
+        run.predict(module, [rows], run.datamodule(unanimous_only=unanimous))
+        ctx.save_rows(csv, rows.rows, rows.columns)
+        correct = [bool(r["correct"]) for r in rows.rows]
+        n = len(correct)
+        certified = [{"radius_255": r, "lipsim": certified_fraction(correct, [x["radius"] for x in rows.rows],
+                                                                    r / 255),
+                      "sound": certified_fraction(correct, [x["radius_sound"] for x in rows.rows], r / 255)}
+                     for r in radii_255]
+        return {"label": module.metric.label,
+                "lipschitz": {"samples": n, "clean": sum(correct) / n if n else math.nan, "certified": certified}}
+
     # ------------------------------------------------------------------ results
     def records(self, run: Run) -> Dict[str, RobustRecord]:
         """metric -> its typed record of this run's robust cells (computed once per set of finished cells)."""
@@ -210,6 +271,9 @@ class Robust(Table):
             cols += ["auc linf", "auc l2", "median min eps linf", "median min eps l2"]
         if s["certify"]:
             cols += ["certified clean"] + [f"certified l2 {r:g}" for r in s["certify"]["radii"]]
+        if s["lipschitz"]:
+            cols += ["lipsim clean"] + [f"{kind} certified l2 {float(r):g}/255" for r in s["lipschitz"]["radii_255"]
+                                        for kind in ("lipsim", "sound")]
         return cols + ["failed"]
 
     def aggregate(self, run: Run) -> List[Dict[str, Any]]:

@@ -17,9 +17,11 @@ DEFAULTS: Dict[str, Any] = {
     "linf": [2, 4, 8], "l2": [0.5, 1.0, 2.0], "target": "prey", "ensemble": None, "samples": "unanimous",
     "min_eps": {"attack": "apgd", "params": {}, "linf_max": 16, "l2_max": 4.0, "bisections": 8},
     "certify": {"sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "radii": [0.125, 0.25, 0.5]},
+    "lipschitz": None,  # LipSim's certificate: {radii_255: [36, 72, 108]} (l_2 on [0, 1] images, in 1/255)
 }
 MIN_EPS_KEYS = ("attack", "params", "linf_max", "l2_max", "bisections")
 CERTIFY_KEYS = ("sigma", "n0", "n", "alpha", "radii", "chunk", "max_images")
+LIPSCHITZ_KEYS = ("radii_255",)
 CURVE_POINTS = 41
 SAMPLES = ("unanimous", "all")  # the samples evaluated: the unanimous ones, or all (majority label, judge > 0.5)
 
@@ -30,9 +32,9 @@ def settings(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if r is None:
         return {}
     out = {**DEFAULTS, **r}
-    for key in ("min_eps", "certify"):
-        if key in r and r[key] is not None:
-            out[key] = {**DEFAULTS[key], **r[key]}
+    for key in ("min_eps", "certify", "lipschitz"):
+        if key in r and r[key] is not None and isinstance(r[key], dict):
+            out[key] = {**(DEFAULTS[key] or {}), **r[key]}
     return out
 
 
@@ -99,6 +101,8 @@ class RobustRecord:
     median_min_eps: Dict[str, float] = field(default_factory=dict)
     curves: Dict[str, Tuple[List[float], List[float]]] = field(default_factory=dict)
     certified: Dict[float, float] = field(default_factory=dict)  # l_2 radius ([0, 1] units; 0: clean) -> accuracy
+    lipschitz_clean: float = math.nan  # LipSim's accuracy (its argmax: a tie predicts p0)
+    lipschitz: Dict[float, Tuple[float, float]] = field(default_factory=dict)  # radius in 1/255 -> (LipSim's, sound)
 
 
 def robust_records(done: Iterable[Tuple[Any, Dict[str, Any]]]) -> Dict[str, RobustRecord]:
@@ -110,6 +114,13 @@ def robust_records(done: Iterable[Tuple[Any, Dict[str, Any]]]) -> Dict[str, Robu
         rec = out.setdefault(info["metric"], RobustRecord(payload["label"]))
         if info["kind"] == "certify":
             rec.certified.update({float(c["radius"]): c["accuracy"] for c in payload["certified"]})
+            continue
+        if info["kind"] == "lipschitz":
+            lip = payload["lipschitz"]
+            rec.lipschitz_clean = lip["clean"]
+            rec.lipschitz.update({float(c["radius_255"]): (c["lipsim"], c["sound"]) for c in lip["certified"]})
+            if not rec.attacked:
+                rec.samples = lip["samples"]
             continue
         res = payload["results"]
         n, agreed = res["all"]["total"], res["agreed"]["total"]
@@ -128,12 +139,18 @@ def robust_records(done: Iterable[Tuple[Any, Dict[str, Any]]]) -> Dict[str, Robu
 def display_row(rec: RobustRecord) -> Dict[str, Any]:
     """The robust table's row of a record, with its display labels (``linf 2/255``, ``certified l2 0.25``)."""
     row: Dict[str, Any] = {"metric": rec.label, "failed": rec.failed}
+    if rec.attacked or rec.lipschitz:
+        row["samples"] = rec.samples
     if rec.attacked:
-        row["samples"], row["clean"] = rec.samples, rec.clean
+        row["clean"] = rec.clean
     row.update({radius_label(norm, r): v for (norm, r), v in rec.robust.items()})
     for norm in rec.auc:
         row[f"auc {norm}"], row[f"median min eps {norm}"] = rec.auc[norm], rec.median_min_eps[norm]
     if rec.certified:
         row["certified clean"] = rec.certified[0.0]
         row.update({f"certified l2 {r:g}": v for r, v in rec.certified.items() if r != 0.0})
+    if rec.lipschitz:
+        row["lipsim clean"] = rec.lipschitz_clean
+        for r, (lipsim, sound) in rec.lipschitz.items():
+            row[f"lipsim certified l2 {r:g}/255"], row[f"sound certified l2 {r:g}/255"] = lipsim, sound
     return row
