@@ -3,8 +3,10 @@
 A generator pass makes, per sample, every variant of the paper's transfer study from the same prey:
 PGD(10) and PGD(20) (fixed steps), each registered spatial attack (stAdv, FlowAdv) and each spatial
 attack followed by PGD(k) for k in 5, 10, 15, 20 (snapshots of one fixed-step trajectory). A variant
-*passes* when its 8-bit image flips the source metric, its RMSE (0-255) is within ``rmse_max`` (the
-imperceptibility filter; the paper also inspected by hand, we do not) and its spatial stage did not fail.
+*passes* when its 8-bit image flips the source metric, its RMSE (0-255, between the 8-bit prey and the 8-bit
+adversarial image, both made with ``uint8``: an unchanged image has RMSE 0) is within ``rmse_max`` (the
+imperceptibility filter; the paper also inspected by hand, we do not), its spatial stage did not fail and, for FlowAdv
+run with ``counting: paper``, Algorithm 2 accepted it (flipped with ``L_perturb < pert_bound``).
 
 Two ways to count (Table 3's ``transfer_counting``):
 
@@ -68,6 +70,7 @@ def variant_names(spatial: Optional[Sequence[str]] = None, ks: Sequence[int] = (
 
 
 PGD_STARTS = ("float", "saved")
+PGD_CENTRES = ("prey", "start")  # the ball of spatial + PGD(k): around the clean prey, or around the spatial image
 
 
 @dataclass(kw_only=True)
@@ -128,6 +131,9 @@ class TransferGenerator(AttackModule):
         pgd_start: where spatial + PGD(k) starts: "float" (ours: the spatial attack's output as computed) or
             "saved" (the official create_transferable_stAdvPGD_samples.py: the spatial image as its saved 8-bit
             PNG, quantised with ``uint8``).
+        pgd_centre: the l_inf ball (``eps``) of spatial + PGD(k): around the clean prey ("prey", the official
+            script's ``x_orig``) or around the spatial image it starts from ("start", what the ICLR text's RMSE of
+            FlowAdv + PGD(20) implies: docs/reproducing.md).
     """
 
     name = "transfer"
@@ -136,7 +142,14 @@ class TransferGenerator(AttackModule):
                  ks: Sequence[int] = (5, 10, 15, 20), pgd_steps: Sequence[int] = (10, 20), eps: float = 0.03,
                  alpha: float = 0.001, rmse_max: float = 8.0,
                  spatial_params: Optional[Dict[str, Dict[str, Any]]] = None, pgd_start: str = "float",
-                 **options: Any) -> None:
+                 pgd_centre: str = "prey", **options: Any) -> None:
+        if pgd_centre not in PGD_CENTRES:
+            raise ValueError(f"transfer: pgd_centre must be one of {', '.join(PGD_CENTRES)}, got {pgd_centre!r}")
+        for name, params in (spatial_params or {}).items():
+            if (params or {}).get("counting", "final") not in ("final", "paper") or \
+                    (name != "flowadv" and "counting" in (params or {})):
+                raise ValueError(f"transfer: spatial_params.{name}.counting: only flowadv counts by Algorithm 2 "
+                                 f"('final' or 'paper'), got {params.get('counting')!r}")
         if pgd_start not in PGD_STARTS:
             raise ValueError(f"transfer: pgd_start must be one of {', '.join(PGD_STARTS)}, got {pgd_start!r}")
         spatial = spatial_attack_names() if spatial is None else list(spatial)
@@ -151,27 +164,36 @@ class TransferGenerator(AttackModule):
         self.save_hyperparameters()
         self.spatial, self.ks, self.pgd_steps = spatial, list(ks), list(pgd_steps)
         self.eps, self.alpha, self.rmse_max, self.pgd_start = eps, alpha, rmse_max, pgd_start
+        self.pgd_centre = pgd_centre
         self.params = {s: dict((spatial_params or {}).get(s, {})) for s in spatial}
         self.variants = variant_names(self.spatial, self.ks, self.pgd_steps)
 
     def _adversarial(self, bound, prey: Tensor, s_other: Tensor, keys: Sequence[str]):
-        """Every variant's image and per-sample status."""
+        """Every variant's image, per-sample status and, where the attack decides it (FlowAdv by Algorithm 2), which
+        samples it accepted."""
         advs: Dict[str, Tensor] = {}
         status: Dict[str, List[str]] = {}
+        accepted: Dict[str, Tensor] = {}
         with torch.enable_grad():
             for k, x in pgd_snapshots(bound, prey, s_other, self.pgd_steps, None, self.eps, self.alpha).items():
                 advs[f"pgd{k}"], status[f"pgd{k}"] = x, ["ok"] * len(keys)
             for s in self.spatial:
-                a0, _, _, st = run_spatial(s, bound, prey, s_other, keys, self.params[s])
+                params = dict(self.params[s])
+                if params.pop("counting", "final") == "paper":  # Algorithm 2: only what it accepted passes
+                    accepted[s] = params["success_out"] = torch.zeros(len(keys), dtype=torch.bool,
+                                                                      device=prey.device)
+                a0, _, _, st = run_spatial(s, bound, prey, s_other, keys, params)
                 advs[s], status[s] = a0.detach(), st
                 start = quantize(a0.detach().clamp(-1, 1), self.uint8) if self.pgd_start == "saved" else a0.detach()
-                for k, x in pgd_snapshots(bound, prey, s_other, self.ks, start, self.eps, self.alpha).items():
+                centre = start if self.pgd_centre == "start" else None
+                for k, x in pgd_snapshots(bound, prey, s_other, self.ks, start, self.eps, self.alpha,
+                                          centre=centre).items():
                     advs[f"{s}_pgd{k}"], status[f"{s}_pgd{k}"] = x, st
-        return advs, status
+        return advs, status, accepted
 
     def _predict(self, batch: Dict[str, Any]) -> TransferOutput:
         keys, ref, prey, other, s0, s1, s_other, bound = self._score_batch(batch)
-        advs, status = self._adversarial(bound, prey, s_other, keys)
+        advs, status, accepted = self._adversarial(bound, prey, s_other, keys)
         prey_idx = choose_prey(s0, s1)
         u8 = self.uint8
         # the clean images reach the target as read: rounding gives back the 8-bit values of the source PNGs
@@ -185,8 +207,10 @@ class TransferGenerator(AttackModule):
             with torch.no_grad():
                 s8 = self.metric(ref, quantize(adv, u8), check=False)  # the saved 8-bit image
             self._finite(f"s_adv of {v}", s8, keys)
-            rmse = perturbation_stats(prey, quantize(adv, u8))["rmse"]
+            rmse = perturbation_stats(quantize(prey, u8), quantize(adv, u8))["rmse"]  # 8-bit against 8-bit
             ok = torch.tensor([st == "ok" for st in status[v]], dtype=torch.bool, device=s8.device)
+            if v in accepted:
+                ok = ok & accepted[v].to(ok.device)
             flipped = (s8 > s_other) & ok
             variants[v] = {"s_adv": s8, "flipped": flipped, "rmse": rmse, "pass": flipped & (rmse <= self.rmse_max),
                            "status": status[v]}

@@ -419,3 +419,65 @@ def test_a_metric_without_a_lipschitz_bound_is_refused_in_one_line_before_any_wo
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not (out / "cells").exists()
+
+
+# ---------------------------------------------------------------------------------------------- ICLR Table 3
+def _generator(**kw):
+    from lit_attacks.tasks import create_task
+
+    return create_task("transfer_generate", metric="l2", batch_invariant=True, **kw)
+
+
+def test_the_transfer_filter_compares_8_bit_with_8_bit(fixture_batch):
+    """An adversarial image equal to the prey has RMSE 0 under truncation too (the float prey against the
+    truncated image gave 0.497)."""
+    gen = _generator(spatial=[], ks=(), pgd_steps=(1,), uint8="trunc")
+    B = len(fixture_batch["key"])
+    gen._adversarial = lambda bound, prey, s_other, keys: ({"pgd1": prey.clone()}, {"pgd1": ["ok"] * B}, {})
+    with torch.enable_grad():
+        out = gen.predict_step(fixture_batch)
+    assert out.variants["pgd1"]["rmse"].abs().max().item() == 0.0
+
+
+def test_flowadv_by_algorithm_2_passes_only_what_it_accepted(fixture_batch):
+    """The same FlowAdv flips most samples on l2; counted by Algorithm 2 with an unreachable perturbation bound,
+    none passes (the algorithm accepted none), with a bound it always meets, every flip it accepted does."""
+    def passes(**extra):
+        flow = {"width": 4, "head": 4, "iterations": 20, "restarts": 1, "lr": 0.05, "perturbation": "paper",
+                "out_scale": 0.5, **extra}
+        gen = _generator(spatial=["flowadv"], ks=(), pgd_steps=(), spatial_params={"flowadv": flow}, rmse_max=1e9)
+        with torch.enable_grad():
+            return gen.predict_step(fixture_batch).variants["flowadv"]["pass"]
+
+    final = passes(pert_bound=1e12)  # the same trajectories as the accepting run below
+    assert final.sum() >= 5
+    assert not passes(counting="paper", pert_bound=1e-12).any()
+    accepted = passes(counting="paper", pert_bound=1e12)
+    assert accepted.any() and (accepted <= final).all()
+
+
+def test_spatial_pgd_projects_around_the_spatial_image_when_asked(fixture_batch):
+    from lit_attacks.attacks.combined import pgd_snapshots
+    from lit_attacks.metrics import create_metric
+
+    b = fixture_batch
+    metric = create_metric("l2", dtype=torch.float64)
+    bound = metric.bind(b["ref"])
+    prey, s_other = b["p0"], bound(b["p1"])
+    start = (prey + 0.02 * torch.sign(torch.randn_like(prey))).clamp(-1, 1)  # a "spatial" image 0.02 away
+    eps = 0.03
+    around_prey = pgd_snapshots(bound, prey, s_other, [20], start, eps, 0.004)[20]
+    around_start = pgd_snapshots(bound, prey, s_other, [20], start, eps, 0.004, centre=start)[20]
+    assert (around_prey - prey).abs().max() <= eps + 1e-12
+    assert (around_start - start).abs().max() <= eps + 1e-12 and (around_start - prey).abs().max() > eps
+
+
+def test_iclr_table3_preset_runs_flowadv_by_the_text_with_the_texts_cut():
+    from lit_attacks.bench.config import CONFIG_DIR, load_yaml, merge, validate
+    from lit_attacks.tables.table3 import Table3
+
+    cfg = merge(load_yaml(CONFIG_DIR / "table3_iclr.yaml"), {}, "table3_iclr")
+    validate(cfg)
+    assert cfg["transfer_flowadv"] == "paper" and cfg["transfer_pgd_centre"] == "start"
+    assert cfg["rmse_max"] == pytest.approx(0.05 * 127.5) and cfg["transfer_list"] == "flowadv"
+    assert "samples whose FlowAdv passed on the source (RMSE <= 6.375)" in Table3.title(cfg)

@@ -16,13 +16,14 @@ from lit_attacks.metrics import BoundDistance
 
 def pgd_snapshots(bound: BoundDistance, prey: Tensor, s_other: Tensor, ks: Sequence[int],
                   start: Optional[Tensor] = None, eps: float = 0.03, alpha: float = 0.001,
-                  nonfinite: Optional[Tensor] = None) -> Dict[int, Tensor]:
+                  nonfinite: Optional[Tensor] = None, centre: Optional[Tensor] = None) -> Dict[int, Tensor]:
     """Images after exactly k fixed PGD steps for each k in ``ks``, from ``start`` (default prey), projected
-    around ``prey``. One trajectory: PGD(20) passes through PGD(5), PGD(10) and PGD(15)."""
+    around ``centre`` (default prey). One trajectory: PGD(20) passes through PGD(5), PGD(10) and PGD(15)."""
     out, x, done = {}, prey if start is None else start, 0
+    ball = prey if centre is None else centre
     for k in sorted(set(ks)):
         if k > done:
-            x, _, _ = pgd(bound, prey, s_other, eps, alpha, k - done, early_stop=False, start=x, nonfinite=nonfinite)
+            x, _, _ = pgd(bound, ball, s_other, eps, alpha, k - done, early_stop=False, start=x, nonfinite=nonfinite)
             done = k
         out[k] = x
     return out

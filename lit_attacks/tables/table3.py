@@ -23,10 +23,13 @@ from lit_attacks.tables import plots
 from lit_attacks import official as off
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, slug
 from lit_attacks.tasks import create_task
-from lit_attacks.transfer import PGD_STARTS, official_transfer_counts, variant_names
+from lit_attacks.transfer import PGD_CENTRES, PGD_STARTS, official_transfer_counts, variant_names
+
+FLOWADV_KINDS = {"flow": {}, "paper": {"perturbation": "paper", "counting": "paper"}}  # FlowAdv's parameters
 
 COLUMNS = ["source", "target", "attack", "counting", "eligible", "flipped", "flip_rate"]
 COUNTINGS = ("strict", "official")
+VARIANT_LABELS = {"stadv": "stAdv", "flowadv": "FlowAdv"}
 LIST_VARIANT = "stadv"  # the official sample list: the samples whose stAdv attack on the source was kept
 
 
@@ -94,6 +97,12 @@ class Table3(Table):
         Option("transfer_pgd_start", "float", help="spatial + PGD(k) starts from the spatial image as computed "
                                                    "(float, ours) or as its saved 8-bit PNG (saved, the official "
                                                    "script)", choices=PGD_STARTS),
+        Option("transfer_pgd_centre", "prey", help="the eps ball of spatial + PGD(k): around the clean prey (prey, "
+                                                   "the official script) or around the spatial image (start, what "
+                                                   "the ICLR text's RMSE implies)", choices=PGD_CENTRES),
+        Option("transfer_flowadv", "flow", help="FlowAdv in the transfer generation: flow (ours: flow-smoothness "
+                                                "loss, final image) or paper (ICLR Eq. 7-9 and Algorithm 2's "
+                                                "acceptance)", choices=tuple(FLOWADV_KINDS)),
     )
     config = defaults(options)
     files = ("table3.csv", "table3.md")
@@ -127,7 +136,8 @@ class Table3(Table):
         width = cfg["flowadv_width"] or (256 if on_gpu else 32)
         if width != 256:
             run.say(f"FlowAdv CNN width {width} (the paper uses 256; --flowadv-width 256 for the full model)")
-        spec = {"width": width, "rmse_max": cfg["rmse_max"], "pgd_start": cfg["transfer_pgd_start"]}
+        spec = {"width": width, "rmse_max": cfg["rmse_max"], "pgd_start": cfg["transfer_pgd_start"],
+                "pgd_centre": cfg["transfer_pgd_centre"], "flowadv": cfg["transfer_flowadv"]}
         keys = off.read_key_list(cfg["transfer_keys"], cfg["split"]) if cfg["transfer_keys"] else None  # read once
         for src in cfg["source"]:
             gen = Cell(f"transfer-gen-{slug(src)}", f"transfer: adversarial variants on {src}", spec,
@@ -151,9 +161,12 @@ class Table3(Table):
         return run.out / "transfer" / f"adv-{slug(src)}"
 
     def generate(self, run: Run, src: str, width: int, ctx: CellContext) -> Dict[str, Any]:
-        gen = create_task("transfer_generate", metric=src, rmse_max=run.cfg["rmse_max"],
-                          spatial_params={"flowadv": {"width": width}}, batch_invariant=run.cfg["batch_invariant"],
-                          uint8=run.cfg["uint8"], pgd_start=run.cfg["transfer_pgd_start"], **run.metric_options())
+        cfg = run.cfg
+        flowadv = {"width": width, **FLOWADV_KINDS[cfg["transfer_flowadv"]]}
+        gen = create_task("transfer_generate", metric=src, rmse_max=cfg["rmse_max"],
+                          spatial_params={"flowadv": flowadv}, batch_invariant=cfg["batch_invariant"],
+                          uint8=cfg["uint8"], pgd_start=cfg["transfer_pgd_start"],
+                          pgd_centre=cfg["transfer_pgd_centre"], **run.metric_options())
         shard_dir = self.shards(run, src)
         run.clear(f"transfer/adv-{slug(src)}")  # shards of an earlier attempt
         rows = SampleRows()
@@ -189,7 +202,9 @@ class Table3(Table):
     @staticmethod
     def title(cfg: Dict[str, Any]) -> str:
         if cfg["transfer_counting"] == "official":
-            return (f"Table 3 (transfer, official counting: samples whose stAdv passed on the source (RMSE <= "
-                    f"{cfg['rmse_max']}); eligible = the target ranks like the humans)")
+            which = "the given key list" if cfg["transfer_keys"] else \
+                f"samples whose {VARIANT_LABELS.get(cfg['transfer_list'], cfg['transfer_list'])} passed on the source " \
+                f"(RMSE <= {cfg['rmse_max']:g})"
+            return f"Table 3 (transfer, official counting: {which}; eligible = the target ranks like the humans)"
         return (f"Table 3 (transfer; eligible = passed the source flip with RMSE <= {cfg['rmse_max']} "
                 "and both metrics ranked like the humans)")
