@@ -202,9 +202,9 @@ class Table3(Table):
     @staticmethod
     def title(cfg: Dict[str, Any]) -> str:
         if cfg["transfer_counting"] == "official":
+            variant = VARIANT_LABELS.get(cfg["transfer_list"], cfg["transfer_list"])
             which = "the given key list" if cfg["transfer_keys"] else \
-                f"samples whose {VARIANT_LABELS.get(cfg['transfer_list'], cfg['transfer_list'])} passed on the source " \
-                f"(RMSE <= {cfg['rmse_max']:g})"
+                f"samples whose {variant} passed on the source (RMSE <= {cfg['rmse_max']:g})"
             return f"Table 3 (transfer, official counting: {which}; eligible = the target ranks like the humans)"
         return (f"Table 3 (transfer; eligible = passed the source flip with RMSE <= {cfg['rmse_max']} "
                 "and both metrics ranked like the humans)")
