@@ -481,3 +481,32 @@ def test_iclr_table3_preset_runs_flowadv_by_the_text_with_the_texts_cut():
     assert cfg["transfer_flowadv"] == "paper" and cfg["transfer_pgd_centre"] == "start"
     assert cfg["rmse_max"] == pytest.approx(0.05 * 127.5) and cfg["transfer_list"] == "flowadv"
     assert "samples whose FlowAdv passed on the source (RMSE <= 6.375)" in Table3.title(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- Table 4
+def test_table4_is_the_mean_score_gap_per_group_recounted_from_the_per_sample_scores(tmp_path):
+    import csv
+    import statistics
+
+    from lit_attacks.bench.cli import execute
+
+    out = tmp_path / "r"
+    assert execute(["--metrics", "l2,ssim", "--attacks", "", "--sweep-eps", "", "--builtin-n", "4", "--out",
+                    str(out), "--quiet", "--wandb", "disabled"]).code == 0
+    got = list(csv.DictReader(open(out / "table4.csv")))
+    want = []
+    for metric, label in (("l2", "L2"), ("ssim", "SSIM")):
+        scores = list(csv.DictReader(open(out / "scores" / f"{metric}.csv")))
+        for cat in sorted({r["category"] for r in scores}) + ["all"]:
+            group = [r for r in scores if cat in ("all", r["category"])]
+            unanimous = [r for r in group if float(r["judge"]) in (0.0, 1.0)]
+            gap = [abs(float(r["s0"]) - float(r["s1"])) for r in unanimous]
+            want.append((cat, len(unanimous), statistics.fmean(gap) if gap else math.nan, len(group),
+                         statistics.fmean(abs(float(r["s0"]) - float(r["s1"])) for r in group)))
+    assert len(got) == len(want)
+    for g, (cat, nu, mu, n, m) in zip(got, want):
+        assert g["category"] == cat and int(g["unanimous"]) == nu and int(g["samples"]) == n
+        assert float(g["mean_abs_diff_all"]) == pytest.approx(m, rel=1e-12)
+        assert (math.isnan(mu) and g["mean_abs_diff"] in ("nan", "")) or float(g["mean_abs_diff"]) == \
+            pytest.approx(mu, rel=1e-12)
+    assert "# Table 4" in (out / "table4.md").read_text()

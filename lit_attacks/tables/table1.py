@@ -1,18 +1,44 @@
-"""Table 1: the 2AFC score (all samples) and the accuracy (unanimous samples) of every metric."""
+"""Table 1: the 2AFC score (all samples) and the accuracy (unanimous samples) of every metric; and, from the same
+scores, Table 4: the metrics' confidence, the mean |s0 - s1| per distortion group.
+
+Table 4 as we read the paper (no released script or notebook computes it): per metric and BAPPS distortion group
+(category), the mean absolute difference of the two distances over the unanimous samples (the paper's sample set),
+``mean_abs_diff``; ``mean_abs_diff_all`` is the same over every sample, for reference. Each metric's distances are
+on its own scale, so the numbers compare groups within a metric, not metrics.
+"""
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, Dict, Iterator, List
 
 from lit_attacks.attacks.cost import SCORE
 from lit_attacks.callbacks.aggregates import TwoAFCScores
 from lit_attacks.callbacks.samples import SampleRows
+from lit_attacks.datamodules.bapps import is_unanimous
 from lit_attacks.datamodules.tree import BappsDataError
 from lit_attacks.report import atomic_write, markdown_table, write_csv
 from lit_attacks.tasks import create_task
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, metric_file_fingerprint, slug
 
 COLUMNS = ["metric", "category", "samples", "unanimous", "two_afc", "accuracy"]
+TABLE4_COLUMNS = ["metric", "category", "unanimous", "mean_abs_diff", "samples", "mean_abs_diff_all"]
+
+
+def table4_rows(label: str, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Table 4's rows of one metric from its per-sample scores (key, category, judge, s0, s1): one per category
+    (sorted), then "all"."""
+    def mean(xs: List[float]) -> float:
+        return sum(xs) / len(xs) if xs else math.nan
+
+    out = []
+    for cat in sorted({r["category"] for r in rows}) + ["all"]:
+        group = [r for r in rows if cat == "all" or r["category"] == cat]
+        unanimous = [r for r in group if is_unanimous(r["judge"])]
+        out.append({"metric": label, "category": cat, "unanimous": len(unanimous),
+                    "mean_abs_diff": mean([abs(r["s0"] - r["s1"]) for r in unanimous]), "samples": len(group),
+                    "mean_abs_diff_all": mean([abs(r["s0"] - r["s1"]) for r in group])})
+    return out
 
 
 @TABLES.register("table1")
@@ -21,7 +47,7 @@ class Table1(Table):
 
     name = "table1"
     order = 10
-    files = ("table1.csv", "table1.md")
+    files = ("table1.csv", "table1.md", "table4.csv", "table4.md")
     example = {"metrics": ["l2", "ssim"], "attacks": {}}
 
     @classmethod
@@ -65,4 +91,10 @@ class Table1(Table):
         md = markdown_table(rows, COLUMNS)
         atomic_write(run.out / "table1.md", "# Table 1: 2AFC score (all samples) and accuracy (unanimous samples)\n\n"
                      + md)
+        t4 = [r for cell, payload in self.done.values()
+              for r in table4_rows(payload["label"], run.rows(cell.id, self.csv(cell.info["metric"])))]
+        write_csv(run.out / "table4.csv", t4, TABLE4_COLUMNS)
+        atomic_write(run.out / "table4.md", "# Table 4: mean |s0 - s1| per distortion group (unanimous samples; "
+                     "mean_abs_diff_all: every sample)\n\nEach metric on its own scale: compare groups within a "
+                     "metric.\n\n" + markdown_table(t4, TABLE4_COLUMNS, digits=4))
         return Written("Table 1 (2AFC over all samples; accuracy over unanimous samples)", md)
