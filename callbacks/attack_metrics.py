@@ -26,13 +26,18 @@ def _square(v: Tensor, part: str) -> Tensor:
 # to float32 and summed in float64: sums of float32 values are exact in float64 (for any realistic count), so
 # the means do not depend on the order of summation, i.e. on how DDP split the samples across ranks. The squares
 # (for the spreads) are summed as two float32 parts each, exactly too.
-SPREADS = ("rmse", "rmse_official", "psnr")
-MEANS = {"rmse": lambda o: o.rmse, "rmse_official": lambda o: o.rmse_official, "psnr": lambda o: o.psnr,
-         **{f"{q}_sq_{part}": (lambda o, q=q, part=part: _square(getattr(o, q), part))
+SPREADS = ("rmse", "rmse_official", "psnr", "psnr_uint8")
+# psnr_uint8 is infinite where the saved 8-bit image equals the prey (the perturbation did not survive 8 bits): its
+# mean and spread are over the flipped samples whose 8-bit image differs (an infinite value is left out)
+QUANTITIES = {"rmse": lambda o: o.rmse, "rmse_official": lambda o: o.rmse_official, "psnr": lambda o: o.psnr,
+              "psnr_uint8": lambda o: torch.where(torch.isfinite(o.psnr_uint8), o.psnr_uint8, math.nan)}
+MEANS = {**QUANTITIES,
+         **{f"{q}_sq_{part}": (lambda o, q=q, part=part: _square(QUANTITIES[q](o), part))
             for q in SPREADS for part in ("hi", "lo")},
          "eps": lambda o: o.eps, "queries": lambda o: o.queries,
          "iterations": lambda o: torch.where(o.iterations >= 0, o.iterations.double(), math.nan),  # -1: n/a
          **{name: (lambda o, j=j: o.fractions[:, j]) for j, name in enumerate(FRACTION_COLUMNS)}}
+SKIP_NAN = {"eps", "iterations", "psnr_uint8", "psnr_uint8_sq_hi", "psnr_uint8_sq_lo"}  # means over the values there
 
 
 def _sum() -> torchmetrics.SumMetric:
@@ -55,7 +60,7 @@ class FlipStats(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.counts = nn.ModuleDict({k: _sum() for k in ("total", "flipped", "flipped_uint8", "failed")})
-        self.means = nn.ModuleDict({k.replace(".", "_"): _mean(skip_nan=k in ("eps", "iterations")) for k in MEANS})
+        self.means = nn.ModuleDict({k.replace(".", "_"): _mean(skip_nan=k in SKIP_NAN) for k in MEANS})
 
     def update(self, out: AttackOutput, mask: Tensor) -> None:
         """Add the samples of ``out`` selected by the (B,) boolean ``mask``."""
@@ -105,7 +110,8 @@ def results(stats: Dict[str, Tensor]) -> Dict[str, float]:
            "flip_rate_uint8": rate(k8, n), "failed": int(v["failed"]), "rmse_mean": mean("rmse"),
            "rmse_std": std(v, "rmse", k), "rmse_official_mean": mean("rmse_official"),
            "rmse_official_std": std(v, "rmse_official", k, ddof=1),
-           "psnr_mean": mean("psnr"), "psnr_std": std(v, "psnr", k), "eps_mean": v["eps"],
+           "psnr_mean": mean("psnr"), "psnr_std": std(v, "psnr", k), "psnr_uint8_mean": mean("psnr_uint8"),
+           "psnr_uint8_std": std(v, "psnr_uint8", k), "eps_mean": v["eps"],
            "queries_mean": mean("queries"),
            "iterations_mean": v["iterations"]}
     out.update({name: mean(name) for name in FRACTION_COLUMNS})

@@ -510,3 +510,23 @@ def test_table4_is_the_mean_score_gap_per_group_recounted_from_the_per_sample_sc
         assert (math.isnan(mu) and g["mean_abs_diff"] in ("nan", "")) or float(g["mean_abs_diff"]) == \
             pytest.approx(mu, rel=1e-12)
     assert "# Table 4" in (out / "table4.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- PSNR of the 8-bit image
+def test_psnr_of_the_saved_8_bit_image_is_its_own_number():
+    from lit_attacks.attacks.objectives import perturbation_stats
+
+    prey = (torch.randint(0, 256, (3, 3, 8, 8)).double() / 127.5 - 1)  # 8-bit values, as read from a PNG
+    adv = prey.clone()
+    adv[0] += 0.3 / 127.5  # under a third of a level: rounds back to the prey, truncation moves 63 of 256 levels
+    adv[1] += 2.0 / 127.5  # two levels everywhere
+    adv = adv.clamp(-1, 1)
+    for mode in ("round", "trunc"):
+        st = perturbation_stats(prey, adv, mode)
+        levels = (lambda t: ((t + 1) * 127.5).round()) if mode == "round" else \
+            (lambda t: ((t.float() + 1) * 127.5).trunc().double())  # the official tensor2im, in float32
+        err = (levels(adv) - ((prey + 1) * 127.5).round()).flatten(1)
+        want = 20 * torch.log10(255 / err.pow(2).mean(1).sqrt())
+        assert torch.allclose(st["psnr_uint8"], want, equal_nan=True)
+        assert torch.isfinite(st["psnr"]).tolist() == [True, True, False]  # the float image: only the unchanged one
+    assert math.isinf(perturbation_stats(prey, adv, "round")["psnr_uint8"][0].item())  # rounded back: no change

@@ -227,7 +227,7 @@ class AttackModule(pl.LightningModule):
         closer = choose_prey(s0, s1)
         prey_idx = closer ^ int(self.reverse)  # the attacked image
         tied = s0 == s1
-        stats = perturbation_stats(threat.centre, adv)
+        stats = perturbation_stats(threat.centre, adv, self.uint8)
         extra = dict(res.extra)
         if self.metric.stochastic:
             extra["flip_rate_fresh"] = self._fresh_flip_rate(threat, adv).tolist()

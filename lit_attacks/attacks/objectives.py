@@ -101,17 +101,22 @@ def to_uint8(x: Tensor, mode: str = "round") -> Tensor:
     return _levels(x, mode).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def perturbation_stats(prey: Tensor, adv: Tensor) -> Dict[str, Tensor]:
+def perturbation_stats(prey: Tensor, adv: Tensor, uint8: str = "round") -> Dict[str, Tensor]:
     """Per-sample RMSE and PSNR on the 0-255 scale, l_inf, and ``fractions`` (B, T) of values with |adv - prey| > t.
 
     ``rmse`` uses the float images scaled to 0-255; ``rmse_official`` is the official script's: both
     images truncated to uint8 first (``util.tensor2im``), which for small perturbations reads 5-27% higher.
-    PSNR = 20 log10(255 / RMSE), inf for an unchanged image.
+    PSNR = 20 log10(255 / RMSE), inf for an unchanged image: ``psnr`` of the float images, ``psnr_uint8`` of the
+    saved 8-bit adversarial image (made with ``uint8``) against the prey's 8-bit values as read (the clean images
+    come from 8-bit files: rounding gives them back exactly).
     """
     delta = (adv - prey).flatten(1)  # (B, 3HW) on [-1, 1]
     rmse = torch.sqrt(((delta * 127.5) ** 2).mean(1))
     d8 = (_levels(adv, "trunc") - _levels(prey, "trunc")).flatten(1)
     psnr = 20 * torch.log10(255.0 / rmse)
+    saved = (_levels(adv, uint8) - _levels(prey, "round")).flatten(1)
+    psnr_uint8 = (20 * torch.log10(255.0 / torch.sqrt((saved ** 2).mean(1)))).to(rmse.dtype)
     fractions = torch.stack([(delta.abs() > t).float().mean(1) for t in PIXEL_THRESHOLDS], 1)
     return {"rmse": rmse, "rmse_official": torch.sqrt((d8 ** 2).mean(1)).to(rmse.dtype), "psnr": psnr,
+            "psnr_uint8": psnr_uint8,
             "linf": delta.abs().amax(1), "fractions": fractions}

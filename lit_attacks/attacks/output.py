@@ -79,6 +79,7 @@ class AttackOutput(ScoreOutput):
         iterations, queries: (B,) steps / generations taken (-1: not applicable) and metric evaluations.
         eps: (B,) epsilon found or the l_inf budget; nan where not applicable.
         rmse, psnr, linf: (B,) perturbation size (RMSE and PSNR on the 0-255 scale, l_inf on [-1, 1]).
+        psnr_uint8: (B,) PSNR of the saved 8-bit adversarial image against the prey's 8-bit values.
         rmse_official: (B,) RMSE as the official script computes it, on uint8-truncated images.
         fractions: (B, len(PIXEL_THRESHOLDS)) fraction of values with ``|adv - prey| > t``.
         status: B strings, "ok" or why the sample failed.
@@ -101,6 +102,7 @@ class AttackOutput(ScoreOutput):
     rmse: Tensor
     rmse_official: Tensor
     psnr: Tensor
+    psnr_uint8: Tensor
     linf: Tensor
     fractions: Tensor
     adv: Tensor
@@ -111,7 +113,7 @@ class AttackOutput(ScoreOutput):
     def columns(self) -> Dict[str, List[Any]]:
         cols = super().columns()
         for name in ("prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
-                     "iterations", "queries", "eps", "rmse", "rmse_official", "psnr", "linf"):
+                     "iterations", "queries", "eps", "rmse", "rmse_official", "psnr", "psnr_uint8", "linf"):
             cols[name] = as_list(getattr(self, name))
         fr = self.fractions.detach().cpu()
         cols.update({name: fr[:, j].tolist() for j, name in enumerate(FRACTION_COLUMNS)})
