@@ -530,3 +530,27 @@ def test_psnr_of_the_saved_8_bit_image_is_its_own_number():
         assert torch.allclose(st["psnr_uint8"], want, equal_nan=True)
         assert torch.isfinite(st["psnr"]).tolist() == [True, True, False]  # the float image: only the unchanged one
     assert math.isinf(perturbation_stats(prey, adv, "round")["psnr_uint8"][0].item())  # rounded back: no change
+
+
+def test_transfer_rmse_per_variant_is_recounted_from_the_source_csv(tmp_path):
+    import csv
+
+    from lit_attacks.bench.cli import execute
+
+    out = tmp_path / "r"
+    assert execute(["--metrics", "l2", "--attacks", "", "--sweep-eps", "", "--transfer", "--source", "l2",
+                    "--flowadv-width", "4", "--builtin-n", "3", "--out", str(out), "--quiet", "--wandb",
+                    "disabled"]).code == 0
+    got = list(csv.DictReader(open(out / "transfer_rmse.csv")))
+    src = list(csv.DictReader(open(out / "transfer" / "source-l2.csv")))
+    assert {g["attack"] for g in got} >= {"pgd10", "stadv", "flowadv", "flowadv_pgd20"}
+    for g in got:
+        v = g["attack"]
+        ran = [r for r in src if r[f"{v}:status"] == "ok"]
+        passed = [float(r[f"{v}:rmse"]) for r in ran if r[f"{v}:pass"] == "True"]
+        every = [float(r[f"{v}:rmse"]) for r in ran]
+        assert int(g["passed"]) == len(passed) and int(g["samples"]) == len(every)
+        assert float(g["rmse_255_all"]) == pytest.approx(sum(every) / len(every), rel=1e-12)
+        assert float(g["rmse_pm1_all"]) == pytest.approx(sum(every) / len(every) / 127.5, rel=1e-12)
+        if passed:
+            assert float(g["rmse_255"]) == pytest.approx(sum(passed) / len(passed), rel=1e-12)

@@ -18,7 +18,7 @@ from lit_attacks.callbacks.samples import SampleRows
 from lit_attacks.configuration import ConfigError, Option, defaults
 from lit_attacks.datamodules.adversarial import AdvShardDataModule
 from lit_attacks.metrics import METRICS
-from lit_attacks.report import atomic_write, fingerprint, write_csv
+from lit_attacks.report import atomic_write, fingerprint, markdown_table, write_csv
 from lit_attacks.tables import plots
 from lit_attacks import official as off
 from lit_attacks.tables.base import TABLES, Cell, CellContext, Plan, Run, Table, Written, slug
@@ -30,6 +30,25 @@ FLOWADV_KINDS = {"flow": {}, "paper": {"perturbation": "paper", "counting": "pap
 COLUMNS = ["source", "target", "attack", "counting", "eligible", "flipped", "flip_rate"]
 COUNTINGS = ("strict", "official")
 VARIANT_LABELS = {"stadv": "stAdv", "flowadv": "FlowAdv"}
+RMSE_COLUMNS = ["source", "attack", "passed", "rmse_pm1", "rmse_255", "samples", "rmse_pm1_all", "rmse_255_all"]
+
+
+def rmse_rows(source: str, records: Sequence[Dict[str, Any]], variants: Sequence[str]) -> List[Dict[str, Any]]:
+    """Per variant, the mean RMSE of the saved 8-bit image (``<variant>:rmse``, 0-255) over the samples that passed on
+    the source and over every sample it ran on (status ok), on 0-255 and in the ICLR text's [-1, 1] units
+    (/ 127.5)."""
+    def mean(xs: List[float]) -> float:
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    out = []
+    for v in variants:
+        ran = [r for r in records if r.get(f"{v}:status") == "ok"]
+        passed = [r[f"{v}:rmse"] for r in ran if r.get(f"{v}:pass")]
+        every = [r[f"{v}:rmse"] for r in ran]
+        out.append({"source": source, "attack": v, "passed": len(passed), "rmse_pm1": mean(passed) / 127.5,
+                    "rmse_255": mean(passed), "samples": len(every), "rmse_pm1_all": mean(every) / 127.5,
+                    "rmse_255_all": mean(every)})
+    return out
 LIST_VARIANT = "stadv"  # the official sample list: the samples whose stAdv attack on the source was kept
 
 
@@ -105,7 +124,7 @@ class Table3(Table):
                                                 "acceptance)", choices=tuple(FLOWADV_KINDS)),
     )
     config = defaults(options)
-    files = ("table3.csv", "table3.md")
+    files = ("table3.csv", "table3.md", "transfer_rmse.csv", "transfer_rmse.md")
     example = {"metrics": ["l2"], "attacks": {}, "transfer": True, "source": ["l2"], "flowadv_width": 4}
 
     @classmethod
@@ -197,6 +216,14 @@ class Table3(Table):
         md = table3_markdown(rows, variants)
         atomic_write(run.out / "table3.md", "# Table 3: transfer of adversarial examples (flipped / eligible)\n\n" + md)
         fig = plots.transfer_heatmap(rows, run.out / "plots" / "transfer.png")
+        sizes = [r for cell, _ in self.done.values() if "target" not in cell.info
+                 for r in rmse_rows(cell.info["source"], run.rows(cell.id, self.source_csv(cell.info["source"])),
+                                    variants)]
+        write_csv(run.out / "transfer_rmse.csv", sizes, RMSE_COLUMNS)
+        atomic_write(run.out / "transfer_rmse.md", "# Mean RMSE of each transfer variant (the ICLR text's Section "
+                     "4.2 numbers are in [-1, 1] units: rmse_pm1; ours on 0-255: rmse_255)\n\nThe saved 8-bit "
+                     "image against the 8-bit prey; over the samples that passed on the source, and over every "
+                     "sample the attack ran on.\n\n" + markdown_table(sizes, RMSE_COLUMNS, digits=4))
         return Written(title, md, [fig] if fig is not None else [])
 
     @staticmethod
