@@ -16,7 +16,7 @@ from lit_attacks.datamodules.bapps import BappsDataModule
 
 NAMES = list_attacks()
 PER_SAMPLE = ("judge", "s0", "s1", "prey", "agreed", "tied", "s_other", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
-              "iterations", "queries", "eps", "rmse", "rmse_official", "psnr", "linf")
+              "iterations", "queries", "eps", "rmse", "rmse_official", "psnr", "psnr_uint8", "linf")
 COLUMNS = ["key", "category", *PER_SAMPLE, *FRACTION_COLUMNS, "status"]
 
 

@@ -190,8 +190,9 @@ def test_spatial_pgd_can_start_from_the_saved_spatial_image_as_the_official_scri
     bound = m.bind(batch["ref"])
     kw = dict(metric="l2", spatial=["stadv"], ks=[3], pgd_steps=[], spatial_params={"stadv": {"iterations": 5}},
               uint8="trunc")
-    saved, _ = create_task("transfer_generate", pgd_start="saved", **kw)._adversarial(bound, prey, so, batch["key"])
-    floats, _ = create_task("transfer_generate", **kw)._adversarial(bound, prey, so, batch["key"])
+    saved, _, _ = create_task("transfer_generate", pgd_start="saved", **kw)._adversarial(bound, prey, so,
+                                                                                         batch["key"])
+    floats, _, _ = create_task("transfer_generate", **kw)._adversarial(bound, prey, so, batch["key"])
     assert torch.equal(saved["stadv"], floats["stadv"])
     with torch.enable_grad():
         want = pgd_snapshots(bound, prey, so, [3], quantize(saved["stadv"].clamp(-1, 1), "trunc"))[3]
