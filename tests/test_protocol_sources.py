@@ -170,7 +170,8 @@ def fixture_batch(tmp_path_factory):
     return {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in b.items()}
 
 
-@pytest.mark.parametrize("norm,radius", [("linf", 4), ("l2", 3.0), ("linf", 1), ("l2", 0.5)])
+@pytest.mark.parametrize("norm,radius", [("linf", 4), ("l2", 3.0), pytest.param("linf", 1, marks=pytest.mark.slow),
+                                         pytest.param("l2", 0.5, marks=pytest.mark.slow)])
 def test_rclip_preset_is_rclips_evaluation_sample_by_sample(fixture_batch, norm, radius):
     """The rclip_nights preset's attack (its ensemble, target and first checkpoint; 12 iterations here instead of
     100, and its radii plus smaller ones so that some samples hold) gives every sample the verdict R-CLIP's loop
@@ -213,7 +214,8 @@ def test_rclip_preset_is_rclips_evaluation_sample_by_sample(fixture_batch, norm,
     assert 0 < sum(ours) or radius > 1  # the small radii leave some samples robust: both paths are exercised
 
 
-@pytest.mark.parametrize("loss,norm", [("margin", "linf"), ("margin", "l2"), ("ce", "linf")])
+@pytest.mark.parametrize("loss,norm", [("margin", "linf"), pytest.param("margin", "l2", marks=pytest.mark.slow),
+                                       pytest.param("ce", "linf", marks=pytest.mark.slow)])
 def test_apgd_path_is_rclips_with_autoattacks_first_checkpoint_only(fixture_batch, loss, norm):
     """Every step, not only the verdict: without stopping at flips, our APGD's best points equal R-CLIP's loop's
     from the same start with first_check="autoattack", and with our own first checkpoint ("start") they differ
