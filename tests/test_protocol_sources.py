@@ -297,6 +297,11 @@ def test_each_protocol_preset_runs_on_its_layout_and_says_what_it_measured(prese
                 k = sum(r["correct"] == "True" and float(r[column]) > c["radius_255"] / 255 for r in rows)
                 assert c[key]["k"] == k and c[key]["n"] == n
         assert entry["results"]["clean"]["k"] == sum(r["correct"] == "True" for r in rows)
+        from lit_attacks.leaderboard.site import build
+
+        build([out], tmp_path / "site")  # the site shows both certificates by their names
+        board = (tmp_path / "site" / "leaderboard.md").read_text()
+        assert "LipSim certified 36/255" in board and "sound certified 108/255" in board
 
 
 # ---------------------------------------------------------------------------------------------- LipSim

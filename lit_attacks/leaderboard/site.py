@@ -122,6 +122,9 @@ def columns(entry: Dict[str, Any]) -> List[Tuple[str, str]]:
              for r in entry["results"]["robust"]]
     cols += [(f"auc:{k}", f"AUC {k}") for k in ("linf", "l2") if k in entry["results"]["auc"]]
     cols += [(f"cert:{c['radius']:g}", f"certified {c['radius']:g}") for c in entry["results"]["certified"]]
+    for c in entry["results"].get("certified_lipschitz", []):  # LipSim's certificate, then our sound radius
+        cols += [(f"lip:{c['radius_255']:g}", f"LipSim certified {c['radius_255']:g}/255"),
+                 (f"sound:{c['radius_255']:g}", f"sound certified {c['radius_255']:g}/255")]
     return cols
 
 
@@ -132,6 +135,9 @@ def values(entry: Dict[str, Any]) -> Dict[str, Any]:
     out.update({f"{x['norm']}:{x['radius']:g}": (x["accuracy"]["value"], x["accuracy"]["ci95"]) for x in r["robust"]})
     out.update({f"auc:{k}": (v, None) for k, v in r["auc"].items() if k in ("linf", "l2")})
     out.update({f"cert:{c['radius']:g}": (c["accuracy"]["value"], c["accuracy"]["ci95"]) for c in r["certified"]})
+    for c in r.get("certified_lipschitz", []):
+        out[f"lip:{c['radius_255']:g}"] = (c["accuracy"]["value"], c["accuracy"]["ci95"])
+        out[f"sound:{c['radius_255']:g}"] = (c["accuracy_sound"]["value"], c["accuracy_sound"]["ci95"])
     return out
 
 
@@ -199,9 +205,11 @@ def md(text: Any) -> str:
 
 def markdown(board: Dict[str, Any]) -> str:
     lines = ["# Perceptual-metric robustness leaderboard", "",
-             "2AFC accuracy (%) on the unanimous samples; radii on [0, 1] images (l_inf in 1/255). Robust: the metric "
+             "2AFC accuracy (%) on the protocol's samples (the unanimous ones unless its description says all); "
+             "radii on [0, 1] images (l_inf in 1/255). Robust: the metric "
              "ranks like the humans and no attack of the protocol flips it within the radius; certified: randomized "
-             "smoothing certifies it. AUC: area under robust accuracy against the budget (0-1). Sorted by AUC "
+             "smoothing certifies it; LipSim certified: LipSim's certificate as its code computes it, sound: ours, "
+             "valid for any embedding norm. AUC: area under robust accuracy against the budget (0-1). Sorted by AUC "
              "l_inf.", ""]
     for g in board["groups"]:
         lines += [f"## {md(g['dataset'])} / {md(g['protocol'])} ({g['samples']} samples)", "", md(g["description"]),
@@ -279,9 +287,11 @@ rows.forEach(function(r){t.tBodies[0].appendChild(r);});});});});"""
 def page(board: Dict[str, Any]) -> str:
     e = html.escape
     body = ["<h1>Perceptual-metric robustness leaderboard</h1>",
-            "<p class='note'>2AFC accuracy (%) on the unanimous samples, with 95% Clopper-Pearson intervals on hover; "
+            "<p class='note'>2AFC accuracy (%) on the protocol's samples (the unanimous ones unless its description "
+            "says all), with 95% Clopper-Pearson intervals on hover; "
             "radii on [0, 1] images (l_inf in 1/255). Robust: ranked like the humans and not flipped by any attack "
-            "of the protocol; certified: randomized smoothing. AUC: area under robust accuracy against the budget. "
+            "of the protocol; certified: randomized smoothing; LipSim certified: LipSim's certificate, sound: ours. "
+            "AUC: area under robust accuracy against the budget. "
             "Click a column to sort. Flags: checks a reviewer makes before believing a robust number "
             "(see each entry's <code>sanity</code>).</p>"]
     for g in board["groups"]:
