@@ -53,25 +53,42 @@ def pgd_threat(threat: Threat, eps: Union[float, Tensor] = 0.03, alpha: float = 
     adv = (centre if start is None else start).detach().clone()
     iters = torch.full((B,), steps, dtype=torch.long, device=centre.device)
     queries = torch.zeros(B, dtype=torch.long, device=centre.device)
-    run = ActiveSet(torch.arange(B, device=centre.device), t=threat, eps=eps.view(-1, *[1] * (centre.ndim - 1)))
+    # the running samples' images and gradient flags live in the active set; the batch tensors are written when
+    # samples leave and at the end, so a step where nobody leaves gathers and scatters nothing
+    run = ActiveSet(torch.arange(B, device=centre.device), t=threat, eps=eps.view(-1, *[1] * (centre.ndim - 1)),
+                    x=adv.clone(), nf=torch.zeros(B, dtype=torch.bool, device=centre.device))
+
+    def leave(gone: Tensor, i: int, images: Tensor) -> None:
+        """Samples ``gone`` (a mask over the running ones) stop after step ``i`` with ``images``."""
+        idx = run.idx[gone]
+        adv[idx], queries[idx], iters[idx] = images[gone], i + 1, i
+        if nonfinite is not None:
+            nonfinite[idx] |= run.nf[gone]
+        run.leave(gone)
+
     for i in range(steps):
-        x = adv[run.idx].requires_grad_(True)
+        x = run.x.requires_grad_(True)
         s, so = run.t(x)  # (A,), (A,)
-        queries[run.idx] += 1
-        keep = torch.ones_like(s, dtype=torch.bool)
-        if early_stop:
-            keep = ~flipped(s.detach(), so.detach(), reverse)
-            iters[run.idx[~keep]] = i
-        # samples are independent: each row gets its own gradient
-        loss = rank_loss(so[keep], s[keep], 0.0 if reverse else 1.0).sum()
+        keep = ~flipped(s.detach(), so.detach(), reverse) if early_stop else torch.ones_like(s, dtype=torch.bool)
+        every = bool(keep.all())
+        if every:  # samples are independent: each row gets its own gradient
+            loss = rank_loss(so, s, 0.0 if reverse else 1.0).sum()
+        else:
+            loss = rank_loss(so[keep], s[keep], 0.0 if reverse else 1.0).sum()
         if not keep.any():
+            leave(~keep, i, x.detach())
             break
         grad, = torch.autograd.grad(loss, x)
         if nonfinite is not None:
-            nonfinite[run.idx] |= ~torch.isfinite(grad).flatten(1).all(1)
+            run.nf = run.nf | ~torch.isfinite(grad).flatten(1).all(1)
         run.x, run.grad = x.detach(), torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        run.leave(~keep)
-        adv[run.idx] = project_linf(run.x + alpha * run.grad.sign(), run.t.centre, run.eps)
+        if not every:
+            leave(~keep, i, run.x)
+        run.x = project_linf(run.x + alpha * run.grad.sign(), run.t.centre, run.eps)
+    else:
+        adv[run.idx], queries[run.idx] = run.x, steps
+        if nonfinite is not None:
+            nonfinite[run.idx] |= run.nf
     return adv, iters, queries
 
 
