@@ -42,9 +42,17 @@ class LipschitzError(ValueError):
     """A metric without a Lipschitz bound for the images it would certify."""
 
 
+def require_embedding(metric: Any) -> None:
+    """One-line :class:`LipschitzError` unless the metric is ``1 - cos`` of embeddings (it has ``embed``)."""
+    if not callable(getattr(metric, "embed", None)):
+        raise LipschitzError(f"lipschitz certificate: metric {metric.name} is not an embedding distance (1 - cos of "
+                             "embeddings), which LipSim's certificate needs")
+
+
 def lipschitz_constant(metric: Any, size: Tuple[int, int]) -> float:
     """The metric's declared Lipschitz constant of its embedding on [0, 1] images of ``size``; one-line
-    :class:`LipschitzError` when it declares none."""
+    :class:`LipschitzError` when it is no embedding distance or declares none."""
+    require_embedding(metric)
     declared = getattr(metric, "embedding_lipschitz", None)
     value = declared(tuple(size)) if callable(declared) else None
     if value is None:
@@ -121,9 +129,7 @@ class LipschitzModule(pl.LightningModule):
         self.save_hyperparameters()
         self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
                                     dtype=torch.float64 if batch_invariant else None)  # shared: never converted
-        if not callable(getattr(self.metric, "embed", None)):
-            raise LipschitzError(f"lipschitz certificate: metric {self.metric.name} is not an embedding distance "
-                                 "(1 - cos of embeddings), which LipSim's certificate needs")
+        require_embedding(self.metric)
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> LipschitzOutput:
         ref, p0, p1, judge = batch["ref"], batch["p0"], batch["p1"], batch["judge"]
