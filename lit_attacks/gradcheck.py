@@ -8,16 +8,15 @@ attacks perturb) and reports its l_2 norm and a status: ``ok``, ``zero`` (every 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from lit_attacks.attacks.output import ScoreOutput, as_list
-from lit_attacks.metrics import create_metric
 from lit_attacks.metrics.base import naming_samples
 from lit_attacks.registry import TASKS
+from lit_attacks.scoring import MetricTask
 
 
 @dataclass(kw_only=True)
@@ -43,7 +42,7 @@ def gradient_status(grad: Tensor) -> List[str]:
 
 
 @TASKS.register("gradient_check", what="the prey's gradient norm and status at the clean point (GradientOutput rows)")
-class GradientCheck(pl.LightningModule):
+class GradientCheck(MetricTask):
     """Per sample: ``s0``, ``s1`` and the gradient of ``d(ref, prey)`` with respect to the prey.
 
     Args:
@@ -51,17 +50,8 @@ class GradientCheck(pl.LightningModule):
         pretrained, weights_dir, batch_invariant: as for :class:`lit_attacks.scoring.ScoreModule`.
     """
 
-    def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None,
-                 batch_invariant: bool = False) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
-                                    dtype=torch.float64 if batch_invariant else None)  # shared: never converted
-
     def predict_step(self, batch: Dict, batch_idx: int = 0) -> GradientOutput:
-        ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]
-        if self.hparams.batch_invariant:
-            ref, p0, p1 = ref.double(), p0.double(), p1.double()
+        ref, p0, p1 = self.images(batch)
         with naming_samples(batch["key"]):  # a metric that misbehaves: one line naming the sample
             with torch.no_grad():
                 s0, s1 = self.metric(ref, p0), self.metric(ref, p1)

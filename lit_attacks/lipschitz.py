@@ -27,13 +27,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from lit_attacks.attacks.output import ScoreOutput, as_list
-from lit_attacks.metrics import create_metric
 from lit_attacks.registry import TASKS
+from lit_attacks.scoring import MetricTask
 
 LIPSIM_RADII_255 = (36, 72, 108)  # LipSim's reported radii, l_2 on [0, 1] images, in 1/255
 
@@ -114,7 +113,7 @@ class LipschitzOutput(ScoreOutput):
 
 @TASKS.register("lipschitz", what="LipSim's Lipschitz certificate of the 2AFC decision, and ours (LipschitzOutput "
                                   "rows)")
-class LipschitzModule(pl.LightningModule):
+class LipschitzModule(MetricTask):
     """LipSim's certificate (and the sound one) of one metric's 2AFC decisions, as a predict step.
 
     Args:
@@ -125,16 +124,12 @@ class LipschitzModule(pl.LightningModule):
 
     def __init__(self, metric: str = "lipsim", pretrained: bool = True, weights_dir: Optional[str] = None,
                  batch_invariant: bool = False) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
-                                    dtype=torch.float64 if batch_invariant else None)  # shared: never converted
+        super().__init__(metric, pretrained, weights_dir, batch_invariant)
         require_embedding(self.metric)
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int = 0) -> LipschitzOutput:
-        ref, p0, p1, judge = batch["ref"], batch["p0"], batch["p1"], batch["judge"]
-        if self.hparams.batch_invariant:
-            ref, p0, p1 = ref.double(), p0.double(), p1.double()
+        ref, p0, p1 = self.images(batch)
+        judge = batch["judge"]
         lip = lipschitz_constant(self.metric, ref.shape[-2:])
         with torch.no_grad():
             e_ref, e0, e1 = (self.metric.embed(x) for x in (ref, p0, p1))

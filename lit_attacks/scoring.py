@@ -1,10 +1,11 @@
 """Scoring a dataset with a metric as a Lightning predict step (the Table 1 cell)."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 
 from lit_attacks.attacks.output import ScoreOutput
 from lit_attacks.metrics import create_metric
@@ -12,8 +13,28 @@ from lit_attacks.metrics.base import NonFiniteDistance, naming_samples
 from lit_attacks.registry import TASKS
 
 
+class MetricTask(pl.LightningModule):
+    """A predict step over one metric (scoring, the gradient check, the Lipschitz certificate): builds the metric
+    once (from the run's pool; float64 with ``batch_invariant``, never converting the shared instance) and hands
+    ``predict_step`` the triplet's images in the metric's precision (:meth:`images`)."""
+
+    def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None,
+                 batch_invariant: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
+                                    dtype=torch.float64 if batch_invariant else None)  # shared: never converted
+
+    def images(self, batch: Dict) -> Tuple[Tensor, Tensor, Tensor]:
+        """(ref, p0, p1) of the batch, (B, 3, H, W) in [-1, 1]; float64 with ``batch_invariant``."""
+        ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]
+        if self.hparams.batch_invariant:
+            ref, p0, p1 = ref.double(), p0.double(), p1.double()
+        return ref, p0, p1
+
+
 @TASKS.register("score", what="the distances s0, s1 of a metric (ScoreOutput rows)")
-class ScoreModule(pl.LightningModule):
+class ScoreModule(MetricTask):
     """Scores each triplet: ``s0 = d(ref, p0)``, ``s1 = d(ref, p1)``.
 
     Args:
@@ -24,18 +45,9 @@ class ScoreModule(pl.LightningModule):
             (float32 batched kernels differ at the 1e-7 relative level with batch composition).
     """
 
-    def __init__(self, metric: str = "lpips_alex", pretrained: bool = True, weights_dir: Optional[str] = None,
-                 batch_invariant: bool = False) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.metric = create_metric(metric, pretrained=pretrained, weights_dir=weights_dir,
-                                    dtype=torch.float64 if batch_invariant else None)  # shared: never converted
-
     @torch.no_grad()
     def predict_step(self, batch: Dict, batch_idx: int = 0) -> ScoreOutput:
-        ref, p0, p1 = batch["ref"], batch["p0"], batch["p1"]  # (B, 3, H, W) in [-1, 1]
-        if self.hparams.batch_invariant:
-            ref, p0, p1 = ref.double(), p0.double(), p1.double()
+        ref, p0, p1 = self.images(batch)
         with naming_samples(batch["key"]):  # a metric that misbehaves: one line naming the sample
             s0 = self.metric(ref, p0)  # (B,), smaller = closer
             s1 = self.metric(ref, p1)
